@@ -1,0 +1,104 @@
+"""The errors trustd reports.
+
+Every message is written for the operator who reads it in ``kubectl describe pod`` or in the audit
+log: it names the repository, the role or file, and what was wrong, and never contains credentials.
+
+``TrustError`` covers every reason an image was not admitted. ``ConfigError`` and
+``InvalidReference`` are about input, not trust, and are kept apart so callers can map them to
+their own gRPC codes and exit statuses.
+"""
+
+from __future__ import annotations
+
+
+class TrustdError(Exception):
+    """Root of every error trustd raises on purpose."""
+
+
+class InvalidReference(TrustdError, ValueError):
+    """An image reference that cannot be parsed or normalised."""
+
+
+class ConfigError(TrustdError):
+    """A configuration file that cannot be used; the message names the file and the key."""
+
+
+class TrustError(TrustdError):
+    """An image could not be verified; the image is denied in enforce mode."""
+
+
+# --- the repository or the tag has no trust data -------------------------------------------------
+
+
+class NoTrustData(TrustError):
+    """The Notary server has no trust data for the repository."""
+
+
+class TagNotSigned(TrustError):
+    """The repository is signed, but not this tag (in the roles the policy accepts)."""
+
+
+class DigestNotSigned(TrustError):
+    """A digest reference whose digest is not a signed target of the repository."""
+
+
+class PolicyDenied(TrustError):
+    """The node policy refuses the image whatever its signatures say."""
+
+
+# --- the trust data is there but cannot be trusted ------------------------------------------------
+
+
+class BadMetadata(TrustError):
+    """Metadata that is not well-formed TUF/Notary JSON (wrong type, missing field, bad encoding)."""
+
+
+class BadSignature(TrustError):
+    """A signature that does not verify, or uses a key or method the role does not allow."""
+
+
+class ThresholdNotMet(BadSignature):
+    """Fewer distinct valid signatures than the role's threshold."""
+
+
+class UnsupportedKey(BadMetadata):
+    """A key type or signature method trustd does not accept."""
+
+
+class ExpiredMetadata(TrustError):
+    """A role's metadata (or a root certificate) is past its expiry."""
+
+
+class RollbackDetected(TrustError):
+    """Metadata older than what this node has already trusted."""
+
+
+class HashMismatch(TrustError):
+    """A file whose length or hash differs from what the timestamp or snapshot says."""
+
+
+class MetadataTooLarge(TrustError):
+    """A download exceeded its size limit (protection against endless data)."""
+
+
+class RootRotationInvalid(TrustError):
+    """A new root that is not signed by both the trusted root's keys and its own."""
+
+
+class PinningViolation(TrustError):
+    """A root that does not satisfy the configured trust pinning (pinned key IDs or CA)."""
+
+
+class DelegationViolation(TrustError):
+    """A delegated role signed a target outside its allowed paths, or the delegation is invalid."""
+
+
+# --- the trust data could not be fetched ----------------------------------------------------------
+
+
+class NotaryUnavailable(TrustError):
+    """The Notary server could not be reached or answered with an unexpected error."""
+
+
+class AuthenticationFailed(NotaryUnavailable):
+    """The Notary token service refused the supplied credentials."""
