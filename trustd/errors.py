@@ -50,7 +50,7 @@ class PolicyDenied(TrustError):
 
 
 class BadMetadata(TrustError):
-    """Metadata that is not well-formed TUF/Notary JSON (wrong type, missing field, bad encoding)."""
+    """Metadata that is not well-formed Notary JSON (wrong type, missing field, bad encoding)."""
 
 
 class BadSignature(TrustError):
@@ -87,6 +87,10 @@ class RootRotationInvalid(TrustError):
 
 class PinningViolation(TrustError):
     """A root that does not satisfy the configured trust pinning (pinned key IDs or CA)."""
+
+
+class CacheCorrupt(TrustError):
+    """Cached trust data that cannot be read back; it is never silently discarded."""
 
 
 class DelegationViolation(TrustError):
