@@ -1,0 +1,299 @@
+"""HTTP access to one Notary server: TLS, Docker token auth, size caps, timeouts.
+
+Nothing here verifies metadata; it only fetches bytes, never more than the caller allows.
+Credentials never appear in an exception message or a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from trustd.errors import AuthenticationFailed, MetadataTooLarge, NotaryUnavailable
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 64 * 1024
+_TOKEN_RESPONSE_LIMIT = 1024 * 1024
+_DEFAULT_TOKEN_LIFETIME = 60.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Registry credentials, as kubelet sends them with a pull (CRI AuthConfig)."""
+
+    username: str = ""
+    password: str = field(default="", repr=False)
+    identity_token: str = field(default="", repr=False)
+    registry_token: str = field(default="", repr=False)
+
+    def __bool__(self) -> bool:
+        return bool(self.username or self.identity_token or self.registry_token)
+
+
+@dataclass(frozen=True)
+class NotaryEndpoint:
+    """How to reach one Notary server."""
+
+    url: str
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    timeout: float = 10.0
+    default_credentials: Credentials | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/")
+
+
+class NotFound(Exception):
+    """The server has no such file (HTTP 404); callers decide what that means."""
+
+
+_CHALLENGE_PARAMETER = re.compile(r'(\w+)="([^"]*)"')
+
+
+def parse_bearer_challenge(header: str) -> dict[str, str] | None:
+    """Parameters of a ``WWW-Authenticate: Bearer realm=..,service=..,scope=..`` challenge."""
+    scheme, _, rest = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return {key.lower(): value for key, value in _CHALLENGE_PARAMETER.findall(rest)}
+
+
+@dataclass
+class _Token:
+    value: str
+    expires_at: float
+
+
+class NotaryTransport:
+    """Fetches metadata files of any GUN from one Notary server over one keep-alive session."""
+
+    def __init__(self, endpoint: NotaryEndpoint, *, pool_size: int = 32) -> None:
+        self.endpoint = endpoint
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._session.headers["User-Agent"] = "trustd"
+        if endpoint.client_cert and endpoint.client_key:
+            self._session.cert = (str(endpoint.client_cert), str(endpoint.client_key))
+        # A CA set on the session would be replaced by REQUESTS_CA_BUNDLE from the environment;
+        # passed with each request it is not, and the configured CA is what must be used.
+        self._verify: str | bool = str(endpoint.ca_file) if endpoint.ca_file else True
+        self._tokens: dict[tuple[str, str], _Token] = {}
+        self._tokens_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._session.close()
+
+    def url_for(self, gun: str, name: str) -> str:
+        return f"{self.endpoint.base_url}/v2/{quote(gun, safe='/:')}/_trust/tuf/{name}.json"
+
+    def fetch(
+        self, gun: str, name: str, max_bytes: int, credentials: Credentials | None = None
+    ) -> bytes:
+        """The bytes of ``<name>.json`` for ``gun``; raises NotFound on 404."""
+        url = self.url_for(gun, name)
+        credentials = credentials or self.endpoint.default_credentials
+        token = self._cached_token(gun, credentials)
+        response = self._get(url, token)
+        try:
+            if response.status_code == 401:
+                challenge = parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
+                response.close()
+                if challenge is None:
+                    raise AuthenticationFailed(
+                        f"notary at {self.endpoint.base_url} requires authentication for {gun} "
+                        "but did not offer Docker token auth"
+                    )
+                token = self._obtain_token(gun, challenge, credentials)
+                response = self._get(url, token)
+                if response.status_code in (401, 403):
+                    raise AuthenticationFailed(
+                        f"notary at {self.endpoint.base_url} refused access to {gun} "
+                        f"with the token issued by {challenge.get('realm', '?')}"
+                    )
+            if response.status_code == 404:
+                raise NotFound(url)
+            if response.status_code == 403:
+                raise AuthenticationFailed(
+                    f"notary at {self.endpoint.base_url} denied access to {gun} (HTTP 403)"
+                )
+            if response.status_code != 200:
+                raise NotaryUnavailable(
+                    f"notary at {self.endpoint.base_url} answered HTTP {response.status_code} "
+                    f"for {name}.json of {gun}"
+                )
+            return self._read_capped(response, max_bytes, f"{name}.json for {gun}")
+        finally:
+            response.close()
+
+    def check_health(self) -> None:
+        """Raise NotaryUnavailable unless the server answers its health endpoint."""
+        url = f"{self.endpoint.base_url}/_notary_server/health"
+        response = self._get(url, None)
+        response.close()
+        if response.status_code != 200:
+            raise NotaryUnavailable(
+                f"notary at {self.endpoint.base_url} is unhealthy (HTTP {response.status_code})"
+            )
+
+    # --- HTTP ------------------------------------------------------------------------------------
+
+    def _get(self, url: str, token: str | None, **kwargs: object) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self._request("GET", url, headers=headers, verify=self._verify, **kwargs)
+
+    def _request(self, method: str, url: str, **kwargs: object) -> requests.Response:
+        timeout = self.endpoint.timeout
+        try:
+            return self._session.request(
+                method,
+                url,
+                stream=True,
+                timeout=(timeout, timeout),
+                allow_redirects=False,
+                **kwargs,  # type: ignore[arg-type]
+            )
+        except requests.exceptions.SSLError as error:
+            raise NotaryUnavailable(
+                f"TLS failure talking to {_origin(url)}: {_short_reason(error)}"
+            ) from None
+        except requests.exceptions.Timeout:
+            raise NotaryUnavailable(
+                f"notary at {_origin(url)} did not answer within {timeout:g}s"
+            ) from None
+        except requests.exceptions.RequestException as error:
+            raise NotaryUnavailable(
+                f"cannot reach {_origin(url)}: {_short_reason(error)}"
+            ) from None
+
+    def _read_capped(self, response: requests.Response, max_bytes: int, what: str) -> bytes:
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise MetadataTooLarge(f"{what} is {declared} bytes, over the {max_bytes}-byte limit")
+        received = bytearray()
+        try:
+            for chunk in response.iter_content(_CHUNK):
+                received += chunk
+                if len(received) > max_bytes:
+                    raise MetadataTooLarge(
+                        f"{what} from {self.endpoint.base_url} exceeds the {max_bytes}-byte limit"
+                    )
+        except requests.exceptions.RequestException as error:
+            raise NotaryUnavailable(
+                f"reading {what} from {self.endpoint.base_url} failed: {_short_reason(error)}"
+            ) from None
+        return bytes(received)
+
+    # --- Docker token auth -----------------------------------------------------------------------
+
+    def _cached_token(self, gun: str, credentials: Credentials | None) -> str | None:
+        if credentials and credentials.registry_token:
+            return credentials.registry_token
+        with self._tokens_lock:
+            token = self._tokens.get((gun, _credential_key(credentials)))
+        if token and token.expires_at > time.monotonic():
+            return token.value
+        return None
+
+    def _obtain_token(
+        self, gun: str, challenge: dict[str, str], credentials: Credentials | None
+    ) -> str:
+        realm = challenge.get("realm", "")
+        realm_parts = urlsplit(realm)
+        if realm_parts.scheme not in ("https", "http") or not realm_parts.netloc:
+            raise AuthenticationFailed(
+                f"notary at {self.endpoint.base_url} sent an unusable token realm {realm!r}"
+            )
+        if credentials and realm_parts.scheme != "https":
+            raise AuthenticationFailed(
+                f"refusing to send credentials for {gun} to the non-TLS token realm {realm}"
+            )
+        params = {"scope": challenge.get("scope") or f"repository:{gun}:pull"}
+        if challenge.get("service"):
+            params["service"] = challenge["service"]
+        # The Notary server's own CA also protects a realm on the same host; any other host
+        # is checked against the system's CAs.
+        same_host = realm_parts.netloc == urlsplit(self.endpoint.base_url).netloc
+        verify = self._verify if same_host else True
+        if credentials and credentials.identity_token:
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": credentials.identity_token,
+                "client_id": "trustd",
+                **params,
+            }
+            response = self._request("POST", realm, data=form, verify=verify)
+        else:
+            if credentials and credentials.username:
+                params["account"] = credentials.username
+            auth = (credentials.username, credentials.password) if credentials else None
+            response = self._request("GET", realm, params=params, auth=auth, verify=verify)
+        try:
+            if response.status_code in (401, 403):
+                who = f"user {credentials.username!r}" if credentials else "anonymous access"
+                raise AuthenticationFailed(
+                    f"token service {realm} refused {who} for {gun} (HTTP {response.status_code})"
+                )
+            if response.status_code != 200:
+                raise NotaryUnavailable(
+                    f"token service {realm} answered HTTP {response.status_code} for {gun}"
+                )
+            body = self._read_capped(response, _TOKEN_RESPONSE_LIMIT, "token response")
+        finally:
+            response.close()
+        try:
+            document = json.loads(body)
+            value = document.get("token") or document.get("access_token")
+            lifetime = float(document.get("expires_in") or _DEFAULT_TOKEN_LIFETIME)
+        except (ValueError, AttributeError, TypeError):
+            value = None
+            lifetime = 0.0
+        if not isinstance(value, str) or not value:
+            raise AuthenticationFailed(f"token service {realm} returned no token for {gun}")
+        # Renew a little early so a token never expires between check and use.
+        expires_at = time.monotonic() + max(lifetime - 5.0, 1.0)
+        with self._tokens_lock:
+            self._tokens[(gun, _credential_key(credentials))] = _Token(value, expires_at)
+        return value
+
+
+def _credential_key(credentials: Credentials | None) -> str:
+    # Tokens are cached per identity, so one kubelet user's token is never used for another.
+    if not credentials:
+        return ""
+    return f"{credentials.username}\0{hash((credentials.password, credentials.identity_token))}"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _short_reason(error: Exception) -> str:
+    text = str(error)
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "certificate verify failed",
+        "timed out",
+        "No route to host",
+        "Connection reset",
+    ):
+        if marker in text:
+            detail = text[text.index(marker) :].split("'")[0].split(")")[0]
+            return detail.strip(" :(")
+    return text[:200]
