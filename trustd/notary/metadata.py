@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from trustd.errors import BadMetadata, HashMismatch
+from trustd.errors import BadMetadata, BadSignature, HashMismatch, ThresholdNotMet, TrustError
 from trustd.notary.canonical import CanonicalEncodingError, encode_canonical
-from trustd.notary.keys import PublicKey, load_public_key, short_key_id
+from trustd.notary.keys import PublicKey, load_public_key, short_key_id, verify_signature
 
 TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
 SUPPORTED_HASHES = ("sha256", "sha512")
@@ -288,6 +288,40 @@ def parse(data: bytes, role: str, gun: str = "") -> tuple[SignedEnvelope, Metada
     if role == "snapshot":
         return envelope, parse_snapshot(envelope, gun)
     return envelope, parse_targets(envelope, gun)
+
+
+def verify_threshold(
+    envelope: SignedEnvelope,
+    keys: Mapping[str, PublicKey],
+    threshold: int,
+    where: str,
+    error: type[TrustError] = ThresholdNotMet,
+) -> frozenset[str]:
+    """The IDs of the distinct ``keys`` whose signature verifies; ``error`` if below threshold.
+
+    Signatures by keys outside ``keys`` are ignored, and several signatures by one key count once.
+    """
+    valid: set[str] = set()
+    problems: dict[str, str] = {}
+    for signature in envelope.signatures:
+        key = keys.get(signature.key_id)
+        if key is None or signature.key_id in valid:
+            continue
+        try:
+            verify_signature(key, signature.method, signature.value, envelope.signed_bytes)
+        except (BadSignature, BadMetadata) as problem:
+            problems.setdefault(signature.key_id, str(problem))
+        else:
+            valid.add(signature.key_id)
+            problems.pop(signature.key_id, None)
+    if len(valid) < threshold:
+        detail = "; ".join(f"key {short_key_id(k)}: {why}" for k, why in problems.items())
+        if not envelope.signatures:
+            detail = "no signatures"
+        elif not detail:
+            detail = "no signature by a key of this role"
+        raise error(f"{where}: {len(valid)} of {threshold} required signatures valid ({detail})")
+    return frozenset(valid)
 
 
 def parse_rfc3339(value: str) -> datetime:
