@@ -1,0 +1,175 @@
+"""The refresh protocol and resolution over files the real notary-server served.
+
+The transport here serves those files from memory so the unit tests can count requests and
+change what the "server" says; the end-to-end tests run the same code against notary-server.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from trustd.errors import (
+    DigestNotSigned,
+    NoTrustData,
+    PinningViolation,
+    RollbackDetected,
+    TagNotSigned,
+)
+from trustd.notary.pinning import TrustPinning
+from trustd.notary.resolution import inspect_repository, resolve_digest, resolve_tag
+from trustd.notary.store import MetadataStore
+from trustd.notary.transport import NotaryEndpoint, NotFound
+from trustd.notary.trusted_set import TrustedSet
+from trustd.notary.updater import Updater
+
+FIXTURES = Path(__file__).parent.parent / "data" / "notary"
+GUN = "127.0.0.1:5000/library/hello"
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+class ServedFiles:
+    """Serves fixture files by role name, counting what was asked for."""
+
+    endpoint = NotaryEndpoint(url="https://notary.test")
+
+    def __init__(self) -> None:
+        self.files = {
+            "root": (FIXTURES / "root.json").read_bytes(),
+            "timestamp": (FIXTURES / "timestamp.json").read_bytes(),
+            "snapshot": (FIXTURES / "snapshot.json").read_bytes(),
+            "targets": (FIXTURES / "targets.json").read_bytes(),
+            "targets/releases": (FIXTURES / "targets" / "releases.json").read_bytes(),
+        }
+        self.requests: list[str] = []
+
+    def fetch(self, gun: str, name: str, max_bytes: int, credentials: object = None) -> bytes:
+        self.requests.append(name)
+        assert gun == GUN
+        role = name
+        head, _, tail = name.rpartition(".")
+        if head and len(tail) == 64:
+            role = head  # fetched by hash: serve the file whose hash that is, if any
+        data = self.files.get(role)
+        if data is None:
+            raise NotFound(name)
+        return data[: max_bytes + 1]
+
+
+def refresh(updater: Updater, served: ServedFiles, pinning: TrustPinning | None = None):
+    return updater.refresh(GUN, served, pinning or TrustPinning())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> MetadataStore:
+    return MetadataStore(tmp_path / "state")
+
+
+def test_first_refresh_resolves_like_notary_lookup(store: MetadataStore) -> None:
+    served = ServedFiles()
+    repository = refresh(Updater(store, clock=lambda: NOW), served)
+    expected_tag, expected_digest, expected_size = (
+        (FIXTURES / "lookup_latest.txt").read_text().split()
+    )
+    signed = resolve_tag(repository, expected_tag)
+    assert (signed.digest, signed.size, signed.role) == (
+        expected_digest,
+        int(expected_size),
+        "targets",
+    )
+    release = resolve_tag(repository, "release")
+    assert release.role == "targets/releases"
+    assert release.digest.endswith(
+        "0bbf7ce97d062e08eb58dfbe5ac54e7062e489566e6bfea8f13e97ae12d14c39"
+    )
+    # every verified file is cached, and nothing unverified is
+    assert sorted(store.cached_roles(GUN)) == [
+        "root",
+        "snapshot",
+        "targets",
+        "targets/releases",
+        "timestamp",
+    ]
+
+
+def test_warm_refresh_fetches_only_the_timestamp(store: MetadataStore) -> None:
+    served = ServedFiles()
+    updater = Updater(store, clock=lambda: NOW)
+    refresh(updater, served)
+    served.requests.clear()
+    refresh(updater, served)
+    assert served.requests == ["timestamp"]
+
+
+def test_restart_uses_the_cache_and_does_not_fetch_root_again(store: MetadataStore) -> None:
+    refresh(Updater(store, clock=lambda: NOW), ServedFiles())
+    served = ServedFiles()
+    repository = refresh(Updater(store, clock=lambda: NOW), served)
+    assert served.requests == ["timestamp"]
+    assert resolve_tag(repository, "v1").size == 34
+
+
+def test_held_versions_are_a_floor_for_the_server(store: MetadataStore) -> None:
+    # A node that has trusted timestamp version N refuses the server's older file, even though
+    # that file is validly signed: this is what protects a node from a replayed repository.
+    updater = Updater(store, clock=lambda: NOW)
+    refresh(updater, ServedFiles())
+    root = store.load(GUN, "root")
+    assert root is not None
+    updater._keep_set(GUN, TrustedSet(GUN, root, baseline={"timestamp": 10**6}))
+    with pytest.raises(RollbackDetected, match=r"timestamp\.json for .* is older than cached"):
+        refresh(updater, ServedFiles())
+
+
+def test_unknown_repository_has_no_trust_data(store: MetadataStore) -> None:
+    served = ServedFiles()
+    served.files.clear()
+    with pytest.raises(NoTrustData, match=f"no trust data for {GUN} on https://notary.test"):
+        refresh(Updater(store, clock=lambda: NOW), served)
+
+
+def test_first_root_needs_pinning_when_tofu_is_off(store: MetadataStore) -> None:
+    with pytest.raises(PinningViolation):
+        refresh(Updater(store, clock=lambda: NOW), ServedFiles(), TrustPinning(allow_tofu=False))
+    assert store.load(GUN, "root") is None  # a refused root is never cached
+
+
+def test_pinned_root_key_is_accepted(store: MetadataStore) -> None:
+    root_key_file = sorted((FIXTURES / "private").iterdir())[0].stem
+    pinning = TrustPinning(pinned_key_ids=(root_key_file,), allow_tofu=False)
+    refresh(Updater(store, clock=lambda: NOW), ServedFiles(), pinning)
+    assert store.load(GUN, "root") is not None
+
+
+def test_unsigned_tag_and_digest_are_refused(store: MetadataStore) -> None:
+    repository = refresh(Updater(store, clock=lambda: NOW), ServedFiles())
+    with pytest.raises(TagNotSigned, match=f"tag 9.9 is not signed in {GUN}"):
+        resolve_tag(repository, "9.9")
+    with pytest.raises(DigestNotSigned):
+        resolve_digest(repository, "sha256:" + "ab" * 32)
+    signed = resolve_digest(
+        repository, "sha256:0bbf7ce97d062e08eb58dfbe5ac54e7062e489566e6bfea8f13e97ae12d14c39"
+    )
+    assert (signed.name, signed.role) == ("release", "targets/releases")
+
+
+def test_required_signers(store: MetadataStore) -> None:
+    repository = refresh(Updater(store, clock=lambda: NOW), ServedFiles())
+    assert resolve_tag(repository, "release", signers=["targets/releases"]).role == (
+        "targets/releases"
+    )
+    with pytest.raises(TagNotSigned, match="required signer targets/releases"):
+        resolve_tag(repository, "v1", signers=["targets/releases"])
+    with pytest.raises(TagNotSigned):
+        resolve_tag(repository, "v1", roles=["targets/releases"])
+
+
+def test_inspect_lists_tags_signers_and_keys(store: MetadataStore) -> None:
+    report = inspect_repository(refresh(Updater(store, clock=lambda: NOW), ServedFiles()))
+    tags = {tag.tag: tag for tag in report.signed_tags}
+    assert tags["release"].signers == ("releases",)
+    assert tags["v1"].signers == ("Repo Admin",)
+    assert [signer.role for signer in report.signers] == ["releases"]
+    assert [admin.role for admin in report.administrative_keys] == ["Root", "Repository"]

@@ -1,0 +1,388 @@
+"""One refresh of a GUN's trust data: network -> verifying core -> disk.
+
+The order follows the Notary client and TUF: the trusted root (cached, or a first root accepted by
+trust pinning), then timestamp, snapshot (by the hash the timestamp gives), a root rotation when
+the snapshot names a different root, targets, and every delegated role. Every lookup fetches
+``timestamp.json`` again, so a re-signed or revoked tag is seen at once; the rest is fetched only
+when the timestamp says it changed.
+
+Concurrent lookups of one GUN share one refresh (single flight), so a burst of parallel pulls
+costs the Notary server one round of requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from trustd.errors import (
+    BadSignature,
+    NoTrustData,
+    TrustError,
+)
+from trustd.notary.metadata import DelegatedRole, FileMeta, Root, Targets
+from trustd.notary.pinning import TrustPinning, check_first_root
+from trustd.notary.store import MetadataStore
+from trustd.notary.transport import Credentials, NotaryTransport, NotFound
+from trustd.notary.trusted_set import TrustedSet
+
+log = logging.getLogger(__name__)
+
+TOP_LEVEL_ROLES = ("root", "timestamp", "snapshot", "targets")
+# A rotation can be followed by at most this many more during one refresh; more means a server
+# that keeps changing its story, and the refresh is abandoned.
+_MAX_ROOT_ROTATIONS = 8
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """Caps on downloads whose length no signed metadata gives in advance."""
+
+    root: int = 1024 * 1024
+    timestamp: int = 64 * 1024
+    other: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class VerifiedRepository:
+    """An immutable view of one GUN's verified trust data at one moment."""
+
+    gun: str
+    server: str
+    verified_at: datetime
+    root: Root
+    targets: Targets
+    delegated: Mapping[str, Targets]
+    delegations: Mapping[str, DelegatedRole]
+    # Delegated roles that failed verification, with why. Consulting one is an error; roles that
+    # are never consulted do not make the whole repository unusable.
+    broken: Mapping[str, TrustError] = field(default_factory=dict)
+    timestamp_version: int = 0
+    snapshot_version: int = 0
+
+    def role_targets(self, role: str) -> Targets | None:
+        """The verified targets of ``role``; raises the stored error if the role is broken."""
+        if role in self.broken:
+            raise self.broken[role]
+        if role == "targets":
+            return self.targets
+        return self.delegated.get(role)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Updater:
+    """Keeps the verified trust data of every GUN it is asked about, in memory and on disk."""
+
+    def __init__(self, store: MetadataStore, clock: Callable[[], datetime] = utc_now) -> None:
+        self.store = store
+        self.clock = clock
+        self._sets: dict[str, TrustedSet] = {}
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Future[VerifiedRepository]] = {}
+
+    def refresh(
+        self,
+        gun: str,
+        transport: NotaryTransport,
+        pinning: TrustPinning,
+        credentials: Credentials | None = None,
+        limits: SizeLimits | None = None,
+    ) -> VerifiedRepository:
+        """Fetch and verify the current trust data of ``gun``; shared by concurrent callers."""
+        with self._lock:
+            pending = self._inflight.get(gun)
+            leader = pending is None
+            if leader:
+                pending = Future()
+                self._inflight[gun] = pending
+        assert pending is not None
+        if not leader:
+            return pending.result()
+        try:
+            refresh = _Refresh(self, gun, transport, pinning, credentials, limits or SizeLimits())
+            result = refresh.run()
+        except BaseException as error:
+            pending.set_exception(error)
+            raise
+        else:
+            pending.set_result(result)
+            return result
+        finally:
+            with self._lock:
+                del self._inflight[gun]
+
+    def forget(self, gun: str) -> None:
+        """Drop the in-memory state of ``gun`` (the disk cache stays)."""
+        with self._lock:
+            self._sets.pop(gun, None)
+
+    # The trusted set of a GUN is only touched by the single refresh in flight for that GUN.
+    def _held_set(self, gun: str) -> TrustedSet | None:
+        with self._lock:
+            return self._sets.get(gun)
+
+    def _keep_set(self, gun: str, trusted: TrustedSet | None) -> None:
+        with self._lock:
+            if trusted is None:
+                self._sets.pop(gun, None)
+            else:
+                self._sets[gun] = trusted
+
+
+class _Refresh:
+    """The steps of one refresh, kept together so each reads as the protocol says."""
+
+    def __init__(
+        self,
+        updater: Updater,
+        gun: str,
+        transport: NotaryTransport,
+        pinning: TrustPinning,
+        credentials: Credentials | None,
+        limits: SizeLimits,
+    ) -> None:
+        self.updater = updater
+        self.store = updater.store
+        self.limits = limits
+        self.gun = gun
+        self.transport = transport
+        self.pinning = pinning
+        self.credentials = credentials
+        self.now = updater.clock()
+        self.server = transport.endpoint.base_url
+
+    def run(self) -> VerifiedRepository:
+        trusted = self.updater._held_set(self.gun) or self._load_from_cache()
+        if trusted is None:
+            trusted = self._bootstrap()
+        try:
+            for _ in range(_MAX_ROOT_ROTATIONS):
+                if not self._update_top_level(trusted):
+                    break
+            else:
+                raise TrustError(
+                    f"{self.gun}: notary at {self.server} rotated its root more than "
+                    f"{_MAX_ROOT_ROTATIONS} times in one refresh"
+                )
+            broken = self._update_delegations(trusted)
+            trusted.check_fresh(self.now)
+        except TrustError:
+            # What is held stays verified; a failed refresh must not leave half an update behind
+            # for the next caller, so start the next refresh from the cache again.
+            self.updater._keep_set(self.gun, None)
+            raise
+        self.updater._keep_set(self.gun, trusted)
+        return self._view(trusted, broken)
+
+    # --- root ------------------------------------------------------------------------------------
+
+    def _load_from_cache(self) -> TrustedSet | None:
+        root_data = self.store.load(self.gun, "root")
+        if root_data is None:
+            return None
+        try:
+            trusted = TrustedSet(self.gun, root_data)
+        except TrustError as error:
+            raise TrustError(
+                f"the cached root of {self.gun} ({self.store.path(self.gun, 'root')}) no longer "
+                f"verifies ({error}); trustd will not silently trust a new root: inspect the "
+                "file and remove it to re-establish trust"
+            ) from error
+        # Cached files were verified before they were written; loading them again restores the
+        # versions this node has seen (rollback protection across restarts) and spares
+        # downloads when the server's timestamp has not changed. An expired cached file is
+        # still a valid baseline.
+        for role, update in (
+            ("timestamp", trusted.update_timestamp),
+            ("snapshot", trusted.update_snapshot),
+            ("targets", trusted.update_targets),
+        ):
+            data = self.store.load(self.gun, role)
+            if data is None:
+                break
+            try:
+                update(data, self.now, allow_expired=True)
+            except TrustError as error:
+                log.warning("ignoring cached %s.json of %s: %s", role, self.gun, error)
+                break
+        return trusted
+
+    def _bootstrap(self) -> TrustedSet:
+        """First contact with a GUN: the server's root, accepted only through trust pinning."""
+        data = self._fetch("root", self.limits.root, missing_means_no_data=True)
+        trusted = TrustedSet(self.gun, data)
+        check_first_root(self.gun, trusted.root, data, self.now, self.pinning)
+        self.store.save(self.gun, "root", data)
+        log.info(
+            "trusting first root of %s (version %d) from %s",
+            self.gun,
+            trusted.root.version,
+            self.server,
+        )
+        return trusted
+
+    def _rotate_root(self, trusted: TrustedSet, expected: FileMeta | None) -> None:
+        name = f"root.{expected.hashes['sha256'].hex()}" if _has_sha256(expected) else "root"
+        limit = expected.length if expected else self.limits.root
+        data = self._fetch_by_hash_or_name(name, "root", limit)
+        if expected is not None:
+            expected.check(data, "root.json", self.gun)
+        if data == trusted.raw("root"):
+            return
+        old_version = trusted.root.version
+        trusted.update_root(data, self.now)
+        self.store.save(self.gun, "root", data)
+        log.warning(
+            "root of %s rotated from version %d to %d", self.gun, old_version, trusted.root.version
+        )
+
+    # --- timestamp, snapshot, targets ------------------------------------------------------------
+
+    def _update_top_level(self, trusted: TrustedSet) -> bool:
+        """One pass over timestamp, snapshot and targets; True when the root rotated."""
+        data = self._fetch("timestamp", self.limits.timestamp, missing_means_no_data=True)
+        if data != trusted.raw("timestamp"):
+            try:
+                trusted.update_timestamp(data, self.now)
+            except BadSignature:
+                # The timestamp key may have been rotated: a newer root must say so. If the
+                # root is unchanged, the bad signature stands.
+                before = trusted.raw("root")
+                self._rotate_root(trusted, None)
+                if trusted.raw("root") == before:
+                    raise
+                return True
+            self.store.save(self.gun, "timestamp", data)
+
+        if trusted.snapshot is None:
+            data = self._fetch_expected(trusted, "snapshot")
+            trusted.update_snapshot(data, self.now)
+            self.store.save(self.gun, "snapshot", data)
+
+        root_meta = trusted.snapshot.meta.get("root")
+        if root_meta is not None and not _matches(root_meta, trusted.raw("root")):
+            self._rotate_root(trusted, root_meta)
+            return True
+
+        if trusted.targets is None:
+            data = self._fetch_expected(trusted, "targets")
+            trusted.update_targets(data, self.now)
+            self.store.save(self.gun, "targets", data)
+        return False
+
+    # --- delegations -----------------------------------------------------------------------------
+
+    def _update_delegations(self, trusted: TrustedSet) -> dict[str, TrustError]:
+        """Load every delegated role the snapshot lists, parents before children."""
+        listed = sorted(
+            (role for role in trusted.snapshot.meta if role.startswith("targets/")),
+            key=lambda role: (role.count("/"), role),
+        )
+        broken: dict[str, TrustError] = {}
+        for role in listed:
+            parent = role.rsplit("/", 1)[0]
+            if parent in broken:
+                broken[role] = broken[parent]
+                continue
+            if trusted.delegation(role) is None:
+                continue  # listed in the snapshot but delegated by no loaded role: unreachable
+            if trusted.delegated(role) is not None:
+                continue  # unchanged since the last refresh
+            try:
+                data = self._load_cached_delegation(trusted, role)
+                if data is None:
+                    data = self._fetch_expected(trusted, role)
+                    trusted.update_delegated_targets(role, data, self.now)
+                    self.store.save(self.gun, role, data)
+            except TrustError as error:
+                log.warning("delegated role %s of %s is unusable: %s", role, self.gun, error)
+                broken[role] = error
+        for cached in self.store.cached_roles(self.gun):
+            if cached.startswith("targets/") and cached not in trusted.snapshot.meta:
+                self.store.delete(self.gun, cached)
+        return broken
+
+    def _load_cached_delegation(self, trusted: TrustedSet, role: str) -> bytes | None:
+        data = self.store.load(self.gun, role)
+        expected = trusted.expected_meta(role)
+        if data is None or expected is None or not _matches(expected, data):
+            return None
+        trusted.update_delegated_targets(role, data, self.now)
+        return data
+
+    # --- fetching --------------------------------------------------------------------------------
+
+    def _fetch_expected(self, trusted: TrustedSet, role: str) -> bytes:
+        """Download ``role`` by the hash its parent metadata gives, capped at the given length."""
+        expected = trusted.expected_meta(role)
+        if expected is None:
+            raise NoTrustData(
+                f"{self.gun}: {'timestamp' if role == 'snapshot' else 'snapshot'}.json on "
+                f"{self.server} does not list {role}.json"
+            )
+        if _has_sha256(expected):
+            name = f"{role}.{expected.hashes['sha256'].hex()}"
+            return self._fetch_by_hash_or_name(name, role, expected.length)
+        return self._fetch(role, expected.length)
+
+    def _fetch_by_hash_or_name(self, hashed_name: str, role: str, limit: int) -> bytes:
+        # Fetching by hash is immune to the file changing between two requests; servers that do
+        # not offer it get the plain name, which the hash check then binds just the same.
+        try:
+            return self.transport.fetch(self.gun, hashed_name, limit, self.credentials)
+        except NotFound:
+            return self._fetch(role, limit)
+
+    def _fetch(self, role: str, limit: int, *, missing_means_no_data: bool = False) -> bytes:
+        try:
+            return self.transport.fetch(self.gun, role, limit, self.credentials)
+        except NotFound:
+            if missing_means_no_data:
+                raise NoTrustData(f"no trust data for {self.gun} on {self.server}") from None
+            raise NoTrustData(f"{role}.json of {self.gun} is missing on {self.server}") from None
+
+    def _view(self, trusted: TrustedSet, broken: dict[str, TrustError]) -> VerifiedRepository:
+        delegated: dict[str, Targets] = {}
+        delegations: dict[str, DelegatedRole] = {}
+        for role in trusted.snapshot.meta:
+            if not role.startswith("targets/"):
+                continue
+            spec = trusted.delegation(role)
+            if spec is not None:
+                delegations[role] = spec
+            loaded = trusted.delegated(role)
+            if loaded is not None and role not in broken:
+                delegated[role] = loaded
+        return VerifiedRepository(
+            gun=self.gun,
+            server=self.server,
+            verified_at=self.now,
+            root=trusted.root,
+            targets=trusted.targets,
+            delegated=delegated,
+            delegations=delegations,
+            broken=broken,
+            timestamp_version=trusted.timestamp.version,
+            snapshot_version=trusted.snapshot.version,
+        )
+
+
+def _has_sha256(meta: FileMeta | None) -> bool:
+    return meta is not None and "sha256" in meta.hashes
+
+
+def _matches(meta: FileMeta, data: bytes | None) -> bool:
+    if data is None or len(data) != meta.length:
+        return False
+    for algorithm, expected in meta.hashes.items():
+        if algorithm in ("sha256", "sha512") and hashlib.new(algorithm, data).digest() != expected:
+            return False
+    return True
