@@ -20,12 +20,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from trustd.errors import (
-    BadSignature,
-    NoTrustData,
-    TrustError,
-)
-from trustd.notary.metadata import DelegatedRole, FileMeta, Root, Targets
+from trustd.errors import BadSignature, NoTrustData, RootRotationInvalid, TrustError
+from trustd.notary.metadata import DelegatedRole, FileMeta, Root, Targets, parse
 from trustd.notary.pinning import TrustPinning, check_first_root
 from trustd.notary.store import MetadataStore
 from trustd.notary.transport import Credentials, NotaryTransport, NotFound
@@ -37,6 +33,8 @@ TOP_LEVEL_ROLES = ("root", "timestamp", "snapshot", "targets")
 # A rotation can be followed by at most this many more during one refresh; more means a server
 # that keeps changing its story, and the refresh is abandoned.
 _MAX_ROOT_ROTATIONS = 8
+# How many root versions a node that was offline for a long time walks to catch up.
+_MAX_ROOT_CHAIN = 64
 
 
 @dataclass(frozen=True)
@@ -238,7 +236,19 @@ class _Refresh:
         if data == trusted.raw("root"):
             return
         old_version = trusted.root.version
-        trusted.update_root(data, self.now)
+        try:
+            trusted.update_root(data, self.now)
+        except RootRotationInvalid:
+            # A node that missed several rotations walks the chain: each root is accepted only
+            # when signed by its predecessor, as the server keeps every root by version.
+            gap = _unverified_version(data, self.gun) - old_version
+            if not 1 < gap <= _MAX_ROOT_CHAIN:
+                raise
+            for version in range(old_version + 1, old_version + gap):
+                step = self._fetch(f"{version}.root", self.limits.root)
+                trusted.update_root(step, self.now)
+                self.store.save(self.gun, "root", step)
+            trusted.update_root(data, self.now)
         self.store.save(self.gun, "root", data)
         log.warning(
             "root of %s rotated from version %d to %d", self.gun, old_version, trusted.root.version
@@ -373,6 +383,12 @@ class _Refresh:
             timestamp_version=trusted.timestamp.version,
             snapshot_version=trusted.snapshot.version,
         )
+
+
+def _unverified_version(data: bytes, gun: str) -> int:
+    """The version a root claims, read before verification only to know how far to walk."""
+    _, root = parse(data, "root", gun)
+    return root.version
 
 
 def _has_sha256(meta: FileMeta | None) -> bool:
