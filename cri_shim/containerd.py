@@ -74,6 +74,7 @@ class ContainerdClient:
         self._cri = api_pb2_grpc.ImageServiceStub(self._channel)
         self._images = images_pb2_grpc.ImagesStub(self._channel)
         self._raw_methods: dict[str, grpc.UnaryUnaryMultiCallable] = {}
+        self._raw_streams: dict[str, grpc.UnaryStreamMultiCallable] = {}
         self._state = grpc.ChannelConnectivity.IDLE
         self._state_lock = threading.Lock()
         self._channel.subscribe(self._on_state_change, try_to_connect=False)
@@ -123,6 +124,25 @@ class ContainerdClient:
             request, timeout=_remaining(deadline), metadata=forwardable_metadata(metadata)
         )
         return response, tuple(rpc.trailing_metadata() or ())
+
+    def forward_stream(
+        self,
+        method: str,
+        request: bytes,
+        metadata: Metadata,
+        timeout: float | None,
+    ) -> grpc.Call:
+        """Relay one server-streaming call (such as StreamImages); iterate the result for bytes.
+
+        The returned call is also a ``grpc.Call``: cancel it if the downstream caller goes away.
+        """
+        call = self._raw_streams.get(method)
+        if call is None:
+            call = self._channel.unary_stream(method)
+            self._raw_streams[method] = call
+        deadline = _deadline(timeout)
+        self._await_connection(deadline)
+        return call(request, timeout=_remaining(deadline), metadata=forwardable_metadata(metadata))
 
     # -- containerd images API -------------------------------------------------------------------
 
