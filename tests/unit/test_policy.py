@@ -1,0 +1,156 @@
+"""Policy decisions: which rule applies, what is pulled, and what is refused, for each mode."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from trustd.config import parse_config
+from trustd.errors import NotaryUnavailable, TagNotSigned
+from trustd.notary.resolution import SignedTarget
+from trustd.policy import Decision, PolicyEngine, Verdict
+
+GOOD = "sha256:" + "a" * 64
+OTHER = "sha256:" + "b" * 64
+
+CONFIG = """
+exempt = ["registry.k8s.io/pause:*"]
+
+[[policy]]
+match = "example.com/audited/**"
+mode = "audit"
+
+[[policy]]
+match = "example.com/open/*"
+mode = "off"
+
+[[policy]]
+match = "example.com/loose/*"
+require_signed_digests = false
+
+[[policy]]
+match = "example.com/strict/*"
+signers = ["targets/releases", "targets/qa"]
+"""
+
+
+class SignedTags:
+    """Stands in for the trust engine: a table of what is signed (the engine has its own tests)."""
+
+    def __init__(self, signed: dict[tuple[str, str], str], down: bool = False) -> None:
+        self.signed = signed
+        self.down = down
+        self.calls: list[tuple[str, Sequence[str], Sequence[str]]] = []
+
+    def reconfigure(self, settings: object) -> None:
+        pass
+
+    def _check(self) -> None:
+        if self.down:
+            raise NotaryUnavailable("cannot reach https://notary.test: Connection refused")
+
+    def resolve_tag(self, registry, gun, tag, roles, signers, credentials) -> SignedTarget:
+        self._check()
+        self.calls.append((f"{gun}:{tag}", roles, signers))
+        digest = self.signed.get((gun, tag))
+        if digest is None:
+            raise TagNotSigned(f"tag {tag} is not signed in {gun}")
+        return SignedTarget(gun, tag, digest, 100, "targets")
+
+    def resolve_digest(self, registry, gun, digest, roles, signers, credentials) -> SignedTarget:
+        self._check()
+        for (signed_gun, tag), signed in self.signed.items():
+            if signed_gun == gun and signed == digest:
+                return SignedTarget(gun, tag, digest, 100, "targets")
+        raise TagNotSigned(f"{digest} is not a signed target of {gun}")
+
+
+def engine(signed: dict[tuple[str, str], str], down: bool = False) -> tuple[PolicyEngine, list]:
+    decisions: list[Decision] = []
+    policy = PolicyEngine(parse_config(CONFIG, "test.toml"), SignedTags(signed, down))  # type: ignore[arg-type]
+    policy.add_observer(decisions.append)
+    return policy, decisions
+
+
+def test_enforce_pins_the_pull_to_the_signed_digest() -> None:
+    policy, seen = engine({("docker.io/library/nginx", "1.25"): GOOD})
+    decision = policy.decide("nginx:1.25")
+    assert decision.verdict is Verdict.ALLOW
+    assert decision.pull_ref == f"docker.io/library/nginx@{GOOD}"
+    assert decision.mode == "enforce" and decision.rule == "default rule"
+    assert seen == [decision] and decision.latency_seconds >= 0
+
+
+def test_enforce_denies_an_unsigned_tag_with_the_reason() -> None:
+    policy, _ = engine({})
+    decision = policy.decide("example.com/app:1.0")
+    assert decision.verdict is Verdict.DENY
+    assert decision.pull_ref is None
+    assert decision.reason == "tag 1.0 is not signed in example.com/app"
+
+
+def test_malformed_reference_is_denied_not_raised() -> None:
+    policy, _ = engine({})
+    decision = policy.decide("Bad Image::")
+    assert decision.verdict is Verdict.DENY and decision.mode == "invalid"
+    assert "invalid image reference" in decision.reason
+
+
+def test_unreachable_notary_is_a_denial_in_enforce_mode() -> None:
+    policy, _ = engine({}, down=True)
+    decision = policy.decide("example.com/app:1.0")
+    assert decision.verdict is Verdict.DENY
+    assert isinstance(decision.error, NotaryUnavailable)
+
+
+def test_audit_mode_admits_what_is_asked_and_records_the_failure() -> None:
+    policy, _ = engine({})
+    decision = policy.decide("example.com/audited/team/app:2")
+    assert decision.verdict is Verdict.AUDIT_FAIL
+    assert decision.allowed and decision.pull_ref == "example.com/audited/team/app:2"
+    assert "not signed" in decision.reason
+
+
+def test_audit_mode_pulls_as_asked_even_when_signed() -> None:
+    policy, _ = engine({("example.com/audited/app", "2"): GOOD})
+    decision = policy.decide("example.com/audited/app:2")
+    assert decision.verdict is Verdict.ALLOW and decision.pull_ref == "example.com/audited/app:2"
+
+
+def test_off_and_exempt_skip_verification() -> None:
+    policy, _ = engine({}, down=True)
+    off = policy.decide("example.com/open/app:1")
+    assert (off.verdict, off.mode, off.pull_ref) == (Verdict.ALLOW, "off", "example.com/open/app:1")
+    exempt = policy.decide("registry.k8s.io/pause:3.9")
+    assert (exempt.verdict, exempt.mode) == (Verdict.ALLOW, "exempt")
+
+
+def test_digest_references_must_be_signed_unless_the_rule_says_otherwise() -> None:
+    policy, _ = engine({("example.com/app", "1"): GOOD})
+    assert policy.decide(f"example.com/app@{GOOD}").verdict is Verdict.ALLOW
+    assert policy.decide(f"example.com/app@{OTHER}").verdict is Verdict.DENY
+    loose = policy.decide(f"example.com/loose/app@{OTHER}")
+    assert loose.verdict is Verdict.ALLOW and loose.signed is None
+
+
+def test_tag_and_digest_must_agree() -> None:
+    policy, _ = engine({("example.com/app", "1"): GOOD})
+    assert policy.decide(f"example.com/app:1@{GOOD}").verdict is Verdict.ALLOW
+    mismatch = policy.decide(f"example.com/app:1@{OTHER}")
+    assert mismatch.verdict is Verdict.DENY
+    assert f"signed as {GOOD}, not {OTHER}" in mismatch.reason
+
+
+def test_rule_signers_reach_the_trust_engine() -> None:
+    signed = {("example.com/strict/app", "1"): GOOD}
+    policy, _ = engine(signed)
+    policy.decide("example.com/strict/app:1")
+    trust = policy.trust
+    assert trust.calls[-1][2] == ("targets/releases", "targets/qa")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("image", ["nginx", "docker.io/library/nginx:latest"])
+def test_default_tag_is_latest(image: str) -> None:
+    policy, _ = engine({("docker.io/library/nginx", "latest"): GOOD})
+    assert policy.decide(image).pull_ref == f"docker.io/library/nginx@{GOOD}"

@@ -1,0 +1,191 @@
+"""The trust engine: configured Notary servers, trust pinning, cache and resolution in one place.
+
+This is what the policy, the CLI and the daemon call. It owns one transport (keep-alive session)
+per configured Notary server and one ``Updater`` whose verified state outlives config reloads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+
+from trustd.errors import ConfigError
+from trustd.notary.pinning import TrustPinning
+from trustd.notary.resolution import (
+    DOCKER_ROLE_ORDER,
+    SignedTarget,
+    resolve_digest,
+    resolve_tag,
+)
+from trustd.notary.store import MetadataStore
+from trustd.notary.transport import Credentials, NotaryEndpoint, NotaryTransport
+from trustd.notary.updater import SizeLimits, Updater, VerifiedRepository, utc_now
+
+
+class NotarySettings(Protocol):
+    """What the engine needs to know about one Notary server (``trustd.config.NotaryServer``)."""
+
+    url: str
+    ca: Path | None
+    client_cert: Path | None
+    client_key: Path | None
+    username: str | None
+    password_file: Path | None
+    timeout: float
+    max_metadata_bytes: int
+    root_max_bytes: int
+    timestamp_max_bytes: int
+
+
+class PinningSettings(Protocol):
+    root_key_ids: tuple[str, ...]
+    ca_file: Path | None
+    allow_tofu: bool
+
+
+class TrustSettings(Protocol):
+    """The part of ``trustd.config.Config`` the engine reads."""
+
+    def notary_for(self, registry: str) -> NotarySettings: ...
+
+    def pinning_for(self, gun: str) -> PinningSettings: ...
+
+
+class TrustEngine:
+    """Resolves signed tags and digests for any GUN, per the current configuration."""
+
+    def __init__(
+        self,
+        settings: TrustSettings,
+        state_dir: Path,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.updater = Updater(MetadataStore(state_dir), clock)
+        self._settings = settings
+        self._transports: dict[object, NotaryTransport] = {}
+        self._pinning_cas: dict[Path, tuple[x509.Certificate, ...]] = {}
+        self._lock = threading.Lock()
+
+    def reconfigure(self, settings: TrustSettings) -> None:
+        """Use new settings; verified state is kept, connections to changed servers are not."""
+        with self._lock:
+            old = self._transports
+            self._settings = settings
+            self._transports = {}
+            self._pinning_cas = {}
+        for transport in old.values():
+            transport.close()
+
+    def close(self) -> None:
+        with self._lock:
+            transports, self._transports = self._transports, {}
+        for transport in transports.values():
+            transport.close()
+
+    # --- lookups ---------------------------------------------------------------------------------
+
+    def repository(
+        self, registry: str, gun: str, credentials: Credentials | None = None
+    ) -> VerifiedRepository:
+        """The current verified trust data of ``gun`` (refreshed now)."""
+        notary = self._settings.notary_for(registry)
+        transport = self._transport(notary)
+        limits = SizeLimits(
+            root=notary.root_max_bytes,
+            timestamp=notary.timestamp_max_bytes,
+            other=notary.max_metadata_bytes,
+        )
+        return self.updater.refresh(
+            gun, transport, self._pinning(gun), credentials=credentials, limits=limits
+        )
+
+    def resolve_tag(
+        self,
+        registry: str,
+        gun: str,
+        tag: str,
+        roles: Sequence[str] = DOCKER_ROLE_ORDER,
+        signers: Sequence[str] = (),
+        credentials: Credentials | None = None,
+    ) -> SignedTarget:
+        return resolve_tag(self.repository(registry, gun, credentials), tag, roles, signers)
+
+    def resolve_digest(
+        self,
+        registry: str,
+        gun: str,
+        digest: str,
+        roles: Sequence[str] = DOCKER_ROLE_ORDER,
+        signers: Sequence[str] = (),
+        credentials: Credentials | None = None,
+    ) -> SignedTarget:
+        return resolve_digest(self.repository(registry, gun, credentials), digest, roles, signers)
+
+    # --- configuration -> objects ----------------------------------------------------------------
+
+    def _transport(self, notary: NotarySettings) -> NotaryTransport:
+        key = (
+            notary.url,
+            notary.ca,
+            notary.client_cert,
+            notary.client_key,
+            notary.username,
+            notary.password_file,
+            notary.timeout,
+        )
+        with self._lock:
+            transport = self._transports.get(key)
+            if transport is None:
+                endpoint = NotaryEndpoint(
+                    url=notary.url,
+                    ca_file=notary.ca,
+                    client_cert=notary.client_cert,
+                    client_key=notary.client_key,
+                    timeout=notary.timeout,
+                    default_credentials=_configured_credentials(notary),
+                )
+                transport = NotaryTransport(endpoint)
+                self._transports[key] = transport
+            return transport
+
+    def _pinning(self, gun: str) -> TrustPinning:
+        rule = self._settings.pinning_for(gun)
+        certificates: tuple[x509.Certificate, ...] = ()
+        if rule.ca_file is not None:
+            with self._lock:
+                certificates = self._pinning_cas.get(rule.ca_file, ())
+            if not certificates:
+                certificates = _load_certificates(rule.ca_file)
+                with self._lock:
+                    self._pinning_cas[rule.ca_file] = certificates
+        return TrustPinning(
+            pinned_key_ids=tuple(rule.root_key_ids),
+            ca_certificates=certificates,
+            allow_tofu=rule.allow_tofu,
+        )
+
+
+def _configured_credentials(notary: NotarySettings) -> Credentials | None:
+    if not notary.username:
+        return None
+    password = ""
+    if notary.password_file is not None:
+        try:
+            password = notary.password_file.read_text().strip()
+        except OSError as error:
+            raise ConfigError(
+                f"cannot read the Notary password file {notary.password_file}: {error.strerror}"
+            ) from error
+    return Credentials(username=notary.username, password=password)
+
+
+def _load_certificates(path: Path) -> tuple[x509.Certificate, ...]:
+    try:
+        return tuple(x509.load_pem_x509_certificates(path.read_bytes()))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot load the trust pinning CA {path}: {error}") from error

@@ -1,0 +1,220 @@
+"""The node policy: for one requested image, what to pull, or why not.
+
+``PolicyEngine.decide`` is the only question the CRI shim asks. It parses the reference, finds the
+rule, asks the trust engine, and returns a ``Decision``; it never raises for bad input. Every
+decision is handed to the observers (audit log, metrics) before it is returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from trustd.config import Config, PolicyRule
+from trustd.errors import DigestNotSigned, InvalidReference, TrustdError, TrustError
+from trustd.notary.client import TrustEngine
+from trustd.notary.resolution import SignedTarget
+from trustd.notary.transport import Credentials
+from trustd.reference import Reference, parse_reference
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(StrEnum):
+    ALLOW = "allow"  # verified (enforce or audit), or not subject to verification (off, exempt)
+    DENY = "deny"  # refused; the pull does not happen
+    AUDIT_FAIL = "audit-fail"  # verification failed, admitted because the rule is in audit mode
+
+
+class Action(StrEnum):
+    PULL = "pull"
+    STATUS = "status"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one policy question, as audited and as acted on by the shim."""
+
+    image: str
+    action: Action
+    verdict: Verdict
+    mode: str  # "enforce" | "audit" | "off" | "exempt" | "invalid"
+    reason: str
+    reference: Reference | None = None
+    pull_ref: str | None = None  # what containerd is asked for; None when denied
+    signed: SignedTarget | None = None
+    rule: str = ""
+    error: TrustdError | None = field(default=None, compare=False)
+    latency_seconds: float = 0.0
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is not Verdict.DENY
+
+    @property
+    def gun(self) -> str | None:
+        return self.reference.repository if self.reference else None
+
+
+Observer = Callable[[Decision], None]
+
+
+class PolicyEngine:
+    """Decides every image request against the current config; safe to call concurrently."""
+
+    def __init__(self, config: Config, trust: TrustEngine) -> None:
+        self._config = config
+        self.trust = trust
+        self._observers: list[Observer] = []
+        self._lock = threading.Lock()
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def reconfigure(self, config: Config) -> None:
+        with self._lock:
+            self._config = config
+        self.trust.reconfigure(config)
+
+    def add_observer(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    def decide(
+        self,
+        image: str,
+        credentials: Credentials | None = None,
+        action: Action = Action.PULL,
+    ) -> Decision:
+        started = time.monotonic()
+        decision = self._decide(image, credentials, action)
+        decision = _with_latency(decision, time.monotonic() - started)
+        for observer in self._observers:
+            try:
+                observer(decision)
+            except Exception:  # an audit sink failing must not turn into a crash or an admit
+                log.exception("decision observer failed")
+        return decision
+
+    def _decide(self, image: str, credentials: Credentials | None, action: Action) -> Decision:
+        config = self._config
+        try:
+            reference = parse_reference(image)
+        except InvalidReference as error:
+            return Decision(image, action, Verdict.DENY, "invalid", str(error), error=error)
+
+        exemption = config.is_exempt(reference)
+        if exemption is not None:
+            return Decision(
+                image,
+                action,
+                Verdict.ALLOW,
+                "exempt",
+                f"exempt by pattern {exemption!r}",
+                reference=reference,
+                pull_ref=str(reference),
+                rule=f"exempt {exemption!r}",
+            )
+
+        rule = config.rule_for(reference.repository)
+        rule_name = _rule_label(rule)
+        if rule.mode == "off":
+            return Decision(
+                image,
+                action,
+                Verdict.ALLOW,
+                "off",
+                "verification is off for this repository",
+                reference=reference,
+                pull_ref=str(reference),
+                rule=rule_name,
+            )
+
+        try:
+            signed = self._verify(reference, rule, credentials)
+        except TrustError as error:
+            if rule.mode == "audit":
+                return Decision(
+                    image,
+                    action,
+                    Verdict.AUDIT_FAIL,
+                    "audit",
+                    str(error),
+                    reference=reference,
+                    pull_ref=str(reference),
+                    rule=rule_name,
+                    error=error,
+                )
+            return Decision(
+                image,
+                action,
+                Verdict.DENY,
+                rule.mode,
+                str(error),
+                reference=reference,
+                rule=rule_name,
+                error=error,
+            )
+
+        if signed is None:  # an unsigned digest reference the rule lets through
+            reason = "digest reference admitted without a signature (require_signed_digests off)"
+            pull_ref = str(reference)
+        else:
+            reason = f"signed by {signed.role} as {signed.digest}"
+            # Audit mode pulls what was asked; enforce pins the pull to the signed bytes.
+            pull_ref = str(reference) if rule.mode == "audit" else reference.pinned(signed.digest)
+        return Decision(
+            image,
+            action,
+            Verdict.ALLOW,
+            rule.mode,
+            reason,
+            reference=reference,
+            pull_ref=pull_ref,
+            signed=signed,
+            rule=rule_name,
+        )
+
+    def _verify(
+        self, reference: Reference, rule: PolicyRule, credentials: Credentials | None
+    ) -> SignedTarget | None:
+        roles: Sequence[str] = rule.roles
+        signers: Sequence[str] = rule.signers
+        if reference.tag is not None:
+            signed = self.trust.resolve_tag(
+                reference.registry,
+                reference.repository,
+                reference.tag,
+                roles,
+                signers,
+                credentials,
+            )
+            if reference.digest is not None and reference.digest != signed.digest:
+                raise DigestNotSigned(
+                    f"tag {reference.tag} of {reference.repository} is signed as {signed.digest}, "
+                    f"not {reference.digest}"
+                )
+            return signed
+        assert reference.digest is not None
+        if not rule.require_signed_digests:
+            return None
+        return self.trust.resolve_digest(
+            reference.registry,
+            reference.repository,
+            reference.digest,
+            roles,
+            signers,
+            credentials,
+        )
+
+
+def _rule_label(rule: PolicyRule) -> str:
+    return rule.source
+
+
+def _with_latency(decision: Decision, seconds: float) -> Decision:
+    return replace(decision, latency_seconds=seconds)
