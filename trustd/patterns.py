@@ -171,7 +171,12 @@ def _check_repository_glob(text: str) -> None:
         raise InvalidPattern(f"pattern {_quote(text)}: use '*' or '**', not '***'")
     if "//" in text or text.startswith("/") or text.endswith("/"):
         raise InvalidPattern(f"pattern {_quote(text)} has an empty path component")
-    first, slash, _ = text.partition("/")
+    first, slash, path = text.partition("/")
+    if ":" in path:
+        raise InvalidPattern(
+            f"pattern {_quote(text)} has ':' in its path, where no repository name has one "
+            "(a tag is not part of the repository)"
+        )
     if not slash and "**" not in text:
         raise InvalidPattern(
             f"pattern {_quote(text)} can never match: normalised names always have a registry "
