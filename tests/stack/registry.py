@@ -1,0 +1,112 @@
+"""Debian's docker-registry (distribution 2.8) on 127.0.0.1, plain HTTP, deletes enabled."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import requests
+
+from tests.stack.ports import StackError, free_port
+from tests.stack.process import ManagedProcess
+
+MANIFEST_MEDIA_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
+
+
+def _config(storage: Path, port: int) -> dict[str, object]:
+    return {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(storage)},
+            "delete": {"enabled": True},
+        },
+        "http": {"addr": f"127.0.0.1:{port}"},
+    }
+
+
+class Registry:
+    """A running registry; ``host`` is what image references start with."""
+
+    def __init__(self, workdir: Path, port: int, process: ManagedProcess) -> None:
+        self.workdir = workdir
+        self.port = port
+        self.process = process
+        # requests must not pick up proxies from the environment for loopback traffic.
+        self._session = requests.Session()
+        self._session.trust_env = False
+
+    @classmethod
+    def start(cls, workdir: Path, timeout: float = 15.0) -> Registry:
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        config_path = workdir / "registry.yml"
+        # YAML is a superset of JSON, so the config needs no YAML library.
+        config_path.write_text(json.dumps(_config(workdir / "storage", port), indent=2))
+        process = ManagedProcess(
+            "docker-registry",
+            ["docker-registry", "serve", str(config_path)],
+            log_path=workdir / "registry.log",
+            cwd=workdir,
+        )
+        registry = cls(workdir, port, process)
+        process.start()
+        process.wait_until(registry.healthy, timeout, f"docker-registry on {registry.host}")
+        return registry
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def healthy(self) -> bool:
+        return self._session.get(f"{self.url}/v2/", timeout=2).status_code == 200
+
+    def stop(self) -> None:
+        self.process.stop()
+        self._session.close()
+
+    def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str]:
+        """The manifest bytes exactly as the registry serves them, and their media type."""
+        response = self._session.get(
+            f"{self.url}/v2/{self._repo_path(repo)}/manifests/{ref}",
+            headers={"Accept": _ACCEPT},
+            timeout=10,
+        )
+        if response.status_code != 200:
+            raise StackError(
+                f"registry {self.host}: GET manifest {repo}:{ref} -> {response.status_code} "
+                f"{response.text[:200]}"
+            )
+        return response.content, response.headers.get("Content-Type", "")
+
+    def manifest_digest(self, repo: str, tag: str) -> str:
+        """``sha256:…`` of the manifest the registry serves for ``repo:tag``."""
+        manifest, _ = self.get_manifest(repo, tag)
+        return "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+    def delete_manifest(self, repo: str, digest: str) -> None:
+        """Delete a manifest by digest (storage.delete is enabled in this registry)."""
+        response = self._session.delete(
+            f"{self.url}/v2/{self._repo_path(repo)}/manifests/{digest}", timeout=10
+        )
+        if response.status_code != 202:
+            raise StackError(
+                f"registry {self.host}: DELETE {repo}@{digest} -> {response.status_code}"
+            )
+
+    def _repo_path(self, repo: str) -> str:
+        """Accept both ``library/hello`` and ``127.0.0.1:PORT/library/hello``."""
+        prefix = self.host + "/"
+        return repo[len(prefix) :] if repo.startswith(prefix) else repo
