@@ -1,0 +1,167 @@
+"""Prometheus metrics of one trustd process, on a registry of its own.
+
+A private ``CollectorRegistry`` keeps trustd's metrics apart from anything else in the process
+(and lets tests build as many ``Metrics`` as they like). ``observe`` is a ``PolicyEngine``
+observer; the trust engine and the daemon report cache lookups and reloads through
+``record_cache`` and ``record_reload``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    start_http_server,
+)
+
+from trustd.errors import TrustError
+
+if TYPE_CHECKING:
+    from trustd.policy import Decision
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+# From a cached answer (about a millisecond) to a slow Notary server near its timeout.
+RESOLUTION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_VERIFYING_MODES = frozenset({"enforce", "audit"})
+
+
+class Metrics:
+    """trustd's counters and histograms; ``render()`` or ``serve()`` them."""
+
+    def __init__(self, trustd_version: str | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)  # memory, CPU, open fds of the daemon
+        PlatformCollector(registry=self.registry)
+        self.decisions = Counter(
+            "trustd_decisions",
+            "Policy decisions, by CRI action, verdict and rule mode.",
+            ["action", "verdict", "mode"],
+            registry=self.registry,
+        )
+        self.resolution_seconds = Histogram(
+            "trustd_resolution_seconds",
+            "Time to decide an image that had to be verified (enforce and audit rules).",
+            buckets=RESOLUTION_BUCKETS,
+            registry=self.registry,
+        )
+        self.notary_errors = Counter(
+            "trustd_notary_errors",
+            "Trust failures, by error class (NotaryUnavailable, TagNotSigned, ...).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.cache_hits = Counter(
+            "trustd_cache_hits",
+            "Trust data lookups answered from the verified cache.",
+            registry=self.registry,
+        )
+        self.cache_misses = Counter(
+            "trustd_cache_misses",
+            "Trust data lookups that needed a refresh from the Notary server.",
+            registry=self.registry,
+        )
+        self.config_reloads = Counter(
+            "trustd_config_reloads",
+            "Configuration reloads (SIGHUP), by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("success", "failure"):  # both series exist from the start, at zero
+            self.config_reloads.labels(result=result)
+        self.info = Gauge(
+            "trustd_info",
+            "Always 1; the label carries the running trustd version.",
+            ["version"],
+            registry=self.registry,
+        )
+        self.info.labels(version=trustd_version or _installed_version()).set(1)
+
+    def observe(self, decision: Decision) -> None:
+        self.decisions.labels(
+            action=str(decision.action), verdict=str(decision.verdict), mode=decision.mode
+        ).inc()
+        if decision.mode in _VERIFYING_MODES:
+            self.resolution_seconds.observe(decision.latency_seconds)
+        if isinstance(decision.error, TrustError):
+            self.notary_errors.labels(kind=type(decision.error).__name__).inc()
+
+    def record_cache(self, hit: bool) -> None:
+        (self.cache_hits if hit else self.cache_misses).inc()
+
+    def record_reload(self, success: bool) -> None:
+        self.config_reloads.labels(result="success" if success else "failure").inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    def serve(self, listen: str) -> MetricsServer:
+        """Serve ``/metrics`` on ``host:port`` (``[v6]:port``; ``:port`` is 127.0.0.1)."""
+        host, port = parse_listen(listen)
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        handle = MetricsServer(server, thread)
+        log.info("serving metrics on http://%s/metrics", handle.url_host)
+        return handle
+
+
+@dataclass
+class MetricsServer:
+    """A running metrics endpoint; ``shutdown()`` stops it and frees the port."""
+
+    server: WSGIServer
+    thread: threading.Thread
+
+    @property
+    def host(self) -> str:
+        return str(self.server.server_address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    @property
+    def url_host(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def shutdown(self) -> None:
+        if not self.thread.is_alive():
+            return
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:9879"``, ``"[::1]:9879"``, ``":9879"`` -> (host, port); port 0 picks one."""
+    host, colon, port_text = listen.rpartition(":")
+    if not colon or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"metrics listen address {listen!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)  # raises ValueError for anything else in brackets
+    elif ":" in host:
+        raise ValueError(f"metrics listen address {listen!r}: put an IPv6 address in brackets")
+    return host or DEFAULT_HOST, int(port_text)
+
+
+def _installed_version() -> str:
+    try:
+        return version("trustd")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
