@@ -117,6 +117,10 @@ def test_containerd_pulls_by_digest_and_survives_restart(
 
     containerd.restart()
     assert containerd.running()
+    containerd.stop()
+    assert not containerd.running()
+    containerd.start()
+    assert containerd.running()
     # Same root and state: the image pulled before the restart is still there.
     assert image.digest in containerd.ctr("images", "ls", "--quiet")
     second = push_image("smoke/pull", "v2")

@@ -6,7 +6,7 @@ import json
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import grpc
@@ -57,8 +57,22 @@ def hosts_toml(host: str) -> str:
     )
 
 
+class _ClassOrInstanceStart:
+    """``Containerd.start(workdir, hosts)`` makes a daemon; ``daemon.start()`` starts it again.
+
+    Tests read naturally as ``stop()`` … ``start()``, and both spellings were promised.
+    """
+
+    def __get__(
+        self, instance: Containerd | None, owner: type[Containerd]
+    ) -> Callable[..., Containerd | None]:
+        return owner.launch if instance is None else instance.start_again
+
+
 class Containerd:
     """One containerd daemon; ``endpoint`` is what CRI clients dial."""
+
+    start = _ClassOrInstanceStart()
 
     def __init__(self, workdir: Path, snapshotter: str, socket_path: Path) -> None:
         self.workdir = workdir
@@ -76,7 +90,7 @@ class Containerd:
         )
 
     @classmethod
-    def start(
+    def launch(
         cls,
         workdir: Path,
         registry_hosts: Iterable[str] = (),
@@ -145,7 +159,10 @@ class Containerd:
         self.config_path.write_text("\n".join(lines))
 
     def start_again(self, timeout: float = 30.0) -> None:
-        """Start the daemon with the same config, root and state (after ``stop``)."""
+        """Start the daemon with the same config, root and state (after ``stop``).
+
+        Also reachable as ``daemon.start()``: see ``_ClassOrInstanceStart``.
+        """
         self.socket.unlink(missing_ok=True)
         self.process.start()
         self.process.wait_until(

@@ -97,7 +97,7 @@ class Stack:
     def containerd(self) -> Containerd:
         if self._containerd is None:
             require_programs(*REQUIRED_PROGRAMS["containerd"])
-            self._containerd = Containerd.start(self.workdir / "containerd", [self.registry.host])
+            self._containerd = Containerd.launch(self.workdir / "containerd", [self.registry.host])
         return self._containerd
 
     def started(self) -> list[str]:
