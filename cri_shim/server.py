@@ -1,0 +1,246 @@
+"""The CRI ImageService that kubelet talks to, in front of containerd.
+
+PullImage and ImageStatus ask the admission policy first and act on its decision; every other
+method (ListImages, RemoveImage, ImageFsInfo, and whatever later CRI versions add) is forwarded to
+containerd as raw bytes, with metadata, deadlines and status codes preserved. No trust decision
+is made here: the policy answers, this module enforces the answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+
+from cri_shim.containerd import ContainerdClient, forwardable_metadata
+from cri_shim.gen.cri.runtime.v1 import api_pb2
+from trustd.errors import InvalidReference, NotaryUnavailable, TrustdError
+from trustd.notary.transport import Credentials
+from trustd.policy import Action, Decision
+
+log = logging.getLogger(__name__)
+
+SERVICE = "runtime.v1.ImageService"
+PULL_IMAGE = f"/{SERVICE}/PullImage"
+IMAGE_STATUS = f"/{SERVICE}/ImageStatus"
+
+# Server-streaming methods of the ImageService; everything else in the CRI is unary.
+STREAMING_METHODS = frozenset({f"/{SERVICE}/StreamImages"})
+
+
+class Admission(Protocol):
+    def decide(
+        self, image: str, credentials: Credentials | None = None, action: Action = Action.PULL
+    ) -> Decision: ...
+
+
+def status_code_for(error: TrustdError | None) -> grpc.StatusCode:
+    """The gRPC code a denial is reported with (see docs/architecture.md)."""
+    if isinstance(error, InvalidReference):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, NotaryUnavailable):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.FAILED_PRECONDITION
+
+
+def credentials_from(auth: api_pb2.AuthConfig) -> Credentials | None:
+    """The pull's registry credentials, which also unlock the Notary token service."""
+    username, password = auth.username, auth.password
+    if not username and auth.auth:
+        try:
+            decoded = base64.b64decode(auth.auth).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            decoded = ""
+        username, _, password = decoded.partition(":")
+    credentials = Credentials(
+        username=username,
+        password=password,
+        identity_token=auth.identity_token,
+        registry_token=auth.registry_token,
+    )
+    return credentials or None
+
+
+def _timeout(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    # grpc reports "no deadline" as a very large number
+    return None if remaining is None or remaining > 10**8 else max(remaining, 0.001)
+
+
+def _abort_with_upstream(context: grpc.ServicerContext, error: grpc.RpcError) -> None:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    context.abort(code, details or "")
+
+
+class ImageService:
+    """Handlers for the two methods trustd decides; everything else is forwarded."""
+
+    def __init__(
+        self, admission: Admission, containerd: ContainerdClient, pull_timeout: float | None = None
+    ) -> None:
+        self.admission = admission
+        self.containerd = containerd
+        self.pull_timeout = pull_timeout
+
+    def pull_image(
+        self, request: api_pb2.PullImageRequest, context: grpc.ServicerContext
+    ) -> api_pb2.PullImageResponse:
+        decision = self.admission.decide(
+            request.image.image, credentials_from(request.auth), Action.PULL
+        )
+        if not decision.allowed or decision.pull_ref is None:
+            context.abort(status_code_for(decision.error), f"trustd: {decision.reason}")
+        upstream = api_pb2.PullImageRequest()
+        upstream.CopyFrom(request)
+        upstream.image.image = decision.pull_ref
+        metadata = forwardable_metadata(context.invocation_metadata())
+        timeout = _timeout(context)
+        if self.pull_timeout is not None:
+            timeout = self.pull_timeout if timeout is None else min(timeout, self.pull_timeout)
+        try:
+            response = self.containerd.pull_image(upstream, timeout, metadata)
+            tag = _tag_to_apply(decision)
+            if tag is not None:
+                self.containerd.tag_image(tag, decision.pull_ref, _timeout(context))
+        except grpc.RpcError as error:
+            log.warning("containerd failed to pull %s: %s", decision.pull_ref, error)
+            _abort_with_upstream(context, error)
+        return response
+
+    def image_status(
+        self, request: api_pb2.ImageStatusRequest, context: grpc.ServicerContext
+    ) -> api_pb2.ImageStatusResponse:
+        metadata = forwardable_metadata(context.invocation_metadata())
+        decision = self.admission.decide(request.image.image, None, Action.STATUS)
+        if not decision.allowed:
+            # Reported absent, kubelet pulls, and that pull is verified (and denied, with a
+            # reason, if it still fails). A present-but-unverified image never runs.
+            return api_pb2.ImageStatusResponse()
+        try:
+            response = self.containerd.image_status(request, _timeout(context), metadata)
+        except grpc.RpcError as error:
+            _abort_with_upstream(context, error)
+        if decision.signed is None or not response.HasField("image"):
+            return response
+        signed = f"{decision.signed.gun}@{decision.signed.digest}"
+        if signed in response.image.repo_digests:
+            return response
+        log.info(
+            "local image %s is not the signed %s; reporting it absent", request.image.image, signed
+        )
+        return api_pb2.ImageStatusResponse()
+
+
+def _tag_to_apply(decision: Decision) -> str | None:
+    """The tag to point at the pinned pull, so node tools show what kubelet asked for."""
+    reference = decision.reference
+    if reference is None or decision.signed is None or reference.tag is None:
+        return None
+    if decision.pull_ref != reference.pinned(decision.signed.digest):
+        return None
+    return reference.tagged_name
+
+
+class _Handlers(grpc.GenericRpcHandler):
+    """Routes the decided methods to ImageService, anything else to containerd as raw bytes."""
+
+    def __init__(self, service: ImageService) -> None:
+        self._service = service
+        self._decided = {
+            PULL_IMAGE: grpc.unary_unary_rpc_method_handler(
+                service.pull_image,
+                request_deserializer=api_pb2.PullImageRequest.FromString,
+                response_serializer=api_pb2.PullImageResponse.SerializeToString,
+            ),
+            IMAGE_STATUS: grpc.unary_unary_rpc_method_handler(
+                service.image_status,
+                request_deserializer=api_pb2.ImageStatusRequest.FromString,
+                response_serializer=api_pb2.ImageStatusResponse.SerializeToString,
+            ),
+        }
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        handler = self._decided.get(method)
+        if handler is not None:
+            return handler
+        containerd = self._service.containerd
+        if method in STREAMING_METHODS:
+
+            def forward_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+                call = containerd.forward_stream(
+                    method, request, context.invocation_metadata(), _timeout(context)
+                )
+                context.add_callback(call.cancel)
+                try:
+                    yield from call
+                except grpc.RpcError as error:
+                    _abort_with_upstream(context, error)
+
+            return grpc.unary_stream_rpc_method_handler(forward_stream)
+
+        # A method trustd does not know (ListImages, RemoveImage, ImageFsInfo, later additions)
+        # is relayed byte for byte; every such CRI method is unary.
+        def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
+            try:
+                response, trailing = containerd.forward(
+                    method, request, context.invocation_metadata(), _timeout(context)
+                )
+            except grpc.RpcError as error:
+                trailing_metadata = getattr(error, "trailing_metadata", lambda: None)()
+                if trailing_metadata:
+                    context.set_trailing_metadata(forwardable_metadata(trailing_metadata))
+                _abort_with_upstream(context, error)
+            if trailing:
+                context.set_trailing_metadata(forwardable_metadata(trailing))
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(forward)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    socket: Path
+
+    def stop(self, grace: float | None) -> None:
+        self.server.stop(grace).wait()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+
+
+def serve(
+    socket: Path,
+    admission: Admission,
+    containerd: ContainerdClient,
+    *,
+    socket_mode: int = 0o660,
+    pull_timeout: float | None = None,
+    max_workers: int = 64,
+) -> RunningServer:
+    """Start serving the ImageService on the unix socket ``socket``."""
+    socket.parent.mkdir(parents=True, exist_ok=True)
+    if socket.exists() or socket.is_symlink():
+        if not stat.S_ISSOCK(socket.lstat().st_mode):
+            raise OSError(f"{socket} exists and is not a socket; refusing to replace it")
+        socket.unlink()  # a stale socket left by an earlier run
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cri"),
+        handlers=[_Handlers(ImageService(admission, containerd, pull_timeout))],
+        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+    )
+    server.add_insecure_port(f"unix://{socket}")
+    server.start()
+    os.chmod(socket, socket_mode)
+    return RunningServer(server, socket)
