@@ -1,0 +1,1 @@
+"""A local demo stack: registry, notary-server and containerd with trustd in front."""

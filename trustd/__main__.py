@@ -1,0 +1,7 @@
+"""``python3 -m trustd``: the same as the ``trustd`` command."""
+
+import sys
+
+from trustd.cli import trustd_main
+
+sys.exit(trustd_main())

@@ -1,0 +1,191 @@
+"""``trustd serve``: process life of the node service.
+
+Wires config, trust engine, policy, audit, metrics and the CRI shim together; talks to systemd
+(READY, RELOADING, STOPPING, STATUS, WATCHDOG); reloads the config on SIGHUP (a bad new config is
+refused and the old one stays in force); drains calls in flight on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from cri_shim.containerd import ContainerdClient
+from cri_shim.server import RunningServer, serve
+from trustd.audit import AuditLog
+from trustd.config import Config, load_config
+from trustd.errors import ConfigError
+from trustd.metrics import Metrics
+from trustd.notary.client import TrustEngine
+from trustd.policy import Decision, PolicyEngine, Verdict
+from trustd.sdnotify import SystemdNotifier
+
+log = logging.getLogger("trustd")
+
+
+@dataclass
+class _Counts:
+    allowed: int = 0
+    denied: int = 0
+    audit_failures: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, decision: Decision) -> None:
+        with self.lock:
+            if decision.verdict is Verdict.DENY:
+                self.denied += 1
+            elif decision.verdict is Verdict.AUDIT_FAIL:
+                self.audit_failures += 1
+            else:
+                self.allowed += 1
+
+    def summary(self) -> str:
+        with self.lock:
+            return (
+                f"serving; {self.allowed} allowed, {self.denied} denied, "
+                f"{self.audit_failures} admitted in audit mode"
+            )
+
+
+class Daemon:
+    """One running trustd: build with a loaded config, ``start()``, then ``wait()``."""
+
+    def __init__(self, config_path: Path, config: Config) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.notifier = SystemdNotifier()
+        self.counts = _Counts()
+        self.metrics = Metrics()
+        self.audit = AuditLog(_audit_path(config), stdout=config.audit.stdout)
+        self.trust = TrustEngine(config, config.server.state_dir)
+        self.policy = PolicyEngine(config, self.trust)
+        for observer in (self.audit, self.metrics.observe, self.counts):
+            self.policy.add_observer(observer)
+        self.containerd = ContainerdClient(
+            config.server.containerd, namespace=config.server.containerd_namespace
+        )
+        self._server: RunningServer | None = None
+        self._metrics_handle = None
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+
+    def start(self) -> None:
+        self._server = serve(
+            self.config.server.socket,
+            self.policy,
+            self.containerd,
+            socket_mode=self.config.server.socket_mode,
+            pull_timeout=self.config.server.pull_timeout,
+        )
+        if self.config.metrics.listen:
+            self._metrics_handle = self.metrics.serve(self.config.metrics.listen)
+        log.info(
+            "serving the CRI ImageService on %s in front of %s",
+            self.config.server.socket,
+            self.config.server.containerd,
+        )
+        self.notifier.ready()
+        self.notifier.status(self.counts.summary())
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+        self._wake.set()
+
+    def wait(self) -> None:
+        """Run until asked to stop: reloads, watchdog pings and status updates happen here."""
+        interval = self.notifier.watchdog_interval()
+        tick = min(interval / 2, 5.0) if interval else 5.0
+        while not self._stop.is_set():
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            self.notifier.watchdog()
+            self.notifier.status(self.counts.summary())
+        self.shutdown()
+
+    def reload(self) -> bool:
+        """Re-read the config; keep the old one if the new one is not valid."""
+        self.notifier.reloading()
+        try:
+            config = load_config(self.config_path)
+            _check_reloadable(self.config, config)
+        except ConfigError as error:
+            log.error("config reload refused, keeping the running config: %s", error)
+            self.metrics.record_reload(success=False)
+            self.audit.reopen()
+            self.notifier.ready()
+            return False
+        self.policy.reconfigure(config)
+        self.config = config
+        self.audit.reopen()
+        self.metrics.record_reload(success=True)
+        log.info("config reloaded from %s", self.config_path)
+        self.notifier.ready()
+        return True
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        grace = self.config.server.shutdown_grace
+        log.info("stopping: finishing calls in flight (up to %gs)", grace)
+        if self._server is not None:
+            self._server.stop(grace)
+        if self._metrics_handle is not None:
+            self._metrics_handle.shutdown()
+        self.containerd.close()
+        self.trust.close()
+        self.audit.close()
+        log.info("stopped")
+
+
+def _audit_path(config: Config) -> Path | None:
+    return config.audit.file if config.audit.file else None
+
+
+def _check_reloadable(running: Config, new: Config) -> None:
+    """Settings that need a restart cannot change through a reload."""
+    for name in ("socket", "containerd", "containerd_namespace", "state_dir"):
+        if getattr(running.server, name) != getattr(new.server, name):
+            raise ConfigError(
+                f"{new.source}: server.{name}: changing it needs a restart "
+                f"(running: {getattr(running.server, name)}, new: {getattr(new.server, name)})"
+            )
+
+
+def run_daemon(config_path: Path) -> int:
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
+    daemon = Daemon(config_path, config)
+
+    def on_signal(number: int, _frame: FrameType | None) -> None:
+        if number == signal.SIGHUP:
+            daemon.request_reload()
+        else:
+            daemon.request_stop()
+
+    for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, on_signal)
+    try:
+        daemon.start()
+    except OSError as error:
+        log.error("cannot start: %s", error)
+        return 1
+    daemon.wait()
+    return 0
