@@ -1,0 +1,234 @@
+"""``trustd serve`` as systemd runs it: readiness, status, watchdog, SIGHUP reload, SIGTERM drain.
+
+The daemon runs as a real process in front of the real containerd, registry and notary-server;
+the test plays systemd's part by binding the NOTIFY_SOCKET datagram socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cri_shim.crictl import ImageClient
+from tests.stack import Stack
+from tests.stack.ports import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeServiceManager:
+    """The receiving end of sd_notify: collects each datagram's assignments."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.settimeout(0.2)
+        self.messages: list[dict[str, str]] = []
+
+    def wait_for(self, key: str, value: str | None = None, timeout: float = 30.0) -> dict[str, str]:
+        """The first message (new or already received) with ``key`` (set to ``value``)."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for message in self.messages[seen:]:
+                if key in message and (value is None or message[key] == value):
+                    return message
+            seen = len(self.messages)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {key}={value} from trustd; got {self.messages}")
+            try:
+                data = self._socket.recv(4096)
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append(fields)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+@dataclass
+class RunningDaemon:
+    process: subprocess.Popen[bytes]
+    config: Path
+    socket: Path
+    audit: Path
+    log: Path
+    manager: FakeServiceManager
+    metrics_port: int
+
+    def client(self) -> ImageClient:
+        return ImageClient(f"unix://{self.socket}", timeout=60)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def write_config(path: Path, stack: Stack, workdir: Path, metrics_port: int, rules: str) -> None:
+    path.write_text(
+        f"""
+[server]
+socket = "{workdir / "cri.sock"}"
+containerd = "{stack.containerd.endpoint}"
+state_dir = "{workdir / "state"}"
+shutdown_grace = 20
+
+[audit]
+file = "{workdir / "audit.log"}"
+stdout = false
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[[notary]]
+registry = "{stack.registry.host}"
+url = "{stack.notary_server.url}"
+ca = "{stack.notary_server.ca_file}"
+{rules}
+"""
+    )
+
+
+@pytest.fixture
+def daemon(stack: Stack, tmp_path: Path) -> Iterator[RunningDaemon]:
+    manager = FakeServiceManager(tmp_path / "notify.sock")
+    config = tmp_path / "trustd.toml"
+    port = free_port()
+    write_config(config, stack, tmp_path, port, rules="")
+    log = tmp_path / "trustd.log"
+    env = dict(os.environ, NOTIFY_SOCKET=str(manager.path), WATCHDOG_USEC="1000000")
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trustd", "serve", "--config", str(config)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO_ROOT,
+        )
+    running = RunningDaemon(
+        process, config, tmp_path / "cri.sock", tmp_path / "audit.log", log, manager, port
+    )
+    try:
+        manager.wait_for("READY", "1")
+        yield running
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        manager.close()
+
+
+def pull_outcome(client: ImageClient, image: str) -> str:
+    try:
+        client.pull(image)
+    except grpc.RpcError as error:
+        return f"{error.code().name}: {error.details()}"
+    return "OK"
+
+
+def test_ready_status_and_watchdog(daemon: RunningDaemon) -> None:
+    assert daemon.socket.exists()
+    status = daemon.manager.wait_for("STATUS")
+    assert "0 allowed, 0 denied" in status["STATUS"]
+    # WATCHDOG_USEC=1s: trustd must ping at least every half second or so.
+    daemon.manager.wait_for("WATCHDOG", "1", timeout=5)
+
+
+def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken(
+    daemon: RunningDaemon, stack: Stack
+) -> None:
+    unsigned = stack.push_image("daemon/reload", "1", seed="daemon-reload")
+    image = f"{unsigned.repository}:1"
+    client = daemon.client()
+    assert pull_outcome(client, image).startswith("FAILED_PRECONDITION: trustd: no trust data")
+
+    # A valid new config that turns verification off for this repository takes effect.
+    write_config(
+        daemon.config,
+        stack,
+        daemon.config.parent,
+        daemon.metrics_port,
+        rules=f'[[policy]]\nmatch = "{unsigned.repository}"\nmode = "off"\n',
+    )
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.manager.wait_for("RELOADING", "1")
+    ready_again = len(daemon.manager.messages)
+    daemon.manager.wait_for("READY", "1")
+    assert len(daemon.manager.messages) >= ready_again
+    assert pull_outcome(client, image) == "OK"
+
+    # A broken config is refused with a reason; the running config (mode off) stays.
+    daemon.config.write_text(daemon.config.read_text() + '\n[[policy]]\nmode = "enforced"\n')
+    reloads_before = daemon.log_text().count("config reload refused")
+    daemon.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while daemon.log_text().count("config reload refused") == reloads_before:
+        assert time.monotonic() < deadline, daemon.log_text()
+        time.sleep(0.05)
+    assert "policy[1]" in daemon.log_text()
+    assert daemon.process.poll() is None
+    assert pull_outcome(client, image) == "OK"
+    client.close()
+
+    # The audit log records each decision, one JSON object a line.
+    lines = [json.loads(line) for line in daemon.audit.read_text().splitlines()]
+    verdicts = [(line["action"], line["verdict"], line["mode"]) for line in lines]
+    assert ("pull", "deny", "enforce") in verdicts and ("pull", "allow", "off") in verdicts
+
+
+def test_metrics_endpoint_counts_decisions(daemon: RunningDaemon, stack: Stack) -> None:
+    import requests
+
+    client = daemon.client()
+    pull_outcome(client, f"{stack.registry.host}/daemon/nothing:1")
+    client.close()
+    text = requests.get(f"http://127.0.0.1:{daemon.metrics_port}/metrics", timeout=10).text
+    assert 'trustd_decisions_total{action="pull",mode="enforce",verdict="deny"} 1.0' in text
+
+
+def test_sigterm_finishes_calls_in_flight(daemon: RunningDaemon, stack: Stack) -> None:
+    images = []
+    for number in range(6):
+        pushed = stack.push_image(f"daemon/drain{number}", "1", seed=f"drain-{number}")
+        stack.sign(pushed)
+        images.append(f"{pushed.repository}:1")
+    outcomes: dict[str, str] = {}
+    started = threading.Barrier(len(images) + 1)
+
+    def pull(image: str) -> None:
+        client = daemon.client()
+        started.wait()
+        outcomes[image] = pull_outcome(client, image)
+        client.close()
+
+    threads = [threading.Thread(target=pull, args=(image,)) for image in images]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    time.sleep(0.02)  # let the calls reach the server; the drain must not cut them off
+    daemon.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(60)
+    assert daemon.process.wait(60) == 0
+    daemon.manager.wait_for("STOPPING", "1")
+    # Calls that reached trustd completed; calls that arrived after the stop were refused cleanly
+    # as UNAVAILABLE, never cut off half-way.
+    assert all(
+        outcome == "OK" or outcome.startswith("UNAVAILABLE") for outcome in outcomes.values()
+    )
+    assert "OK" in outcomes.values(), outcomes
+    assert not daemon.socket.exists()
+    assert "stopped" in daemon.log_text()
