@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -228,3 +229,45 @@ def test_python_stack_runs_without_writable_executable_memory(tmp_path: Path) ->
         pytest.skip("this kernel has no PR_SET_MDWE")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+CONNECT_PROBE = textwrap.dedent(
+    """
+    import socket, sys
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(sys.argv[1] + "/containerd.sock")
+    try:
+        open(sys.argv[1] + "/new-file", "w")
+    except OSError:
+        print("connected on a read-only mount")
+    """
+)
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is not installed")
+def test_socket_connect_works_on_a_read_only_mount(tmp_path: Path) -> None:
+    """ProtectSystem=strict leaves /run/containerd read-only; connecting must still work."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "containerd.sock"))
+    (tmp_path / "containerd.sock").chmod(0o660)  # as containerd's: no write bit for others
+    server.listen()
+    read_only = f"mount --bind {tmp_path} {tmp_path} && mount -o remount,bind,ro {tmp_path}"
+
+    def in_private_mount_namespace(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["unshare", "--mount", "sh", "-c", f'{read_only} && exec "$@"', "sh", *command],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+
+    try:
+        setup = in_private_mount_namespace("true")
+        if setup.returncode != 0:
+            pytest.skip(f"cannot make a private read-only mount here: {setup.stderr.strip()}")
+        result = in_private_mount_namespace(sys.executable, "-c", CONNECT_PROBE, str(tmp_path))
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "connected on a read-only mount"
