@@ -172,7 +172,11 @@ def run_daemon(config_path: Path) -> int:
     except ConfigError as error:
         log.error("%s", error)
         return 2
-    daemon = Daemon(config_path, config)
+    try:
+        daemon = Daemon(config_path, config)
+    except OSError as error:  # e.g. the audit log directory is not writable
+        log.error("cannot start: %s", error)
+        return 1
 
     def on_signal(number: int, _frame: FrameType | None) -> None:
         if number == signal.SIGHUP:
