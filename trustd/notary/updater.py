@@ -263,18 +263,21 @@ class _Refresh:
             try:
                 trusted.update_timestamp(data, self.now)
             except BadSignature:
-                # The timestamp key may have been rotated: a newer root must say so. If the
-                # root is unchanged, the bad signature stands.
-                before = trusted.raw("root")
-                self._rotate_root(trusted, None)
-                if trusted.raw("root") == before:
-                    raise
-                return True
+                if self._newer_root_after_bad_signature(trusted):
+                    return True
+                raise
             self.store.save(self.gun, "timestamp", data)
 
         if trusted.snapshot is None:
             data = self._fetch_expected(trusted, "snapshot")
-            trusted.update_snapshot(data, self.now)
+            try:
+                trusted.update_snapshot(data, self.now)
+            except BadSignature:
+                # The snapshot names the new root only once it verifies, and a snapshot key
+                # rotated to the server is signed by a key only that new root lists.
+                if self._newer_root_after_bad_signature(trusted):
+                    return True
+                raise
             self.store.save(self.gun, "snapshot", data)
 
         root_meta = trusted.snapshot.meta.get("root")
@@ -287,6 +290,14 @@ class _Refresh:
             trusted.update_targets(data, self.now)
             self.store.save(self.gun, "targets", data)
         return False
+
+    def _newer_root_after_bad_signature(self, trusted: TrustedSet) -> bool:
+        """Whether the server's root.json rotated the trusted root (as the notary client does
+        after a failed update: a rotated timestamp or snapshot key is only in the new root). If
+        the root is unchanged, the caller's bad signature stands."""
+        before = trusted.raw("root")
+        self._rotate_root(trusted, None)
+        return trusted.raw("root") != before
 
     # --- delegations -----------------------------------------------------------------------------
 

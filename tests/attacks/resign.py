@@ -1,0 +1,148 @@
+"""Re-signing copies of REAL notary metadata with the REAL keys the notary CLI holds.
+
+The attack tests change one thing in a file the real CLI or notary-server produced and sign it
+again with the key the CLI generated for that role, so trustd sees a valid signature on bad
+metadata. Server-held keys (the timestamp key, and the snapshot key once rotated to the server)
+are never available here; see ``upload`` for how a re-signed file gets a real timestamp.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from tests.stack import NotaryPublisher, NotaryServer
+from tests.stack.notary_keys import load_notary_key
+from trustd.notary.canonical import encode_canonical
+from trustd.notary.keys import canonical_key_id, load_public_key
+
+Document = dict[str, Any]
+
+
+def load(data: bytes) -> Document:
+    return json.loads(data)
+
+
+def dump(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def file_meta(data: bytes) -> Document:
+    """The ``{hashes, length}`` entry a parent lists for ``data``, as notary writes it."""
+    return {
+        "hashes": {
+            "sha256": base64.b64encode(hashlib.sha256(data).digest()).decode(),
+            "sha512": base64.b64encode(hashlib.sha512(data).digest()).decode(),
+        },
+        "length": len(data),
+    }
+
+
+def _raw_signature(key: PrivateKeyTypes, message: bytes) -> tuple[str, bytes]:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "eddsa", key.sign(message)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        # notary's ecdsa signatures are raw r||s, not DER.
+        r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
+        half = (key.curve.key_size + 7) // 8
+        return "ecdsa", r.to_bytes(half, "big") + s.to_bytes(half, "big")
+    raise TypeError(f"cannot sign with a {type(key).__name__}")
+
+
+def sign(document: Mapping[str, Any], signers: Iterable[tuple[str, PrivateKeyTypes]]) -> bytes:
+    """``document`` with its signatures replaced by fresh ones over canonical ``signed``."""
+    signed = document["signed"]
+    message = encode_canonical(signed)
+    signatures = []
+    for key_id, key in signers:
+        method, value = _raw_signature(key, message)
+        signatures.append(
+            {"keyid": key_id, "method": method, "sig": base64.b64encode(value).decode()}
+        )
+    return dump({"signed": signed, "signatures": signatures})
+
+
+def edit(data: bytes) -> Document:
+    """A deep copy of a metadata file to change before re-signing."""
+    return copy.deepcopy(load(data))
+
+
+class CLIKeys:
+    """The CLI trust dir's private keys, found by the key IDs metadata files use."""
+
+    def __init__(self, publisher: NotaryPublisher) -> None:
+        self.publisher = publisher
+
+    def _by_canonical_id(self) -> dict[str, PrivateKeyTypes]:
+        found: dict[str, PrivateKeyTypes] = {}
+        for path in sorted((self.publisher.trust_dir / "private").glob("*.key")):
+            key = load_notary_key(path, self.publisher.passphrase)
+            public = key.public_key()
+            assert isinstance(public, ec.EllipticCurvePublicKey)
+            spki = public.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            found[_ecdsa_id(spki)] = key
+        return found
+
+    def signer(self, key_id: str, key_entry: Mapping[str, Any]) -> tuple[str, PrivateKeyTypes]:
+        """(metadata key ID, private key) for a key as a metadata file lists it."""
+        public = load_public_key(
+            key_entry["keytype"], key_entry["keyval"]["public"], declared_id=key_id
+        )
+        keys = self._by_canonical_id()
+        return key_id, keys[canonical_key_id(public)]
+
+    def role_signers(self, root_or_targets: bytes, role: str) -> list[tuple[str, PrivateKeyTypes]]:
+        """Signers of ``role`` as a root (top-level role) or a targets file (delegation) lists."""
+        signed = load(root_or_targets)["signed"]
+        if "roles" in signed and isinstance(signed["roles"], dict):
+            key_ids = signed["roles"][role]["keyids"]
+            keys = signed["keys"]
+        else:
+            spec = next(r for r in signed["delegations"]["roles"] if r["name"] == role)
+            key_ids = spec["keyids"]
+            keys = signed["delegations"]["keys"]
+        return [self.signer(key_id, keys[key_id]) for key_id in key_ids]
+
+
+def _ecdsa_id(spki: bytes) -> str:
+    entry = {
+        "keytype": "ecdsa",
+        "keyval": {"private": None, "public": base64.b64encode(spki).decode()},
+    }
+    return hashlib.sha256(encode_canonical(entry)).hexdigest()
+
+
+def upload(server: NotaryServer, gun: str, files: Mapping[str, bytes]) -> None:
+    """Publish re-signed files to the real notary-server, as ``notary publish`` does.
+
+    notary-server checks the upload's signatures against the keys it knows and then signs a new
+    timestamp over the result with its own (server-held) timestamp key: the only honest way to
+    get a validly signed timestamp that points at a re-signed snapshot.
+    """
+    response = requests.post(
+        f"{server.url}/v2/{gun}/_trust/tuf/",
+        files=[("files", (role, data, "application/octet-stream")) for role, data in files.items()],
+        verify=str(server.ca_file),
+        timeout=30,
+    )
+    if response.status_code != 200:
+        raise RuntimeError(
+            f"notary-server refused the upload ({response.status_code}): {response.text}"
+        )
