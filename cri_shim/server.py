@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import stat
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ IMAGE_STATUS = f"/{SERVICE}/ImageStatus"
 
 # Server-streaming methods of the ImageService; everything else in the CRI is unary.
 STREAMING_METHODS = frozenset({f"/{SERVICE}/StreamImages"})
+
+# Longest wait, after tagging a pull, for containerd's CRI plugin to show the tag (seconds).
+TAG_VISIBLE_WAIT = 5.0
 
 
 class Admission(Protocol):
@@ -113,10 +117,37 @@ class ImageService:
             tag = _tag_to_apply(decision)
             if tag is not None:
                 self.containerd.tag_image(tag, decision.pull_ref, _timeout(context))
+                self._await_cri_tag(tag, metadata, context)
         except grpc.RpcError as error:
             log.warning("containerd failed to pull %s: %s", decision.pull_ref, error)
             _abort_with_upstream(context, error)
         return response
+
+    def _await_cri_tag(
+        self, tag: str, metadata: list[tuple[str, str | bytes]], context: grpc.ServicerContext
+    ) -> None:
+        """Wait until containerd's CRI plugin shows ``tag``.
+
+        The CRI plugin learns of images made through the images API from events, which it
+        handles asynchronously; kubelet asks ImageStatus of the tag right after the pull and
+        must not be told it is absent. Bounded: if the tag does not show, the pull still
+        succeeded and kubelet's next ImageStatus finds it.
+        """
+        deadline = time.monotonic() + TAG_VISIBLE_WAIT
+        remaining = _timeout(context)
+        if remaining is not None:
+            deadline = min(deadline, time.monotonic() + remaining)
+        request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=tag))
+        delay = 0.002
+        while True:
+            status = self.containerd.image_status(request, _timeout(context), metadata)
+            if tag in status.image.repo_tags:
+                return
+            if time.monotonic() + delay > deadline:
+                log.warning("containerd's CRI plugin does not show %s yet", tag)
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def image_status(
         self, request: api_pb2.ImageStatusRequest, context: grpc.ServicerContext
@@ -127,14 +158,28 @@ class ImageService:
             # Reported absent, kubelet pulls, and that pull is verified (and denied, with a
             # reason, if it still fails). A present-but-unverified image never runs.
             return api_pb2.ImageStatusResponse()
+        upstream = request
+        if decision.reference is not None:
+            # Ask for the name trustd verified (kubelet may send "nginx:1.25"), which is the
+            # normalised name containerd stores and trustd tags.
+            upstream = api_pb2.ImageStatusRequest()
+            upstream.CopyFrom(request)
+            upstream.image.image = str(decision.reference)
         try:
-            response = self.containerd.image_status(request, _timeout(context), metadata)
+            response = self.containerd.image_status(upstream, _timeout(context), metadata)
         except grpc.RpcError as error:
             _abort_with_upstream(context, error)
         if decision.signed is None or not response.HasField("image"):
             return response
         signed = f"{decision.signed.gun}@{decision.signed.digest}"
         if signed in response.image.repo_digests:
+            return response
+        if decision.mode == "audit":
+            # Audit admits what it cannot verify; reporting it absent would only make kubelet
+            # pull the same bytes again on every start.
+            log.warning(
+                "audit: local image %s is not the signed %s; admitted", request.image.image, signed
+            )
             return response
         log.info(
             "local image %s is not the signed %s; reporting it absent", request.image.image, signed
@@ -213,9 +258,13 @@ class _Handlers(grpc.GenericRpcHandler):
 class RunningServer:
     server: grpc.Server
     socket: Path
+    executor: futures.ThreadPoolExecutor
 
     def stop(self, grace: float | None) -> None:
         self.server.stop(grace).wait()
+        # grpc never shuts down the pool it was given: without this every stopped server
+        # would keep its handler threads for the life of the process.
+        self.executor.shutdown(wait=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
 
@@ -235,12 +284,18 @@ def serve(
         if not stat.S_ISSOCK(socket.lstat().st_mode):
             raise OSError(f"{socket} exists and is not a socket; refusing to replace it")
         socket.unlink()  # a stale socket left by an earlier run
+    executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cri")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cri"),
+        executor,
         handlers=[_Handlers(ImageService(admission, containerd, pull_timeout))],
         options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
     )
-    server.add_insecure_port(f"unix://{socket}")
-    server.start()
-    os.chmod(socket, socket_mode)
-    return RunningServer(server, socket)
+    running = RunningServer(server, socket, executor)
+    try:
+        server.add_insecure_port(f"unix://{socket}")
+        server.start()
+        os.chmod(socket, socket_mode)
+    except BaseException:
+        running.stop(None)
+        raise
+    return running
