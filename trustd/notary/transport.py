@@ -225,9 +225,10 @@ class NotaryTransport:
         params = {"scope": challenge.get("scope") or f"repository:{gun}:pull"}
         if challenge.get("service"):
             params["service"] = challenge["service"]
-        # The Notary server's own CA also protects a realm on the same host; any other host
-        # is checked against the system's CAs.
-        same_host = realm_parts.netloc == urlsplit(self.endpoint.base_url).netloc
+        # The Notary server's own CA also protects a realm on the same host (token services
+        # usually listen there on another port); any other host is checked against the
+        # system's CAs.
+        same_host = realm_parts.hostname == urlsplit(self.endpoint.base_url).hostname
         verify = self._verify if same_host else True
         if credentials and credentials.identity_token:
             form = {
