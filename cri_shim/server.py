@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,8 @@ class Admission(Protocol):
     def decide(
         self, image: str, credentials: Credentials | None = None, action: Action = Action.PULL
     ) -> Decision: ...
+
+    def report_pulled(self, decision: Decision, repo_digests: Sequence[str]) -> Decision: ...
 
 
 def status_code_for(error: TrustdError | None) -> grpc.StatusCode:
@@ -118,6 +120,14 @@ class ImageService:
             if tag is not None:
                 self.containerd.tag_image(tag, decision.pull_ref, _timeout(context))
                 self._await_cri_tag(tag, metadata, context)
+            elif decision.mode == "audit" and decision.signed is not None:
+                # Audit mode pulled what was asked; tell the policy what arrived.
+                status = self.containerd.image_status(
+                    api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=decision.pull_ref)),
+                    _timeout(context),
+                    metadata,
+                )
+                self.admission.report_pulled(decision, list(status.image.repo_digests))
         except grpc.RpcError as error:
             log.warning("containerd failed to pull %s: %s", decision.pull_ref, error)
             _abort_with_upstream(context, error)

@@ -93,12 +93,35 @@ class PolicyEngine:
         started = time.monotonic()
         decision = self._decide(image, credentials, action)
         decision = _with_latency(decision, time.monotonic() - started)
+        self._notify(decision)
+        return decision
+
+    def report_pulled(self, decision: Decision, repo_digests: Sequence[str]) -> Decision:
+        """After an audit-mode pull of a signed tag: was what arrived the signed image?
+
+        Audit mode pulls what was asked, so an image pushed over a signed tag would arrive
+        unnoticed; when the pulled image's digests do not include the signed one, that is
+        recorded as an audit failure.
+        """
+        signed = decision.signed
+        if decision.mode != "audit" or signed is None or decision.verdict is not Verdict.ALLOW:
+            return decision
+        if f"{signed.gun}@{signed.digest}" in repo_digests:
+            return decision
+        pulled = ", ".join(repo_digests) or "an image without a repository digest"
+        error = DigestNotSigned(
+            f"pulled {pulled}, but tag {signed.name} of {signed.gun} is signed as {signed.digest}"
+        )
+        mismatch = replace(decision, verdict=Verdict.AUDIT_FAIL, reason=str(error), error=error)
+        self._notify(mismatch)
+        return mismatch
+
+    def _notify(self, decision: Decision) -> None:
         for observer in self._observers:
             try:
                 observer(decision)
             except Exception:  # an audit sink failing must not turn into a crash or an admit
                 log.exception("decision observer failed")
-        return decision
 
     def _decide(self, image: str, credentials: Credentials | None, action: Action) -> Decision:
         config = self._config

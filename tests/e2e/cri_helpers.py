@@ -76,6 +76,9 @@ class RecordingAdmission:
             self.credentials.append(credentials)
         return self.policy.decide(image, credentials, action)
 
+    def report_pulled(self, decision: Decision, repo_digests: Sequence[str]) -> Decision:
+        return self.policy.report_pulled(decision, repo_digests)
+
 
 @dataclass
 class Shim:

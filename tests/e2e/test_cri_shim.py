@@ -181,6 +181,26 @@ def test_audit_mode_admits_an_unsigned_image_and_records_audit_fail(
     assert any("no trust data" in d.reason for d in decisions)
 
 
+def test_audit_mode_records_an_image_pushed_over_a_signed_tag(
+    stack: Stack, push_image: PushImage, registry: Registry, make_shim: MakeShim
+) -> None:
+    """Audit mode pulls what was asked; an image that is not the signed one is an audit failure."""
+    shim = make_shim(f'[[policy]]\nmatch = "{registry.host}/trustd-cri/audit-*"\nmode = "audit"\n')
+    signed = signed_image(stack, push_image, "audit-overwritten")
+    attacker = push_image(signed.repository.split("/", 1)[1], signed.tag, seed=uuid.uuid4().hex)
+
+    shim.pull(signed.tagged)
+
+    assert shim.manifest_digest_of(signed.tagged) == attacker.digest  # pulled as asked
+    verdicts = [(d.verdict, d.reason) for d in shim.decisions_for(signed.tagged)]
+    assert verdicts[0][0] is Verdict.ALLOW  # the tag itself is signed
+    assert verdicts[1] == (
+        Verdict.AUDIT_FAIL,
+        f"pulled {attacker.by_digest}, but tag {signed.tag} of {signed.repository} is signed as "
+        f"{signed.digest}",
+    )
+
+
 def test_off_mode_passes_through_without_verification(
     push_image: PushImage, registry: Registry, make_shim: MakeShim
 ) -> None:
