@@ -144,6 +144,24 @@ class ContainerdClient:
         self._await_connection(deadline)
         return call(request, timeout=_remaining(deadline), metadata=forwardable_metadata(metadata))
 
+    def await_cri_tag(self, tag: str, timeout: float, metadata: Metadata = ()) -> bool:
+        """Wait until containerd's CRI plugin shows ``tag``; False if it did not within ``timeout``.
+
+        The CRI plugin learns of images made through the images API (``tag_image``) from events
+        it handles asynchronously, so ImageStatus right after tagging may not show the tag yet.
+        """
+        deadline = time.monotonic() + timeout
+        request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=tag))
+        delay = 0.002
+        while True:
+            status = self.image_status(request, _remaining(deadline), metadata)
+            if tag in status.image.repo_tags:
+                return True
+            if time.monotonic() + delay > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
     # -- containerd images API -------------------------------------------------------------------
 
     def get_image(self, name: str, timeout: float | None) -> images_pb2.Image | None:

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import stat
-import time
 from collections.abc import Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -119,7 +118,14 @@ class ImageService:
             tag = _tag_to_apply(decision)
             if tag is not None:
                 self.containerd.tag_image(tag, decision.pull_ref, _timeout(context))
-                self._await_cri_tag(tag, metadata, context)
+                # kubelet asks ImageStatus of the tag right after the pull; bounded, because
+                # the pull itself succeeded and a later ImageStatus finds the tag anyway.
+                wait = TAG_VISIBLE_WAIT
+                remaining = _timeout(context)
+                if remaining is not None:
+                    wait = min(wait, remaining)
+                if not self.containerd.await_cri_tag(tag, wait, metadata):
+                    log.warning("containerd's CRI plugin does not show %s yet", tag)
             elif decision.mode == "audit" and decision.signed is not None:
                 # Audit mode pulled what was asked; tell the policy what arrived.
                 status = self.containerd.image_status(
@@ -132,32 +138,6 @@ class ImageService:
             log.warning("containerd failed to pull %s: %s", decision.pull_ref, error)
             _abort_with_upstream(context, error)
         return response
-
-    def _await_cri_tag(
-        self, tag: str, metadata: list[tuple[str, str | bytes]], context: grpc.ServicerContext
-    ) -> None:
-        """Wait until containerd's CRI plugin shows ``tag``.
-
-        The CRI plugin learns of images made through the images API from events, which it
-        handles asynchronously; kubelet asks ImageStatus of the tag right after the pull and
-        must not be told it is absent. Bounded: if the tag does not show, the pull still
-        succeeded and kubelet's next ImageStatus finds it.
-        """
-        deadline = time.monotonic() + TAG_VISIBLE_WAIT
-        remaining = _timeout(context)
-        if remaining is not None:
-            deadline = min(deadline, time.monotonic() + remaining)
-        request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=tag))
-        delay = 0.002
-        while True:
-            status = self.containerd.image_status(request, _timeout(context), metadata)
-            if tag in status.image.repo_tags:
-                return
-            if time.monotonic() + delay > deadline:
-                log.warning("containerd's CRI plugin does not show %s yet", tag)
-                return
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
 
     def image_status(
         self, request: api_pb2.ImageStatusRequest, context: grpc.ServicerContext

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -125,15 +124,7 @@ class Shim:
         return self.direct.ImageStatus(status_request(image), timeout=TIMEOUT)
 
     def await_cri_tag(self, name: str, timeout: float = 10.0) -> None:
-        """Wait for containerd's CRI plugin to show a tag made through the images API.
-
-        The plugin learns of such images from events, handled asynchronously.
-        """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if name in self.direct_status(name).image.repo_tags:
-                return
-            time.sleep(0.01)
+        assert self.containerd.await_cri_tag(name, timeout), f"CRI never showed {name}"
 
     def manifest_digest_of(self, name: str) -> str | None:
         """The manifest digest containerd's image record ``name`` points at, if there is one."""

@@ -80,6 +80,7 @@ def test_tag_image_makes_cri_find_the_tag(client: ContainerdClient, pulled: Any)
 
     client.tag_image(tag_ref, digest_ref, TIMEOUT)
 
+    assert client.await_cri_tag(tag_ref, TIMEOUT)
     status = client.image_status(status_request(tag_ref), TIMEOUT)
     assert status.HasField("image")
     assert tag_ref in status.image.repo_tags
