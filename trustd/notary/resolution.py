@@ -156,7 +156,9 @@ class SignedTag:
 
 
 @dataclass(frozen=True)
-class RoleKeys:
+class KeyHolder:
+    """A signer or administrative role as ``inspect`` shows it: its name, keys and threshold."""
+
     role: str
     key_ids: tuple[str, ...]
     threshold: int
@@ -169,8 +171,8 @@ class RepositoryReport:
     gun: str
     server: str
     signed_tags: tuple[SignedTag, ...]
-    signers: tuple[RoleKeys, ...]
-    administrative_keys: tuple[RoleKeys, ...]
+    signers: tuple[KeyHolder, ...]
+    administrative_keys: tuple[KeyHolder, ...]
     broken_roles: tuple[tuple[str, str], ...]
 
 
@@ -194,14 +196,14 @@ def inspect_repository(repository: VerifiedRepository) -> RepositoryReport:
         for (name, digest, size), found in sorted(by_tag.items())
     )
     signers = tuple(
-        RoleKeys(signer_name(role), tuple(sorted(spec.keyids)), spec.threshold)
+        KeyHolder(signer_name(role), tuple(sorted(spec.keyids)), spec.threshold)
         for role, spec in sorted(repository.delegations.items())
     )
     admin = []
     for role, label in (("root", "Root"), ("targets", "Repository")):
         spec = repository.root.roles.get(role)
         if spec is not None:
-            admin.append(RoleKeys(label, tuple(sorted(spec.keyids)), spec.threshold))
+            admin.append(KeyHolder(label, tuple(sorted(spec.keyids)), spec.threshold))
     broken = tuple((role, str(error)) for role, error in sorted(repository.broken.items()))
     return RepositoryReport(
         repository.gun, repository.server, signed_tags, signers, tuple(admin), broken
