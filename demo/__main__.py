@@ -22,6 +22,7 @@ import grpc
 from cri_shim.crictl import ImageClient
 from tests.stack.ports import free_port
 from tests.stack.stack import Stack
+from tests.stack.trustd_config import trustd_config_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,31 +38,19 @@ def step(number: int, title: str) -> None:
 
 def write_config(workdir: Path, stack: Stack) -> Path:
     config = workdir / "trustd.toml"
+    notary = [(stack.registry.host, stack.notary_server.url, stack.notary_server.ca_file)]
+    policy = f'[[policy]]\nmatch = "{stack.registry.host}/demo/**"\nmode = "enforce"\n'
     config.write_text(
-        f"""# written by the demo; see examples/trustd.toml for a production config
-version = 1
-
-[server]
-socket = "{workdir / "run" / "cri.sock"}"
-containerd = "{stack.containerd.endpoint}"
-state_dir = "{workdir / "state"}"
-
-[audit]
-file = "{workdir / "audit.log"}"
-stdout = false
-
-[metrics]
-listen = "127.0.0.1:{free_port()}"
-
-[[notary]]
-registry = "{stack.registry.host}"
-url = "{stack.notary_server.url}"
-ca = "{stack.notary_server.ca_file}"
-
-[[policy]]
-match = "{stack.registry.host}/demo/**"
-mode = "enforce"
-"""
+        "# written by the demo; see examples/trustd.toml for a production config\n"
+        + trustd_config_text(
+            state_dir=workdir / "state",
+            notary=notary,
+            policy=policy,
+            containerd_endpoint=stack.containerd.endpoint,
+            socket=workdir / "run" / "cri.sock",
+            audit_file=workdir / "audit.log",
+            metrics_listen=f"127.0.0.1:{free_port()}",
+        )
     )
     return config
 

@@ -8,7 +8,6 @@ every decision is kept in ``Shim.decisions`` instead, by an ordinary policy obse
 
 from __future__ import annotations
 
-import json
 import tempfile
 import threading
 import uuid
@@ -33,31 +32,6 @@ TIMEOUT = 60.0
 def unique_repo(prefix: str) -> str:
     """A repository name no other test uses, so tests never see each other's images or tags."""
     return f"trustd-cri/{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def toml_string(value: str) -> str:
-    # A JSON string of hosts, URLs and paths is a valid TOML basic string.
-    return json.dumps(value)
-
-
-def trustd_config_text(
-    *,
-    state_dir: Path,
-    notary: Sequence[tuple[str, str, Path | None]],
-    policy: str = "",
-    containerd_endpoint: str | None = None,
-) -> str:
-    """A trustd.toml; ``notary`` is (registry, url, ca) per Notary server, ``policy`` appended."""
-    lines = ["[server]", f"state_dir = {toml_string(str(state_dir))}"]
-    if containerd_endpoint is not None:
-        lines.append(f"containerd = {toml_string(containerd_endpoint)}")
-    lines += ["", "[audit]", 'file = ""', "stdout = false", "", "[metrics]", 'listen = ""', ""]
-    for registry, url, ca in notary:
-        lines += ["[[notary]]", f"registry = {toml_string(registry)}", f"url = {toml_string(url)}"]
-        if ca is not None:
-            lines.append(f"ca = {toml_string(str(ca))}")
-        lines.append("")
-    return "\n".join(lines) + "\n" + policy
 
 
 class RecordingAdmission:

@@ -24,7 +24,6 @@ from tests.e2e.cri_helpers import (
     TIMEOUT,
     Shim,
     running_shim,
-    trustd_config_text,
     unique_repo,
 )
 from tests.stack import (
@@ -36,6 +35,7 @@ from tests.stack import (
     Stack,
     free_port,
 )
+from tests.stack.trustd_config import trustd_config_text
 from trustd.notary.transport import Credentials
 from trustd.policy import Verdict
 

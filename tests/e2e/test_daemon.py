@@ -24,6 +24,7 @@ import pytest
 from cri_shim.crictl import ImageClient
 from tests.stack import Stack
 from tests.stack.ports import free_port
+from tests.stack.trustd_config import trustd_config_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,26 +80,16 @@ class RunningDaemon:
 
 def write_config(path: Path, stack: Stack, workdir: Path, metrics_port: int, rules: str) -> None:
     path.write_text(
-        f"""
-[server]
-socket = "{workdir / "cri.sock"}"
-containerd = "{stack.containerd.endpoint}"
-state_dir = "{workdir / "state"}"
-shutdown_grace = 20
-
-[audit]
-file = "{workdir / "audit.log"}"
-stdout = false
-
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-
-[[notary]]
-registry = "{stack.registry.host}"
-url = "{stack.notary_server.url}"
-ca = "{stack.notary_server.ca_file}"
-{rules}
-"""
+        trustd_config_text(
+            state_dir=workdir / "state",
+            notary=[(stack.registry.host, stack.notary_server.url, stack.notary_server.ca_file)],
+            policy=rules,
+            containerd_endpoint=stack.containerd.endpoint,
+            socket=workdir / "cri.sock",
+            server={"shutdown_grace": 20},
+            audit_file=workdir / "audit.log",
+            metrics_listen=f"127.0.0.1:{metrics_port}",
+        )
     )
 
 

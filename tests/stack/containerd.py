@@ -13,6 +13,7 @@ import grpc
 
 from tests.stack.ports import StackError
 from tests.stack.process import ManagedProcess
+from tests.stack.trustd_config import toml_value
 
 # Longest unix socket path the kernel accepts (sun_path is 108 bytes with the terminator).
 _MAX_SOCKET_PATH = 100
@@ -22,11 +23,6 @@ _UNUSED_PLUGINS = (
     "io.containerd.snapshotter.v1.zfs",
     "io.containerd.snapshotter.v1.devmapper",
 )
-
-
-def _toml_string(value: str) -> str:
-    # A JSON string of plain paths and hosts is a valid TOML basic string.
-    return json.dumps(value)
 
 
 def overlay_mount_works(scratch: Path) -> bool:
@@ -50,8 +46,8 @@ def hosts_toml(host: str) -> str:
     """A containerd registry hosts.toml making ``host`` a plain-HTTP pull/resolve endpoint."""
     server = f"http://{host}"
     return (
-        f"server = {_toml_string(server)}\n\n"
-        f"[host.{_toml_string(server)}]\n"
+        f"server = {toml_value(server)}\n\n"
+        f"[host.{toml_value(server)}]\n"
         '  capabilities = ["pull", "resolve"]\n'
         "  skip_verify = true\n"
     )
@@ -129,15 +125,15 @@ class Containerd:
         cri = '[plugins."io.containerd.grpc.v1.cri"'
         lines = [
             "version = 2",
-            f"root = {_toml_string(str(self.root))}",
-            f"state = {_toml_string(str(self.state))}",
+            f"root = {toml_value(str(self.root))}",
+            f"state = {toml_value(str(self.state))}",
             f"disabled_plugins = {json.dumps(list(_UNUSED_PLUGINS))}",
             "",
             "[grpc]",
-            f"  address = {_toml_string(str(self.socket))}",
+            f"  address = {toml_value(str(self.socket))}",
             "",
             '[plugins."io.containerd.internal.v1.opt"]',
-            f"  path = {_toml_string(str(self.workdir / 'opt'))}",
+            f"  path = {toml_value(str(self.workdir / 'opt'))}",
             "",
             f"{cri}]",
             "  disable_tcp_service = true",
@@ -145,15 +141,15 @@ class Containerd:
             '  stream_server_port = "0"',
             "",
             f"{cri}.containerd]",
-            f"  snapshotter = {_toml_string(self.snapshotter)}",
+            f"  snapshotter = {toml_value(self.snapshotter)}",
             "",
             f"{cri}.cni]",
             # No CNI: image calls do not need it; private dirs keep the host's config out.
-            f"  bin_dir = {_toml_string(str(self.workdir / 'cni' / 'bin'))}",
-            f"  conf_dir = {_toml_string(str(self.workdir / 'cni' / 'net.d'))}",
+            f"  bin_dir = {toml_value(str(self.workdir / 'cni' / 'bin'))}",
+            f"  conf_dir = {toml_value(str(self.workdir / 'cni' / 'net.d'))}",
             "",
             f"{cri}.registry]",
-            f"  config_path = {_toml_string(str(self.hosts_dir))}",
+            f"  config_path = {toml_value(str(self.hosts_dir))}",
             "",
         ]
         self.config_path.write_text("\n".join(lines))
