@@ -21,15 +21,9 @@ from pathlib import Path
 import grpc
 
 from cri_shim.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from tests.stack.trustd_config import trustd_config_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-_TRUSTD_SERVE = (
-    "import sys; from trustd.cli import trustd_main; sys.exit(trustd_main(sys.argv[1:]))"
-)
-
-
-def _toml(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def write_config(
@@ -44,32 +38,13 @@ def write_config(
     notary_ca: Path,
 ) -> Path:
     """A trustd config for the bench: every repository of ``registry`` enforced (the default)."""
-    text = "\n".join(
-        [
-            "version = 1",
-            "",
-            "[server]",
-            f"socket = {_toml(str(socket))}",
-            'socket_mode = "0660"',
-            f"containerd = {_toml(containerd_endpoint)}",
-            f"state_dir = {_toml(str(state_dir))}",
-            "pull_timeout = 120",
-            "shutdown_grace = 2",
-            "",
-            "[audit]",
-            f"file = {_toml(str(audit_file))}",
-            "stdout = false",
-            "",
-            "[metrics]",
-            'listen = ""',
-            "",
-            "[[notary]]",
-            f"registry = {_toml(registry)}",
-            f"url = {_toml(notary_url)}",
-            f"ca = {_toml(str(notary_ca))}",
-            "timeout = 10",
-            "",
-        ]
+    text = trustd_config_text(
+        state_dir=state_dir,
+        notary=[(registry, notary_url, notary_ca)],
+        containerd_endpoint=containerd_endpoint,
+        socket=socket,
+        server={"pull_timeout": 120, "shutdown_grace": 2},
+        audit_file=audit_file,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -104,7 +79,7 @@ class ShimProcess:
         self.log = log
         self._log_file = log.open("ab")
         if mode == "daemon":
-            command = [sys.executable, "-c", _TRUSTD_SERVE, "serve", "--config", str(config)]
+            command = [sys.executable, "-m", "trustd", "serve", "--config", str(config)]
         else:
             command = [sys.executable, "-m", "bench.host", str(config)]
         environment = dict(os.environ)
