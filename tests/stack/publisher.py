@@ -1,7 +1,8 @@
 """The REAL notary CLI as a publisher: init, add, publish, delegations, key rotation.
 
 Every method runs ``notary -s URL -d TRUSTDIR --tlscacert CA …`` as a subprocess with the
-passphrases in ``NOTARY_*_PASSPHRASE`` so nothing prompts.
+passphrases in ``NOTARY_*_PASSPHRASE``; the one confirmation the CLI asks for (rotating the root
+key) is answered on stdin, and an aborted command is an error, not a silent no-op.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tests.stack.ports import StackError
 
 _PASSPHRASE_ROLES = ("ROOT", "TARGETS", "SNAPSHOT", "DELEGATION")
 _KEY_ID = re.compile(r"^[0-9a-f]{64}$")
+_ABORTED = "Aborting action."
 
 
 class NotaryCLIError(StackError):
@@ -75,8 +77,12 @@ class NotaryPublisher:
 
     # --- running the CLI --------------------------------------------------------------------
 
-    def run(self, *args: str) -> str:
-        """Run one notary command against this server and trust dir; return its stdout."""
+    def run(self, *args: str, stdin: str = "") -> str:
+        """Run one notary command against this server and trust dir; return its stdout.
+
+        ``stdin`` answers the CLI's prompts; without it the CLI reads end-of-file, never the
+        test runner's own stdin.
+        """
         command = [
             "notary",
             "-s",
@@ -91,12 +97,23 @@ class NotaryPublisher:
         for role in _PASSPHRASE_ROLES:
             environment[f"NOTARY_{role}_PASSPHRASE"] = self.passphrase
         result = subprocess.run(
-            command, capture_output=True, text=True, env=environment, check=False, timeout=60
+            command,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=environment,
+            check=False,
+            timeout=60,
         )
         if result.returncode != 0:
             raise NotaryCLIError(
                 f"{' '.join(command)} failed ({result.returncode}): "
                 f"{(result.stderr or result.stdout).strip()}"
+            )
+        # A declined or unanswered confirmation prints this and still exits 0.
+        if _ABORTED in result.stdout or _ABORTED in result.stderr:
+            raise NotaryCLIError(
+                f"{' '.join(command)} aborted: {(result.stdout + result.stderr).strip()}"
             )
         return result.stdout
 
@@ -241,8 +258,18 @@ class NotaryPublisher:
     # --- keys -------------------------------------------------------------------------------
 
     def rotate_key(self, gun: str, role: str, server_managed: bool = False) -> None:
-        """``notary key rotate``: published at once by the CLI."""
-        self.run("key", "rotate", gun, role, *(["-r"] if server_managed else []))
+        """``notary key rotate``: published at once by the CLI.
+
+        Rotating root asks "Are you sure you want to proceed?" and has no flag to skip it.
+        """
+        self.run(
+            "key",
+            "rotate",
+            gun,
+            role,
+            *(["-r"] if server_managed else []),
+            stdin="yes\n" if role == "root" else "",
+        )
 
     def _key_files(self) -> list[Path]:
         private = self.trust_dir / "private"
