@@ -523,6 +523,8 @@ def test_exit_statuses(
     dead_port = free_port()
     dead = trustd(url=f"https://127.0.0.1:{dead_port}").verify_process(image.tagged)
     assert dead.status == 3
-    assert dead.stderr.strip().startswith(f"trustctl: cannot reach https://127.0.0.1:{dead_port}: ")
-    assert "Connection refused" in dead.stderr
+    assert dead.stderr.strip() == (
+        f"trustctl: cannot reach notary at https://127.0.0.1:{dead_port} for "
+        f"{image.repository}: connection refused"
+    )
     assert "Traceback" not in dead.stderr

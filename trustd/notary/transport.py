@@ -108,7 +108,7 @@ class NotaryTransport:
         url = self.url_for(gun, name)
         credentials = credentials or self.endpoint.default_credentials
         token = self._cached_token(gun, credentials)
-        response = self._get(url, token)
+        response = self._get(url, token, gun)
         try:
             if response.status_code == 401:
                 challenge = parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
@@ -119,7 +119,7 @@ class NotaryTransport:
                         "but did not offer Docker token auth"
                     )
                 token = self._obtain_token(gun, challenge, credentials)
-                response = self._get(url, token)
+                response = self._get(url, token, gun)
                 if response.status_code in (401, 403):
                     raise AuthenticationFailed(
                         f"notary at {self.endpoint.base_url} refused access to {gun} "
@@ -143,7 +143,7 @@ class NotaryTransport:
     def check_health(self) -> None:
         """Raise NotaryUnavailable unless the server answers its health endpoint."""
         url = f"{self.endpoint.base_url}/_notary_server/health"
-        response = self._get(url, None)
+        response = self._get(url, None, None)
         response.close()
         if response.status_code != 200:
             raise NotaryUnavailable(
@@ -152,12 +152,19 @@ class NotaryTransport:
 
     # --- HTTP ------------------------------------------------------------------------------------
 
-    def _get(self, url: str, token: str | None, **kwargs: object) -> requests.Response:
+    def _get(self, url: str, token: str | None, gun: str | None) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return self._request("GET", url, headers=headers, verify=self._verify, **kwargs)
+        return self._request(
+            "GET", url, service="notary", gun=gun, headers=headers, verify=self._verify
+        )
 
-    def _request(self, method: str, url: str, **kwargs: object) -> requests.Response:
+    def _request(
+        self, method: str, url: str, *, service: str, gun: str | None, **kwargs: object
+    ) -> requests.Response:
+        """One request; a failure to connect names the service, its origin and the GUN."""
         timeout = self.endpoint.timeout
+        # Only the origin: a URL's path and query can carry a token or an account name.
+        where = f"{service} at {_origin(url)}" + (f" for {gun}" if gun else "")
         try:
             return self._session.request(
                 method,
@@ -169,16 +176,12 @@ class NotaryTransport:
             )
         except requests.exceptions.SSLError as error:
             raise NotaryUnavailable(
-                f"TLS failure talking to {_origin(url)}: {_short_reason(error)}"
+                f"TLS failure talking to {where}: {_short_reason(error)}"
             ) from None
         except requests.exceptions.Timeout:
-            raise NotaryUnavailable(
-                f"notary at {_origin(url)} did not answer within {timeout:g}s"
-            ) from None
+            raise NotaryUnavailable(f"{where} did not answer within {timeout:g}s") from None
         except requests.exceptions.RequestException as error:
-            raise NotaryUnavailable(
-                f"cannot reach {_origin(url)}: {_short_reason(error)}"
-            ) from None
+            raise NotaryUnavailable(f"cannot reach {where}: {_short_reason(error)}") from None
 
     def _read_capped(self, response: requests.Response, max_bytes: int, what: str) -> bytes:
         declared = response.headers.get("Content-Length")
@@ -237,12 +240,22 @@ class NotaryTransport:
                 "client_id": "trustd",
                 **params,
             }
-            response = self._request("POST", realm, data=form, verify=verify)
+            response = self._request(
+                "POST", realm, service="token service", gun=gun, data=form, verify=verify
+            )
         else:
             if credentials and credentials.username:
                 params["account"] = credentials.username
             auth = (credentials.username, credentials.password) if credentials else None
-            response = self._request("GET", realm, params=params, auth=auth, verify=verify)
+            response = self._request(
+                "GET",
+                realm,
+                service="token service",
+                gun=gun,
+                params=params,
+                auth=auth,
+                verify=verify,
+            )
         try:
             if response.status_code in (401, 403):
                 who = f"user {credentials.username!r}" if credentials else "anonymous access"
@@ -280,8 +293,9 @@ def _credential_key(credentials: Credentials | None) -> str:
 
 
 def _origin(url: str) -> str:
+    # netloc without any user:password@ a realm URL might carry.
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def _short_reason(error: Exception) -> str:
@@ -295,6 +309,7 @@ def _short_reason(error: Exception) -> str:
         "Connection reset",
     ):
         if marker in text:
-            detail = text[text.index(marker) :].split("'")[0].split(")")[0]
-            return detail.strip(" :(")
+            detail = text[text.index(marker) :].split("'")[0].split(")")[0].strip(' :("')
+            # Part of a sentence ("cannot reach … : connection refused"), not a title.
+            return detail[0].lower() + detail[1:]
     return text[:200]
