@@ -62,7 +62,9 @@ class Daemon:
         self.counts = _Counts()
         self.metrics = Metrics()
         self.audit = AuditLog(_audit_path(config), stdout=config.audit.stdout)
-        self.trust = TrustEngine(config, config.server.state_dir)
+        self.trust = TrustEngine(
+            config, config.server.state_dir, on_refresh=self.metrics.record_cache
+        )
         self.policy = PolicyEngine(config, self.trust)
         for observer in (self.audit, self.metrics.observe, self.counts):
             self.policy.add_observer(observer)

@@ -173,3 +173,50 @@ def test_inspect_lists_tags_signers_and_keys(store: MetadataStore) -> None:
     assert tags["v1"].signers == ("Repo Admin",)
     assert [signer.role for signer in report.signers] == ["releases"]
     assert [admin.role for admin in report.administrative_keys] == ["Root", "Repository"]
+
+
+# --- the cache hit/miss report ------------------------------------------------------------------
+
+
+def test_on_refresh_reports_a_hit_only_when_nothing_but_the_timestamp_was_downloaded(
+    store: MetadataStore,
+) -> None:
+    seen: list[bool] = []
+    served = ServedFiles()
+    updater = Updater(store, clock=lambda: NOW, on_refresh=seen.append)
+    refresh(updater, served)  # first contact: every file downloaded
+    refresh(updater, served)  # same timestamp: the rest is held in memory
+    assert seen == [False, True]
+
+    # A restart answers from the disk cache just the same.
+    restarted = Updater(store, clock=lambda: NOW, on_refresh=seen.append)
+    served.requests.clear()
+    refresh(restarted, served)
+    assert served.requests == ["timestamp"]
+    assert seen == [False, True, True]
+
+    # One file missing from the cache has to be downloaded again: a miss.
+    store.delete(GUN, "targets/releases")
+    served.requests.clear()
+    refresh(Updater(store, clock=lambda: NOW, on_refresh=seen.append), served)
+    assert served.requests[0] == "timestamp" and len(served.requests) > 1
+    assert seen == [False, True, True, False]
+
+
+def test_on_refresh_is_not_told_about_failed_refreshes(store: MetadataStore) -> None:
+    seen: list[bool] = []
+    served = ServedFiles()
+    served.files.clear()
+    with pytest.raises(NoTrustData):
+        refresh(Updater(store, clock=lambda: NOW, on_refresh=seen.append), served)
+    assert seen == []
+
+
+def test_a_failing_on_refresh_does_not_fail_the_lookup(store: MetadataStore) -> None:
+    def broken_counter(hit: bool) -> None:
+        raise RuntimeError("counter is broken")
+
+    repository = refresh(
+        Updater(store, clock=lambda: NOW, on_refresh=broken_counter), ServedFiles()
+    )
+    assert resolve_tag(repository, "v1").size == 34

@@ -64,8 +64,10 @@ class TrustEngine:
         settings: TrustSettings,
         state_dir: Path,
         clock: Callable[[], datetime] = utc_now,
+        on_refresh: Callable[[bool], None] | None = None,
     ) -> None:
-        self.updater = Updater(MetadataStore(state_dir), clock)
+        # on_refresh(hit): see Updater; the daemon passes its cache hit/miss counter.
+        self.updater = Updater(MetadataStore(state_dir), clock, on_refresh)
         self._settings = settings
         self._transports: dict[object, NotaryTransport] = {}
         self._pinning_cas: dict[Path, tuple[x509.Certificate, ...]] = {}

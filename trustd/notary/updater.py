@@ -8,6 +8,10 @@ when the timestamp says it changed.
 
 Concurrent lookups of one GUN share one refresh (single flight), so a burst of parallel pulls
 costs the Notary server one round of requests.
+
+An optional ``on_refresh(hit)`` callback is told, once per successful refresh, whether it was
+answered from what this node already held (nothing but ``timestamp.json`` downloaded) or had to
+download more; the daemon counts these as cache hits and misses.
 """
 
 from __future__ import annotations
@@ -79,9 +83,15 @@ def utc_now() -> datetime:
 class Updater:
     """Keeps the verified trust data of every GUN it is asked about, in memory and on disk."""
 
-    def __init__(self, store: MetadataStore, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        clock: Callable[[], datetime] = utc_now,
+        on_refresh: Callable[[bool], None] | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.on_refresh = on_refresh
         self._sets: dict[str, TrustedSet] = {}
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[VerifiedRepository]] = {}
@@ -112,10 +122,20 @@ class Updater:
             raise
         else:
             pending.set_result(result)
+            self._report(refresh.downloaded == ["timestamp"])
             return result
         finally:
             with self._lock:
                 del self._inflight[gun]
+
+    def _report(self, hit: bool) -> None:
+        if self.on_refresh is None:
+            return
+        try:
+            self.on_refresh(hit)
+        except Exception:
+            # Counting must never turn a verified answer into a failed lookup.
+            log.exception("the on_refresh callback failed")
 
     def forget(self, gun: str) -> None:
         """Drop the in-memory state of ``gun`` (the disk cache stays)."""
@@ -156,6 +176,8 @@ class _Refresh:
         self.credentials = credentials
         self.now = updater.clock()
         self.server = transport.endpoint.base_url
+        # Names of the files this refresh downloaded, in order (for the cache hit/miss report).
+        self.downloaded: list[str] = []
 
     def run(self) -> VerifiedRepository:
         trusted = self.updater._held_set(self.gun) or self._load_from_cache()
@@ -358,17 +380,22 @@ class _Refresh:
         # Fetching by hash is immune to the file changing between two requests; servers that do
         # not offer it get the plain name, which the hash check then binds just the same.
         try:
-            return self.transport.fetch(self.gun, hashed_name, limit, self.credentials)
+            return self._download(hashed_name, limit)
         except NotFound:
             return self._fetch(role, limit)
 
     def _fetch(self, role: str, limit: int, *, missing_means_no_data: bool = False) -> bytes:
         try:
-            return self.transport.fetch(self.gun, role, limit, self.credentials)
+            return self._download(role, limit)
         except NotFound:
             if missing_means_no_data:
                 raise NoTrustData(f"no trust data for {self.gun} on {self.server}") from None
             raise NoTrustData(f"{role}.json of {self.gun} is missing on {self.server}") from None
+
+    def _download(self, name: str, limit: int) -> bytes:
+        data = self.transport.fetch(self.gun, name, limit, self.credentials)
+        self.downloaded.append(name)
+        return data
 
     def _view(self, trusted: TrustedSet, broken: dict[str, TrustError]) -> VerifiedRepository:
         delegated: dict[str, Targets] = {}
