@@ -3,7 +3,8 @@
 The attack tests change one thing in a file the real CLI or notary-server produced and sign it
 again with the key the CLI generated for that role, so trustd sees a valid signature on bad
 metadata. Server-held keys (the timestamp key, and the snapshot key once rotated to the server)
-are never available here; see ``upload`` for how a re-signed file gets a real timestamp.
+are never available here; ``RootHolder`` does what the holder of the real root key can do
+instead: rotate those roles to keys it holds, then sign timestamp and snapshot itself.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from tests.stack import NotaryPublisher, NotaryServer
+from tests.stack import NotaryPublisher
 from tests.stack.notary_keys import load_notary_key
 from trustd.notary.canonical import encode_canonical
 from trustd.notary.keys import canonical_key_id, load_public_key
+from trustd.notary.keys import key_id as notary_key_id
 
 Document = dict[str, Any]
 
@@ -129,20 +130,55 @@ def _ecdsa_id(spki: bytes) -> str:
     return hashlib.sha256(encode_canonical(entry)).hexdigest()
 
 
-def upload(server: NotaryServer, gun: str, files: Mapping[str, bytes]) -> None:
-    """Publish re-signed files to the real notary-server, as ``notary publish`` does.
+class RootHolder:
+    """The holder of a repository's real root key, rotating timestamp and snapshot to its keys.
 
-    notary-server checks the upload's signatures against the keys it knows and then signs a new
-    timestamp over the result with its own (server-held) timestamp key: the only honest way to
-    get a validly signed timestamp that points at a re-signed snapshot.
+    ``root`` is the real root.json with its version bumped and the timestamp and snapshot roles
+    moved to Ed25519 keys generated here, signed by the real root key from the CLI's trust dir.
+    That key is both the old and the new root key, so this is a valid rotation, exactly what
+    ``notary key rotate`` by the owner produces. From then on this holder signs any timestamp
+    and snapshot; targets and delegations are still signed with the real CLI keys.
     """
-    response = requests.post(
-        f"{server.url}/v2/{gun}/_trust/tuf/",
-        files=[("files", (role, data, "application/octet-stream")) for role, data in files.items()],
-        verify=str(server.ca_file),
-        timeout=30,
-    )
-    if response.status_code != 200:
-        raise RuntimeError(
-            f"notary-server refused the upload ({response.status_code}): {response.text}"
-        )
+
+    def __init__(self, keys: CLIKeys, real_root: bytes) -> None:
+        self._signers: dict[str, tuple[str, ed25519.Ed25519PrivateKey]] = {}
+        document = edit(real_root)
+        signed = document["signed"]
+        for role in ("timestamp", "snapshot"):
+            private = ed25519.Ed25519PrivateKey.generate()
+            raw = private.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+            public = base64.b64encode(raw).decode()
+            new_id = notary_key_id("ed25519", public)
+            signed["keys"][new_id] = {
+                "keytype": "ed25519",
+                "keyval": {"private": None, "public": public},
+            }
+            signed["roles"][role] = {"keyids": [new_id], "threshold": 1}
+            self._signers[role] = (new_id, private)
+        signed["version"] += 1
+        self.root = sign(document, keys.role_signers(real_root, "root"))
+
+    def snapshot(
+        self,
+        real_snapshot: bytes,
+        changed: Mapping[str, bytes] = {},
+        expires: datetime | None = None,
+    ) -> bytes:
+        """The next snapshot: lists the new root and ``changed`` files, signed by this holder."""
+        document = edit(real_snapshot)
+        signed = document["signed"]
+        for role, data in {"root": self.root, **changed}.items():
+            signed["meta"][role] = file_meta(data)
+        signed["version"] += 1
+        if expires is not None:
+            signed["expires"] = rfc3339(expires)
+        return sign(document, [self._signers["snapshot"]])
+
+    def timestamp(self, real_timestamp: bytes, snapshot: bytes) -> bytes:
+        """The next timestamp, naming ``snapshot`` by length and hashes."""
+        document = edit(real_timestamp)
+        document["signed"]["meta"]["snapshot"] = file_meta(snapshot)
+        document["signed"]["version"] += 1
+        return sign(document, [self._signers["timestamp"]])

@@ -3,14 +3,17 @@
 Every file starts as what the real notary CLI and notary-server produced. A tampering HTTPS server
 (tests/attacks/harness.py) serves modified copies in front of the real server; where an attack
 needs "a valid signature on bad metadata", the copy is re-signed with the real key the CLI holds
-(tests/attacks/resign.py), and where a new timestamp is needed the re-signed files are uploaded
-to the real notary-server, which validates them and signs the timestamp with its own key.
+(tests/attacks/resign.py). Where a new timestamp or snapshot is needed (their keys are held by
+notary-server), the real root key first rotates those roles to keys the test holds, as the
+repository's owner can; the chain that follows is validly signed throughout and only its content
+is bad.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -40,14 +43,6 @@ from trustd.notary.keys import key_id
 
 PushImage = Callable[..., PushedImage]
 NOW = datetime.datetime.now(datetime.UTC)
-
-
-UPLOAD_LOSES_REPOSITORY = pytest.mark.skip(
-    reason="notary-server 0.7 (memory storage) accepts a re-signed snapshot POSTed to "
-    "/v2/GUN/_trust/tuf/ (HTTP 200) but then answers 404 for timestamp.json and snapshot.json; "
-    "the timestamp key is server-held, so there is no other honest way to get a valid timestamp "
-    "over a re-signed snapshot"
-)
 
 
 @pytest.fixture
@@ -216,57 +211,63 @@ def test_expired_timestamp(
     )
 
 
-def _publish_resigned(
-    server: NotaryServer, keys: resign.CLIKeys, gun: str, changed: dict[str, bytes]
-) -> None:
-    """Upload re-signed ``changed`` files with a snapshot (CLI-held key) that lists them."""
-    root = server.metadata(gun, "root")
-    snapshot = resign.edit(server.metadata(gun, "snapshot"))
-    for role, data in changed.items():
-        snapshot["signed"]["meta"][role] = resign.file_meta(data)
-    snapshot["signed"]["version"] += 1
-    signed_snapshot = resign.sign(snapshot, keys.role_signers(root, "snapshot"))
-    resign.upload(server, gun, {**changed, "snapshot": signed_snapshot})
+def serve_root_holders_chain(
+    tamper: TamperServer,
+    server: NotaryServer,
+    keys: resign.CLIKeys,
+    gun: str,
+    changed: dict[str, bytes] | None = None,
+    snapshot_expires: datetime.datetime | None = None,
+) -> resign.RootHolder:
+    """Serve a root rotated by the real root key, and a timestamp and snapshot over ``changed``."""
+    holder = resign.RootHolder(keys, server.metadata(gun, "root"))
+    snapshot = holder.snapshot(server.metadata(gun, "snapshot"), changed or {}, snapshot_expires)
+    timestamp = holder.timestamp(server.metadata(gun, "timestamp"), snapshot)
+    served = {"root": holder.root, "timestamp": timestamp, "snapshot": snapshot, **(changed or {})}
+    for role, data in served.items():
+        tamper.serve(gun, role, data)
+    return holder
 
 
-@UPLOAD_LOSES_REPOSITORY
+def trusts_rotated_root(node: Engine, gun: str, holder: resign.RootHolder) -> bool:
+    """Whether ``node`` followed the root holder's rotation (so the chain's signatures held)."""
+    return node.engine.updater.store.load(gun, "root") == holder.root
+
+
 @pytest.mark.parametrize("role", ["snapshot", "targets"])
 def test_expired_snapshot_and_targets(
     role: str,
     stack: Stack,
     push_image: PushImage,
     notary_server: NotaryServer,
+    tamper: TamperServer,
     keys: resign.CLIKeys,
     engine: Callable[..., Engine],
 ) -> None:
-    # notary-server refuses uploads that are already expired; so the real key re-signs the file
-    # to expire in an hour, the server timestamps it, and the engine's clock is two hours on.
-    gun = signed_repo(stack, push_image, f"expired-{role}", local_snapshot=True).repository
-    expires = NOW + datetime.timedelta(hours=1)
-    if role == "targets":
+    image = signed_repo(stack, push_image, f"expired-{role}")
+    gun = image.repository
+    node = engine()
+    assert node.resolve(gun, "v1") == image.digest  # the node trusts the real root first
+
+    expired = NOW - datetime.timedelta(hours=1)
+    if role == "snapshot":
+        holder = serve_root_holders_chain(
+            tamper, notary_server, keys, gun, snapshot_expires=expired
+        )
+    else:
         targets = resign.edit(notary_server.metadata(gun, "targets"))
-        targets["signed"]["expires"] = resign.rfc3339(expires)
+        targets["signed"]["expires"] = resign.rfc3339(expired)
         targets["signed"]["version"] += 1
         root = notary_server.metadata(gun, "root")
         signed = resign.sign(targets, keys.role_signers(root, "targets"))
-        _publish_resigned(notary_server, keys, gun, {"targets": signed})
-    else:
-        snapshot = resign.edit(notary_server.metadata(gun, "snapshot"))
-        snapshot["signed"]["expires"] = resign.rfc3339(expires)
-        snapshot["signed"]["version"] += 1
-        root = notary_server.metadata(gun, "root")
-        signed = resign.sign(snapshot, keys.role_signers(root, "snapshot"))
-        resign.upload(notary_server, gun, {"snapshot": signed})
-
-    fresh = engine(through_tamper=False)
-    assert fresh.resolve(gun, "v1")  # valid now: the file is fine until it expires
-    late = engine(through_tamper=False)
-    late.now = NOW + datetime.timedelta(hours=2)
-    denied(
-        ExpiredMetadata,
-        rf"^{role}\.json for {gun} expired at {expires:%Y-%m-%dT%H:%M:%S}",
-        lambda: late.resolve(gun, "v1"),
-    )
+        holder = serve_root_holders_chain(tamper, notary_server, keys, gun, {"targets": signed})
+    for attempt in (node, engine()):  # the node that followed the rotation, and a new one
+        denied(
+            ExpiredMetadata,
+            rf"^{role}\.json for {gun} expired at {expired:%Y-%m-%dT%H:%M:%S}Z$",
+            functools.partial(attempt.resolve, gun, "v1"),
+        )
+        assert trusts_rotated_root(attempt, gun, holder)
 
 
 # --- rollback and mix-and-match -----------------------------------------------------------------
@@ -385,38 +386,44 @@ def test_root_rotation_not_signed_by_the_old_root(
     )
 
 
-@UPLOAD_LOSES_REPOSITORY
 def test_delegation_signs_outside_its_paths(
     stack: Stack,
     push_image: PushImage,
     notary: NotaryPublisher,
     notary_server: NotaryServer,
+    tamper: TamperServer,
     keys: resign.CLIKeys,
     engine: Callable[..., Engine],
 ) -> None:
-    image = signed_repo(stack, push_image, "delegation-paths", local_snapshot=True)
+    image = signed_repo(stack, push_image, "delegation-paths")
     gun = image.repository
-    notary.add_delegation_signer(gun, "targets/releases", paths=["release-"])
-    release = push_image("attacks/delegation-paths", "release-1")
-    notary.add(gun, "release-1", release.manifest, roles=["targets/releases"], publish=True)
-    assert engine(through_tamper=False).resolve(gun, "release-1") == release.digest
+    notary.add_delegation_signer(gun, "targets/releases", paths=["prod-"])
+    release = push_image("attacks/delegation-paths", "prod-1")
+    notary.add(gun, "prod-1", release.manifest, roles=["targets/releases"], publish=True)
+    node = engine()
+    assert node.resolve(gun, "prod-1") == release.digest
+    assert node.resolve(gun, "v1") == image.digest
 
-    # The real delegation key signs a target outside "release-"; notary-server accepts it.
+    # The real delegation key signs "v1", outside "prod-", to take over the tag targets signs.
     releases = resign.edit(notary_server.metadata(gun, "targets/releases"))
-    releases["signed"]["targets"]["v1"] = releases["signed"]["targets"]["release-1"]
+    releases["signed"]["targets"]["v1"] = releases["signed"]["targets"]["prod-1"]
     releases["signed"]["version"] += 1
     targets = notary_server.metadata(gun, "targets")
     signed = resign.sign(releases, keys.role_signers(targets, "targets/releases"))
-    _publish_resigned(notary_server, keys, gun, {"targets/releases": signed})
-
-    node = engine(through_tamper=False)
-    denied(
-        DelegationViolation,
-        rf"^targets/releases\.json for {gun}: target 'v1' is outside the paths delegated to "
-        r"targets/releases \('release-'\)$",
-        lambda: node.resolve(gun, "v1"),
+    holder = serve_root_holders_chain(
+        tamper, notary_server, keys, gun, {"targets/releases": signed}
     )
-    # Only the broken role is unusable: a tag signed by targets alone still resolves.
+
+    violation = (
+        rf"^targets/releases\.json for {gun}: target 'v1' is outside the paths delegated to "
+        r"targets/releases \('prod-'\)$"
+    )
+    # docker's role order consults targets/releases first, for every tag.
+    denied(DelegationViolation, violation, lambda: node.resolve(gun, "v1"))
+    denied(DelegationViolation, violation, lambda: node.resolve(gun, "prod-1"))
+    assert trusts_rotated_root(node, gun, holder)
+    # Only the broken role is unusable: a lookup that does not consult it still resolves.
     assert node.engine.resolve_tag(node.registry, gun, "v1", roles=("targets",)).digest == (
         image.digest
     )
+    denied(DelegationViolation, violation, lambda: engine().resolve(gun, "v1"))
