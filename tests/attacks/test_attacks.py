@@ -427,3 +427,37 @@ def test_delegation_signs_outside_its_paths(
         image.digest
     )
     denied(DelegationViolation, violation, lambda: engine().resolve(gun, "v1"))
+
+
+def test_delegation_expiring_while_held_breaks_only_that_role(
+    stack: Stack,
+    push_image: PushImage,
+    notary: NotaryPublisher,
+    notary_server: NotaryServer,
+    tamper: TamperServer,
+    keys: resign.CLIKeys,
+    engine: Callable[..., Engine],
+) -> None:
+    image = signed_repo(stack, push_image, "delegation-expiry")
+    gun = image.repository
+    notary.add_delegation_signer(gun, "targets/releases")
+    release = push_image("attacks/delegation-expiry", "rc")
+    notary.add(gun, "rc", release.manifest, roles=["targets/releases"], publish=True)
+
+    # The real delegation key re-signs targets/releases to expire in an hour.
+    expires = NOW + datetime.timedelta(hours=1)
+    releases = resign.edit(notary_server.metadata(gun, "targets/releases"))
+    releases["signed"]["expires"] = resign.rfc3339(expires)
+    releases["signed"]["version"] += 1
+    targets = notary_server.metadata(gun, "targets")
+    signed = resign.sign(releases, keys.role_signers(targets, "targets/releases"))
+    serve_root_holders_chain(tamper, notary_server, keys, gun, {"targets/releases": signed})
+    held, fresh = engine(), engine()
+    assert held.resolve(gun, "rc") == release.digest  # valid now, and held in memory
+
+    expired = rf"^targets/releases\.json for {gun} expired at {expires:%Y-%m-%dT%H:%M:%S}Z$"
+    for node in (held, fresh):  # whether it expired in memory or was fetched expired
+        node.now = NOW + datetime.timedelta(hours=2)
+        by_targets = node.engine.resolve_tag(node.registry, gun, "v1", roles=("targets",))
+        assert by_targets.digest == image.digest
+        denied(ExpiredMetadata, expired, functools.partial(node.resolve, gun, "rc"))

@@ -24,8 +24,22 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from trustd.errors import BadSignature, NoTrustData, RootRotationInvalid, TrustError
-from trustd.notary.metadata import DelegatedRole, FileMeta, Root, Targets, parse
+from trustd.errors import (
+    BadSignature,
+    ExpiredMetadata,
+    NoTrustData,
+    RootRotationInvalid,
+    TrustError,
+)
+from trustd.notary.metadata import (
+    DelegatedRole,
+    FileMeta,
+    Root,
+    Targets,
+    file_label,
+    format_time,
+    parse,
+)
 from trustd.notary.pinning import TrustPinning, check_first_root
 from trustd.notary.store import MetadataStore
 from trustd.notary.transport import Credentials, NotaryTransport, NotFound
@@ -193,7 +207,7 @@ class _Refresh:
                     f"{_MAX_ROOT_ROTATIONS} times in one refresh"
                 )
             broken = self._update_delegations(trusted)
-            trusted.check_fresh(self.now)
+            self._check_top_level_fresh(trusted)
         except TrustError:
             # What is held stays verified; a failed refresh must not leave half an update behind
             # for the next caller, so start the next refresh from the cache again.
@@ -337,8 +351,15 @@ class _Refresh:
                 continue
             if trusted.delegation(role) is None:
                 continue  # listed in the snapshot but delegated by no loaded role: unreachable
-            if trusted.delegated(role) is not None:
-                continue  # unchanged since the last refresh
+            held = trusted.delegated(role)
+            if held is not None:
+                # Unchanged since the last refresh, but it may have expired while held: that
+                # breaks this role only, as it would had it been fetched expired.
+                expired = self._expired(role, held.expires)
+                if expired is not None:
+                    log.warning("delegated role %s of %s is unusable: %s", role, self.gun, expired)
+                    broken[role] = expired
+                continue
             try:
                 data = self._load_cached_delegation(trusted, role)
                 if data is None:
@@ -352,6 +373,27 @@ class _Refresh:
             if cached.startswith("targets/") and cached not in trusted.snapshot.meta:
                 self.store.delete(self.gun, cached)
         return broken
+
+    def _check_top_level_fresh(self, trusted: TrustedSet) -> None:
+        """ExpiredMetadata for a held root, timestamp, snapshot or targets past its expiry.
+
+        Files fetched in this refresh were checked as they were verified; held ones were not.
+        Delegated roles are left to ``_update_delegations``, which breaks only the expired role.
+        """
+        for role, metadata in (
+            ("root", trusted.root),
+            ("timestamp", trusted.timestamp),
+            ("snapshot", trusted.snapshot),
+            ("targets", trusted.targets),
+        ):
+            expired = None if metadata is None else self._expired(role, metadata.expires)
+            if expired is not None:
+                raise expired
+
+    def _expired(self, role: str, expires: datetime) -> ExpiredMetadata | None:
+        if self.now <= expires:
+            return None
+        return ExpiredMetadata(f"{file_label(role, self.gun)} expired at {format_time(expires)}")
 
     def _load_cached_delegation(self, trusted: TrustedSet, role: str) -> bytes | None:
         data = self.store.load(self.gun, role)
