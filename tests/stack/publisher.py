@@ -71,6 +71,9 @@ class NotaryPublisher:
         # Delegation signer certificates are made here; a private CA directory if none is given.
         self.pki = pki
         self.signer_certs: dict[str, Path] = {}
+        # The CLI's key files of delegation keys name no GUN, and one trust dir serves every
+        # test's repositories: which GUN a signer was made for is only known here.
+        self._delegation_keys: dict[tuple[str, str], list[str]] = {}
         self._files = self.trust_dir.parent / (self.trust_dir.name + "-files")
         self._files.mkdir(parents=True, exist_ok=True)
         self._file_counter = 0
@@ -252,6 +255,7 @@ class NotaryPublisher:
             raise StackError(f"notary key import for {role} wrote {len(imported)} key files")
         key_id = imported[0].stem
         self.signer_certs[key_id] = cert_path
+        self._delegation_keys.setdefault((gun, role), []).append(key_id)
         self.delegation_add(gun, role, cert_path, paths=paths, publish=publish)
         return key_id
 
@@ -280,8 +284,11 @@ class NotaryPublisher:
     def key_ids(self, gun: str, role: str) -> list[str]:
         """CLI key IDs of this trust dir's private keys for ``role``, oldest first.
 
-        Root and delegation keys are not bound to a GUN; targets (and local snapshot) keys are.
+        Root keys are not bound to a GUN; targets (and local snapshot) keys are. Delegation keys
+        are those ``add_delegation_signer`` made for ``gun``.
         """
+        if role.startswith("targets/"):
+            return list(self._delegation_keys.get((gun, role), []))
         found = []
         for path in self._key_files():
             headers, _ = read_key_file(path)
