@@ -48,7 +48,9 @@ class SignedTags:
 
     def _check(self) -> None:
         if self.down:
-            raise NotaryUnavailable("cannot reach https://notary.test: Connection refused")
+            raise NotaryUnavailable(
+                "cannot reach notary at https://notary.test for example.com/app: connection refused"
+            )
 
     def resolve_tag(self, registry, gun, tag, roles, signers, credentials) -> SignedTarget:
         self._check()
