@@ -176,6 +176,28 @@ def test_removed_tag_is_unsigned_at_once(
     assert run.stderr.strip() == f"trustctl: tag v1 is not signed in {image.repository}"
 
 
+def test_removed_delegation_stops_signing_and_leaves_the_cache(
+    push_image: PushImage, notary: NotaryPublisher, trustd: Callable[..., Trustctl]
+) -> None:
+    image = push_image("verify/removed-delegation", "v1")
+    gun = image.repository
+    notary.init(gun)
+    notary.add_delegation_signer(gun, "targets/releases")
+    notary.add(gun, "v1", image.manifest, roles=["targets/releases"])
+    notary.publish(gun)
+    cli = trustd()
+    assert cli.verify(image.tagged).json()["role"] == "targets/releases"
+    cached = [path.name for path in cli.state_dir.rglob("*.json")]
+    assert any("releases" in name for name in cached), cached
+
+    notary.delegation_remove(gun, "targets/releases", publish=True)
+
+    run = cli.verify(image.tagged)
+    assert run.status == 1
+    assert f"tag v1 is not signed in {gun}" in run.stderr
+    assert not [path for path in cli.state_dir.rglob("*.json") if "releases" in path.name]
+
+
 def test_re_signed_tag_is_seen_at_once(
     stack: Stack, push_image: PushImage, notary: NotaryPublisher, trustd: Callable[..., Trustctl]
 ) -> None:

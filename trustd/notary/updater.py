@@ -369,9 +369,15 @@ class _Refresh:
             except TrustError as error:
                 log.warning("delegated role %s of %s is unusable: %s", role, self.gun, error)
                 broken[role] = error
-        for cached in self.store.cached_roles(self.gun):
-            if cached.startswith("targets/") and cached not in trusted.snapshot.meta:
-                self.store.delete(self.gun, cached)
+        if any(name.startswith("snapshot") for name in self.downloaded):
+            # Only a new snapshot can drop a role; listing the cache on every warm lookup would
+            # be disk I/O for nothing. A removed delegation may stay listed in the snapshot, so
+            # what counts is whether any loaded role still delegates to it.
+            for cached in self.store.cached_roles(self.gun):
+                if cached.startswith("targets/") and (
+                    cached not in trusted.snapshot.meta or trusted.delegation(cached) is None
+                ):
+                    self.store.delete(self.gun, cached)
         return broken
 
     def _check_top_level_fresh(self, trusted: TrustedSet) -> None:
