@@ -6,6 +6,8 @@ change what the "server" says; the end-to-end tests run the same code against no
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -220,3 +222,36 @@ def test_a_failing_on_refresh_does_not_fail_the_lookup(store: MetadataStore) -> 
         Updater(store, clock=lambda: NOW, on_refresh=broken_counter), ServedFiles()
     )
     assert resolve_tag(repository, "v1").size == 34
+
+
+class HeldTimestamp(ServedFiles):
+    """Holds every timestamp request until the test releases it, so lookups overlap for sure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.waiting = threading.Event()
+
+    def fetch(self, gun: str, name: str, max_bytes: int, credentials: object = None) -> bytes:
+        if name == "timestamp":
+            self.waiting.set()
+            assert self.release.wait(10)
+        return super().fetch(gun, name, max_bytes, credentials)
+
+
+def test_concurrent_lookups_of_one_gun_share_one_refresh(store: MetadataStore) -> None:
+    updater = Updater(store, clock=lambda: NOW)
+    served = HeldTimestamp()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        leader = pool.submit(refresh, updater, served)
+        assert served.waiting.wait(10)  # the first refresh is in flight, holding the timestamp
+        followers = [pool.submit(refresh, updater, served) for _ in range(7)]
+        served.release.set()
+        views = [leader.result(10), *(follower.result(10) for follower in followers)]
+    # One round of downloads served all eight lookups, and they all saw the same verified data.
+    assert served.requests.count("timestamp") <= 2
+    assert served.requests.count("root") == 1
+    assert len({id(view) for view in views}) <= 2
+    assert {resolve_tag(view, "v1").digest for view in views} == {
+        resolve_tag(views[0], "v1").digest
+    }
