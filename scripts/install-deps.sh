@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs what trustd's tests need on Debian bookworm: the real containerd, runc,
-# docker-registry, notary (CLI and notary-server), skopeo and openssl, then trustd itself in
+# docker-registry, notary (CLI and notary-server), skopeo, openssl and systemd-analyze (the unit
+# file tests; systemd need not run), then trustd itself in
 # editable mode with its dev extra. Safe to run again: it installs only what is missing.
 #
 # Usage: scripts/install-deps.sh   (as root, or with sudo available)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-REQUIRED_COMMANDS=(containerd ctr runc docker-registry notary notary-server skopeo openssl)
-DEBIAN_PACKAGES=(containerd runc docker-registry notary skopeo openssl ca-certificates)
+REQUIRED_COMMANDS=(containerd ctr runc docker-registry notary notary-server skopeo openssl
+    systemd-analyze)
+DEBIAN_PACKAGES=(containerd runc docker-registry notary skopeo openssl ca-certificates systemd)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then
