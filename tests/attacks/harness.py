@@ -26,6 +26,7 @@ from typing import Any
 import requests
 
 from tests.stack import NotaryServer, TestPKI, free_port
+from tests.stack.trustd_config import trustd_config_text
 from trustd.cli import trustctl_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,16 +57,15 @@ def write_config(
 ) -> Path:
     """A trustd TOML config for one registry's Notary server; ``extra`` is appended verbatim."""
     directory.mkdir(parents=True, exist_ok=True)
-    state_dir = directory / "state"
-    text = (
-        f"[server]\nstate_dir = {json.dumps(str(state_dir))}\n\n"
-        '[audit]\nfile = ""\nstdout = false\n\n'
-        '[metrics]\nlisten = ""\n\n'
-        f"[[notary]]\nregistry = {json.dumps(registry)}\nurl = {json.dumps(notary_url)}\n"
-        f"ca = {json.dumps(str(ca_file))}\ntimeout = 5\n{notary_extra}\n{extra}\n"
-    )
     path = directory / "trustd.toml"
-    path.write_text(text)
+    path.write_text(
+        trustd_config_text(
+            state_dir=directory / "state",
+            notary=[(registry, notary_url, ca_file)],
+            policy=extra + "\n",
+            notary_extra="timeout = 5\n" + notary_extra,
+        )
+    )
     return path
 
 

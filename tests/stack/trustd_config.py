@@ -29,8 +29,11 @@ def trustd_config_text(
     server: Mapping[str, str | int | float] | None = None,
     audit_file: Path | None = None,
     metrics_listen: str = "",
+    notary_extra: str = "",
 ) -> str:
     """A config for the test stack; ``policy`` (TOML text of ``[[policy]]`` tables) is appended.
+
+    ``notary_extra`` (TOML lines such as ``timeout = 5``) goes into every ``[[notary]]`` table.
 
     Audit goes to ``audit_file`` only (no stdout copy) and metrics are off unless asked for.
     """
@@ -47,5 +50,7 @@ def trustd_config_text(
         lines += ["[[notary]]", f"registry = {toml_value(registry)}", f"url = {toml_value(url)}"]
         if ca is not None:
             lines.append(f"ca = {toml_value(str(ca))}")
+        if notary_extra:
+            lines.append(notary_extra.strip("\n"))
         lines.append("")
     return "\n".join(lines) + "\n" + policy
