@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from trustd.errors import (
+    AuthenticationFailed,
     DigestNotSigned,
     NoTrustData,
     PinningViolation,
@@ -23,7 +24,7 @@ from trustd.errors import (
 from trustd.notary.pinning import TrustPinning
 from trustd.notary.resolution import inspect_repository, resolve_digest, resolve_tag
 from trustd.notary.store import MetadataStore
-from trustd.notary.transport import NotaryEndpoint, NotFound
+from trustd.notary.transport import Credentials, NotaryEndpoint, NotFound
 from trustd.notary.trusted_set import TrustedSet
 from trustd.notary.updater import Updater
 
@@ -255,3 +256,40 @@ def test_concurrent_lookups_of_one_gun_share_one_refresh(store: MetadataStore) -
     assert {resolve_tag(view, "v1").digest for view in views} == {
         resolve_tag(views[0], "v1").digest
     }
+
+
+class NeedsCredentials(HeldTimestamp):
+    """A server that refuses anonymous readers, as a Notary behind a token service does."""
+
+    def fetch(self, gun: str, name: str, max_bytes: int, credentials: object = None) -> bytes:
+        if credentials is None:
+            if name == "timestamp" or name == "root":
+                self.waiting.set()
+                assert self.release.wait(10)
+            raise AuthenticationFailed(f"notary at https://notary.test refused access to {gun}")
+        return ServedFiles.fetch(self, gun, name, max_bytes, credentials)
+
+
+def test_a_lookup_with_credentials_does_not_inherit_an_anonymous_refusal(
+    store: MetadataStore,
+) -> None:
+    # An ImageStatus (no credentials) is refreshing when a pull with credentials arrives: the
+    # pull joins, the anonymous refresh is refused, and the pull must get a try of its own.
+    updater = Updater(store, clock=lambda: NOW)
+    served = NeedsCredentials()
+    alice = Credentials("alice", "s3cret")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        anonymous = pool.submit(refresh, updater, served)
+        assert served.waiting.wait(10)
+        with_credentials = pool.submit(
+            lambda: updater.refresh(GUN, served, TrustPinning(), credentials=alice)  # type: ignore[arg-type]
+        )
+        in_flight, _ = updater._inflight[GUN]
+        for _ in range(1000):
+            if len(in_flight._condition._waiters) == 1:  # type: ignore[attr-defined]
+                break
+            threading.Event().wait(0.01)
+        served.release.set()
+        with pytest.raises(AuthenticationFailed):
+            anonymous.result(10)
+        assert resolve_tag(with_credentials.result(10), "v1").size == 34

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from trustd.errors import (
+    AuthenticationFailed,
     BadSignature,
     ExpiredMetadata,
     NoTrustData,
@@ -108,7 +109,8 @@ class Updater:
         self.on_refresh = on_refresh
         self._sets: dict[str, TrustedSet] = {}
         self._lock = threading.Lock()
-        self._inflight: dict[str, Future[VerifiedRepository]] = {}
+        # The refresh in flight per GUN, with the credentials it runs with.
+        self._inflight: dict[str, tuple[Future[VerifiedRepository], Credentials | None]] = {}
 
     def refresh(
         self,
@@ -119,15 +121,21 @@ class Updater:
         limits: SizeLimits | None = None,
     ) -> VerifiedRepository:
         """Fetch and verify the current trust data of ``gun``; shared by concurrent callers."""
-        with self._lock:
-            pending = self._inflight.get(gun)
-            leader = pending is None
-            if leader:
-                pending = Future()
-                self._inflight[gun] = pending
-        assert pending is not None
-        if not leader:
-            return pending.result()
+        while True:
+            with self._lock:
+                joined = self._inflight.get(gun)
+                if joined is None:
+                    pending: Future[VerifiedRepository] = Future()
+                    self._inflight[gun] = (pending, credentials)
+                    break
+            shared, leader_credentials = joined
+            try:
+                return shared.result()
+            except AuthenticationFailed:
+                # The refresh this call joined ran with someone else's credentials (an
+                # ImageStatus carries none); a pull with its own gets its own try.
+                if credentials == leader_credentials:
+                    raise
         try:
             refresh = _Refresh(self, gun, transport, pinning, credentials, limits or SizeLimits())
             result = refresh.run()
