@@ -7,6 +7,7 @@ Notary metadata and nothing here verifies any (tests/e2e and tests/attacks run t
 from __future__ import annotations
 
 import re
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +16,7 @@ from typing import ClassVar
 
 import pytest
 
+from tests.stack.pki import TestPKI
 from trustd.errors import AuthenticationFailed, MetadataTooLarge, NotaryUnavailable
 from trustd.notary.transport import (
     Credentials,
@@ -140,3 +142,29 @@ def test_environment_proxies_are_honoured_but_cannot_replace_the_ca(
 
     monkeypatch.setenv("NO_PROXY", "notary.example.com")
     assert not transport("https://notary.example.com")._session.proxies
+
+
+def test_client_certificate_is_presented_to_a_server_that_requires_one(tmp_path: Path) -> None:
+    pki = TestPKI(tmp_path / "pki")
+    server_cert, server_key = pki.issue_server_cert("notary")
+    client_cert, client_key = pki.issue_client_cert("trustd")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(server_cert, server_key)
+    context.load_verify_locations(pki.ca_cert)
+    context.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no handshake
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    Answers.routes = {"timestamp": (200, b"{}", {"Content-Length": "2"})}
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        with_certificate = transport(
+            url, ca_file=pki.ca_cert, client_cert=client_cert, client_key=client_key
+        )
+        assert with_certificate.fetch(GUN, "timestamp", 100) == b"{}"
+        with pytest.raises(NotaryUnavailable, match="TLS failure talking to notary"):
+            transport(url, ca_file=pki.ca_cert).fetch(GUN, "timestamp", 100)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
