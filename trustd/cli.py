@@ -19,6 +19,7 @@ from trustd.errors import ConfigError, InvalidReference, NotaryUnavailable, Trus
 from trustd.notary.client import TrustEngine
 from trustd.notary.resolution import RepositoryReport, inspect_repository
 from trustd.notary.transport import Credentials
+from trustd.policy import verify_reference
 from trustd.reference import parse_reference
 
 DEFAULT_CONFIG = Path("/etc/trustd/trustd.toml")
@@ -74,31 +75,11 @@ def _verify(args: argparse.Namespace) -> int:
     rule = config.rule_for(reference.repository)
     engine = _engine(config, args.state_dir)
     try:
-        credentials = _credentials(args)
-        if reference.tag is not None:
-            signed = engine.resolve_tag(
-                reference.registry,
-                reference.repository,
-                reference.tag,
-                rule.roles,
-                rule.signers,
-                credentials,
-            )
-            if reference.digest is not None and reference.digest != signed.digest:
-                raise TrustError(
-                    f"tag {reference.tag} of {reference.repository} is signed as "
-                    f"{signed.digest}, not {reference.digest}"
-                )
-        else:
-            assert reference.digest is not None
-            signed = engine.resolve_digest(
-                reference.registry,
-                reference.repository,
-                reference.digest,
-                rule.roles,
-                rule.signers,
-                credentials,
-            )
+        # trustctl answers "is this signed?", so a digest is checked whatever the rule allows.
+        signed = verify_reference(
+            engine, reference, rule, _credentials(args), require_signed_digests=True
+        )
+        assert signed is not None
     finally:
         engine.close()
     if args.json:

@@ -158,7 +158,7 @@ class PolicyEngine:
             )
 
         try:
-            signed = self._verify(reference, rule, credentials)
+            signed = verify_reference(self.trust, reference, rule, credentials)
         except TrustError as error:
             if rule.mode == "audit":
                 return Decision(
@@ -202,37 +202,49 @@ class PolicyEngine:
             rule=rule_name,
         )
 
-    def _verify(
-        self, reference: Reference, rule: PolicyRule, credentials: Credentials | None
-    ) -> SignedTarget | None:
-        roles: Sequence[str] = rule.roles
-        signers: Sequence[str] = rule.signers
-        if reference.tag is not None:
-            signed = self.trust.resolve_tag(
-                reference.registry,
-                reference.repository,
-                reference.tag,
-                roles,
-                signers,
-                credentials,
-            )
-            if reference.digest is not None and reference.digest != signed.digest:
-                raise DigestNotSigned(
-                    f"tag {reference.tag} of {reference.repository} is signed as {signed.digest}, "
-                    f"not {reference.digest}"
-                )
-            return signed
-        assert reference.digest is not None
-        if not rule.require_signed_digests:
-            return None
-        return self.trust.resolve_digest(
+
+def verify_reference(
+    trust: TrustEngine,
+    reference: Reference,
+    rule: PolicyRule,
+    credentials: Credentials | None = None,
+    *,
+    require_signed_digests: bool | None = None,
+) -> SignedTarget | None:
+    """The signed target ``reference`` resolves to under ``rule``; TrustError if there is none.
+
+    A tag is resolved in the rule's roles (or must be signed by all its signers); with a digest
+    too, the tag must be signed as exactly that digest. A bare digest must be a signed target
+    unless the rule (or ``require_signed_digests``) says otherwise, in which case None.
+    """
+    if reference.tag is not None:
+        signed = trust.resolve_tag(
             reference.registry,
             reference.repository,
-            reference.digest,
-            roles,
-            signers,
+            reference.tag,
+            rule.roles,
+            rule.signers,
             credentials,
         )
+        if reference.digest is not None and reference.digest != signed.digest:
+            raise DigestNotSigned(
+                f"tag {reference.tag} of {reference.repository} is signed as {signed.digest}, "
+                f"not {reference.digest}"
+            )
+        return signed
+    assert reference.digest is not None
+    if require_signed_digests is None:
+        require_signed_digests = rule.require_signed_digests
+    if not require_signed_digests:
+        return None
+    return trust.resolve_digest(
+        reference.registry,
+        reference.repository,
+        reference.digest,
+        rule.roles,
+        rule.signers,
+        credentials,
+    )
 
 
 def _rule_label(rule: PolicyRule) -> str:
