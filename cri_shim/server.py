@@ -46,7 +46,7 @@ class Admission(Protocol):
         self, image: str, credentials: Credentials | None = None, action: Action = Action.PULL
     ) -> Decision: ...
 
-    def report_pulled(self, decision: Decision, repo_digests: Sequence[str]) -> Decision: ...
+    def check_local_image(self, decision: Decision, repo_digests: Sequence[str]) -> Decision: ...
 
 
 def status_code_for(error: TrustdError | None) -> grpc.StatusCode:
@@ -133,7 +133,7 @@ class ImageService:
                     _timeout(context),
                     metadata,
                 )
-                self.admission.report_pulled(decision, list(status.image.repo_digests))
+                self.admission.check_local_image(decision, list(status.image.repo_digests))
         except grpc.RpcError as error:
             log.warning("containerd failed to pull %s: %s", decision.pull_ref, error)
             _abort_with_upstream(context, error)
@@ -159,22 +159,14 @@ class ImageService:
             response = self.containerd.image_status(upstream, _timeout(context), metadata)
         except grpc.RpcError as error:
             _abort_with_upstream(context, error)
-        if decision.signed is None or not response.HasField("image"):
+        if not response.HasField("image"):
             return response
-        signed = f"{decision.signed.gun}@{decision.signed.digest}"
-        if signed in response.image.repo_digests:
-            return response
-        if decision.mode == "audit":
-            # Audit admits what it cannot verify; reporting it absent would only make kubelet
-            # pull the same bytes again on every start.
-            log.warning(
-                "audit: local image %s is not the signed %s; admitted", request.image.image, signed
-            )
-            return response
-        log.info(
-            "local image %s is not the signed %s; reporting it absent", request.image.image, signed
-        )
-        return api_pb2.ImageStatusResponse()
+        checked = self.admission.check_local_image(decision, list(response.image.repo_digests))
+        if not checked.allowed:
+            # Reported absent: kubelet pulls, and that pull is pinned to the signed digest.
+            log.info("%s; reporting it absent", checked.reason)
+            return api_pb2.ImageStatusResponse()
+        return response
 
 
 def _tag_to_apply(decision: Decision) -> str | None:

@@ -96,25 +96,34 @@ class PolicyEngine:
         self._notify(decision)
         return decision
 
-    def report_pulled(self, decision: Decision, repo_digests: Sequence[str]) -> Decision:
-        """After an audit-mode pull of a signed tag: was what arrived the signed image?
+    def check_local_image(self, decision: Decision, repo_digests: Sequence[str]) -> Decision:
+        """Is the image containerd holds for an admitted reference the signed one?
 
-        Audit mode pulls what was asked, so an image pushed over a signed tag would arrive
-        unnoticed; when the pulled image's digests do not include the signed one, that is
-        recorded as an audit failure.
+        ``repo_digests`` are the local image's ``repo@sha256:…`` names. Decisions without a
+        signed digest (off, exempt, unsigned digests a rule lets through) are returned as they
+        are. A local image that is not the signed one is denied in enforce mode (ImageStatus then
+        reports it absent, so kubelet pulls the signed one) and is an audit failure in audit
+        mode (it was pulled as asked); either is recorded like any other decision.
         """
         signed = decision.signed
-        if decision.mode != "audit" or signed is None or decision.verdict is not Verdict.ALLOW:
+        if signed is None or not decision.allowed:
             return decision
         if f"{signed.gun}@{signed.digest}" in repo_digests:
             return decision
-        pulled = ", ".join(repo_digests) or "an image without a repository digest"
+        local = ", ".join(repo_digests) or "an image without a repository digest"
+        if decision.action is Action.PULL:
+            what = f"pulled {local}"
+        else:
+            what = f"the local image is {local}"
         error = DigestNotSigned(
-            f"pulled {pulled}, but tag {signed.name} of {signed.gun} is signed as {signed.digest}"
+            f"{what}, but tag {signed.name} of {signed.gun} is signed as {signed.digest}"
         )
-        mismatch = replace(decision, verdict=Verdict.AUDIT_FAIL, reason=str(error), error=error)
-        self._notify(mismatch)
-        return mismatch
+        verdict = Verdict.AUDIT_FAIL if decision.mode == "audit" else Verdict.DENY
+        checked = replace(decision, verdict=verdict, reason=str(error), error=error)
+        if verdict is Verdict.DENY:
+            checked = replace(checked, pull_ref=None)
+        self._notify(checked)
+        return checked
 
     def _notify(self, decision: Decision) -> None:
         for observer in self._observers:

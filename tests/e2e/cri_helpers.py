@@ -49,8 +49,8 @@ class RecordingAdmission:
             self.credentials.append(credentials)
         return self.policy.decide(image, credentials, action)
 
-    def report_pulled(self, decision: Decision, repo_digests: Sequence[str]) -> Decision:
-        return self.policy.report_pulled(decision, repo_digests)
+    def check_local_image(self, decision: Decision, repo_digests: Sequence[str]) -> Decision:
+        return self.policy.check_local_image(decision, repo_digests)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pytest
 from trustd.config import parse_config
 from trustd.errors import NotaryUnavailable, TagNotSigned
 from trustd.notary.resolution import SignedTarget
-from trustd.policy import Decision, PolicyEngine, Verdict
+from trustd.policy import Action, Decision, PolicyEngine, Verdict
 
 GOOD = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64
@@ -156,3 +156,31 @@ def test_rule_signers_reach_the_trust_engine() -> None:
 def test_default_tag_is_latest(image: str) -> None:
     policy, _ = engine({("docker.io/library/nginx", "latest"): GOOD})
     assert policy.decide(image).pull_ref == f"docker.io/library/nginx@{GOOD}"
+
+
+def test_local_image_must_be_the_signed_one() -> None:
+    policy, seen = engine({("example.com/app", "1"): GOOD, ("example.com/audited/app", "1"): GOOD})
+    status = policy.decide("example.com/app:1", action=Action.STATUS)
+    assert policy.check_local_image(status, [f"example.com/app@{GOOD}"]) is status
+
+    sideloaded = policy.check_local_image(status, [f"example.com/app@{OTHER}"])
+    assert sideloaded.verdict is Verdict.DENY and sideloaded.pull_ref is None
+    assert sideloaded.reason == (
+        f"the local image is example.com/app@{OTHER}, but tag 1 of example.com/app is signed as "
+        f"{GOOD}"
+    )
+    assert seen[-1] is sideloaded  # recorded like any decision
+
+    audited = policy.decide("example.com/audited/app:1")
+    mismatch = policy.check_local_image(audited, [f"example.com/audited/app@{OTHER}"])
+    assert mismatch.verdict is Verdict.AUDIT_FAIL and mismatch.allowed
+    assert mismatch.reason.startswith(f"pulled example.com/audited/app@{OTHER}, but tag 1")
+
+
+def test_local_image_checks_leave_unverified_decisions_alone() -> None:
+    policy, seen = engine({}, down=True)
+    off = policy.decide("example.com/open/app:1", action=Action.STATUS)
+    assert policy.check_local_image(off, ["example.com/open/app@" + OTHER]) is off
+    denied = policy.decide("example.com/app:1", action=Action.STATUS)
+    assert policy.check_local_image(denied, []) is denied
+    assert len(seen) == 2
