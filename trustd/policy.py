@@ -92,7 +92,7 @@ class PolicyEngine:
     ) -> Decision:
         started = time.monotonic()
         decision = self._decide(image, credentials, action)
-        decision = _with_latency(decision, time.monotonic() - started)
+        decision = replace(decision, latency_seconds=time.monotonic() - started)
         self._notify(decision)
         return decision
 
@@ -258,7 +258,3 @@ def verify_reference(
 
 def _rule_label(rule: PolicyRule) -> str:
     return rule.source
-
-
-def _with_latency(decision: Decision, seconds: float) -> Decision:
-    return replace(decision, latency_seconds=seconds)

@@ -88,11 +88,6 @@ class MetadataStore:
             if entry.name.endswith(".json") and not entry.name.startswith(".tmp-")
         )
 
-    def cached_guns(self) -> list[str]:
-        if not self.root_dir.is_dir():
-            return []
-        return sorted(unquote(entry.name) for entry in self.root_dir.iterdir() if entry.is_dir())
-
 
 def _fsync_directory(directory: Path) -> None:
     descriptor = os.open(directory, os.O_RDONLY)

@@ -144,16 +144,6 @@ class NotaryTransport:
         finally:
             response.close()
 
-    def check_health(self) -> None:
-        """Raise NotaryUnavailable unless the server answers its health endpoint."""
-        url = f"{self.endpoint.base_url}/_notary_server/health"
-        response = self._get(url, None, None)
-        response.close()
-        if response.status_code != 200:
-            raise NotaryUnavailable(
-                f"notary at {self.endpoint.base_url} is unhealthy (HTTP {response.status_code})"
-            )
-
     # --- HTTP ------------------------------------------------------------------------------------
 
     def _get(self, url: str, token: str | None, gun: str | None) -> requests.Response:

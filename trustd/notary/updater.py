@@ -159,11 +159,6 @@ class Updater:
             # Counting must never turn a verified answer into a failed lookup.
             log.exception("the on_refresh callback failed")
 
-    def forget(self, gun: str) -> None:
-        """Drop the in-memory state of ``gun`` (the disk cache stays)."""
-        with self._lock:
-            self._sets.pop(gun, None)
-
     # The trusted set of a GUN is only touched by the single refresh in flight for that GUN.
     def _held_set(self, gun: str) -> TrustedSet | None:
         with self._lock:
