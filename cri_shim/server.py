@@ -24,7 +24,7 @@ import grpc
 
 from cri_shim.containerd import ContainerdClient, forwardable_metadata
 from cri_shim.gen.cri.runtime.v1 import api_pb2
-from trustd.errors import InvalidReference, NotaryUnavailable, TrustdError
+from trustd.errors import InvalidReference
 from trustd.notary.transport import Credentials
 from trustd.policy import Action, Decision
 
@@ -49,13 +49,16 @@ class Admission(Protocol):
     def check_local_image(self, decision: Decision, repo_digests: Sequence[str]) -> Decision: ...
 
 
-def status_code_for(error: TrustdError | None) -> grpc.StatusCode:
-    """The gRPC code a denial is reported with (see docs/architecture.md)."""
-    if isinstance(error, InvalidReference):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, NotaryUnavailable):
-        return grpc.StatusCode.UNAVAILABLE
-    return grpc.StatusCode.FAILED_PRECONDITION
+def denial_status(decision: Decision) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status a denied pull is reported with (see docs/cri.md).
+
+    kubelet strips the code of an ``Unknown`` error and matches the message's prefix to name the
+    pod's waiting reason, so trust denials are ``Unknown`` with ``SignatureValidationFailed: …``
+    or ``RegistryUnavailable: …``; a reference that cannot be parsed is the caller's mistake.
+    """
+    if isinstance(decision.error, InvalidReference):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"trustd: {decision.reason}"
+    return grpc.StatusCode.UNKNOWN, decision.message
 
 
 def credentials_from(auth: api_pb2.AuthConfig) -> Credentials | None:
@@ -105,7 +108,7 @@ class ImageService:
             request.image.image, credentials_from(request.auth), Action.PULL
         )
         if not decision.allowed or decision.pull_ref is None:
-            context.abort(status_code_for(decision.error), f"trustd: {decision.reason}")
+            context.abort(*denial_status(decision))
         upstream = api_pb2.PullImageRequest()
         upstream.CopyFrom(request)
         upstream.image.image = decision.pull_ref

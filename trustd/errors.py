@@ -106,3 +106,23 @@ class NotaryUnavailable(TrustError):
 
 class AuthenticationFailed(NotaryUnavailable):
     """The Notary token service refused the supplied credentials."""
+
+
+# --- how a denial is named to kubelet -------------------------------------------------------------
+
+# kubelet (1.28+) turns an image-service error whose message starts with one of these into the
+# pod's waiting reason of that name (cri-api pkg/errors); anything else is a generic ErrImagePull.
+SIGNATURE_VALIDATION_FAILED = "SignatureValidationFailed"
+REGISTRY_UNAVAILABLE = "RegistryUnavailable"
+
+
+def kubernetes_reason(error: TrustdError | None) -> str:
+    """The Kubernetes waiting reason a denial caused by ``error`` is reported under."""
+    if isinstance(error, NotaryUnavailable):
+        return REGISTRY_UNAVAILABLE
+    return SIGNATURE_VALIDATION_FAILED
+
+
+def denial_message(error: TrustdError | None, reason: str) -> str:
+    """The first line an operator sees for a denial: ``<Kubernetes reason>: trustd: <reason>``."""
+    return f"{kubernetes_reason(error)}: trustd: {reason}"

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from trustd.config import Config, PolicyRule
-from trustd.errors import DigestNotSigned, InvalidReference, TrustdError, TrustError
+from trustd.errors import (
+    DigestNotSigned,
+    InvalidReference,
+    TrustdError,
+    TrustError,
+    denial_message,
+)
 from trustd.notary.client import TrustEngine
 from trustd.notary.resolution import SignedTarget
 from trustd.notary.transport import Credentials
@@ -58,6 +64,11 @@ class Decision:
     @property
     def gun(self) -> str | None:
         return self.reference.repository if self.reference else None
+
+    @property
+    def message(self) -> str:
+        """The denial as kubelet and containerd's verifier hook report it (first line says all)."""
+        return denial_message(self.error, self.reason)
 
 
 Observer = Callable[[Decision], None]

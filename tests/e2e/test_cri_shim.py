@@ -223,8 +223,8 @@ def test_unsigned_repository_is_denied(push_image: PushImage, shim: Shim) -> Non
 
     error = rpc_error(lambda: shim.pull(image.tagged))
 
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error.details().startswith("trustd: ")
+    assert error.code() == grpc.StatusCode.UNKNOWN
+    assert error.details().startswith("SignatureValidationFailed: trustd: ")
     assert image.repository in error.details()
     assert not in_containerd(shim, image.repository, image.digest)
     assert not shim.status(image.tagged).HasField("image")
@@ -238,8 +238,10 @@ def test_unsigned_tag_of_a_signed_repository_is_denied(
 
     error = rpc_error(lambda: shim.pull(unsigned.tagged))
 
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error.details().startswith(f"trustd: tag 1.1 is not signed in {signed.repository}")
+    assert error.code() == grpc.StatusCode.UNKNOWN
+    assert error.details().startswith(
+        f"SignatureValidationFailed: trustd: tag 1.1 is not signed in {signed.repository}"
+    )
     assert not in_containerd(shim, unsigned.repository, unsigned.digest)
 
 
@@ -261,8 +263,8 @@ def test_seed_attack_tag_overwritten_in_the_registry(
     # Asking for the attacker's manifest by digest, or by tag and digest, is denied.
     for reference in (attacker.by_digest, f"{attacker.tagged}@{attacker.digest}"):
         error = rpc_error(lambda reference=reference: shim.pull(reference))
-        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, reference
-        assert error.details().startswith("trustd: "), reference
+        assert error.code() == grpc.StatusCode.UNKNOWN, reference
+        assert error.details().startswith("SignatureValidationFailed: trustd: "), reference
         assert attacker.repository in error.details()
     assert not in_containerd(shim, attacker.repository, attacker.digest)
 
@@ -275,9 +277,10 @@ def test_digest_reference_of_an_unsigned_manifest_is_denied(
 
     error = rpc_error(lambda: shim.pull(unsigned.by_digest))
 
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.code() == grpc.StatusCode.UNKNOWN
     assert error.details() == (
-        f"trustd: {unsigned.digest} is not a signed target of {unsigned.repository}"
+        "SignatureValidationFailed: trustd: "
+        f"{unsigned.digest} is not a signed target of {unsigned.repository}"
         + error.details().split(unsigned.repository, 1)[1]
     )
     assert not in_containerd(shim, unsigned.repository, unsigned.digest)
@@ -325,8 +328,8 @@ def test_unreachable_notary_server_is_unavailable(
 
     error = rpc_error(lambda: shim.pull(image.tagged))
 
-    assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert error.details().startswith("trustd: ")
+    assert error.code() == grpc.StatusCode.UNKNOWN
+    assert error.details().startswith(f"RegistryUnavailable: trustd: cannot reach notary at {dead}")
     assert not in_containerd(shim, image.repository, image.digest)
     # Fail closed: without trust data even a present image is not reported.
     shim.direct_pull(image.by_digest)

@@ -144,7 +144,9 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken(
     unsigned = stack.push_image("daemon/reload", "1", seed="daemon-reload")
     image = f"{unsigned.repository}:1"
     client = daemon.client()
-    assert pull_outcome(client, image).startswith("FAILED_PRECONDITION: trustd: no trust data")
+    assert pull_outcome(client, image).startswith(
+        "UNKNOWN: SignatureValidationFailed: trustd: no trust data"
+    )
 
     # A valid new config that turns verification off for this repository takes effect.
     write_config(

@@ -23,7 +23,8 @@ def test_demo_walk_through(tmp_path: Path) -> None:
     steps = out.split("\n1. ")[1]
     signed, unsigned, unsigned_tag, attack = steps.split("\n\n")[:4]
     assert "ALLOWED" in signed and "tagged" in signed
-    assert "DENIED  rpc error: code = FAILED_PRECONDITION desc = trustd: no trust data" in unsigned
+    denied = "DENIED  rpc error: code = UNKNOWN desc = SignatureValidationFailed: trustd: no trust"
+    assert denied in unsigned
     assert "trustd: tag 2.0 is not signed in" in unsigned_tag
     assert "trustd pulled the signed sha256:" in attack and ": yes" in attack
     assert "is not a signed target of" in attack

@@ -6,17 +6,29 @@ so a crash half-way through a write leaves either the old or the new file, never
 
 Layout: ``STATE_DIR/tuf/<gun, percent-encoded>/<role with "/" encoded>.json``. Encoding keeps
 every GUN and delegation role in a single path component, so no name can escape the cache.
+
+Several processes share one state directory (the daemon, ``trustctl``, containerd's verifier
+hook): ``locked(gun)`` serialises whoever changes a GUN's cache, through ``flock`` on
+``STATE_DIR/locks/<gun>.lock`` (outside the GUN's directory, so forgetting a GUN cannot pull
+the lock file from under a holder). ``root_stamp`` lets a process that holds verified state in
+memory notice that another one replaced or removed the root it started from.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 from trustd.errors import CacheCorrupt
+
+log = logging.getLogger(__name__)
 
 _SAFE_CHARACTERS = "-_.:"  # everything else (including "/") is percent-encoded
 
@@ -33,7 +45,54 @@ class MetadataStore:
     """Verified metadata per GUN under ``state_dir``."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.root_dir = Path(state_dir) / "tuf"
+        self.state_dir = Path(state_dir)
+        self.root_dir = self.state_dir / "tuf"
+        self.lock_dir = self.state_dir / "locks"
+
+    @contextlib.contextmanager
+    def locked(self, gun: str) -> Iterator[None]:
+        """Hold the cross-process lock of ``gun``'s cache (blocks until it is free)."""
+        try:
+            self.lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            descriptor = os.open(
+                self.lock_dir / f"{_component(gun)}.lock", os.O_RDWR | os.O_CREAT, 0o600
+            )
+        except OSError as error:
+            # A read-only state directory (a user's trustctl): nothing can be written either.
+            log.debug("no lock for %s in %s: %s", gun, self.lock_dir, error)
+            yield
+            return
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # releases the lock
+
+    def root_stamp(self, gun: str) -> tuple[int, int, int] | None:
+        """Identity of the cached root file (inode, mtime, size); None when there is none."""
+        try:
+            status = self.path(gun, "root").stat()
+        except FileNotFoundError:
+            return None
+        return (status.st_ino, status.st_mtime_ns, status.st_size)
+
+    def forget(self, gun: str) -> bool:
+        """Remove everything cached for ``gun``; True if there was anything. Hold ``locked``."""
+        directory = self._gun_dir(gun)
+        if not directory.is_dir():
+            return False
+        shutil.rmtree(directory)
+        return True
+
+    def cached_guns(self) -> list[str]:
+        """Every GUN with a cached root."""
+        if not self.root_dir.is_dir():
+            return []
+        return sorted(
+            unquote(entry.name)
+            for entry in self.root_dir.iterdir()
+            if (entry / "root.json").is_file()
+        )
 
     def _gun_dir(self, gun: str) -> Path:
         return self.root_dir / _component(gun)

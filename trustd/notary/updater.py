@@ -107,7 +107,10 @@ class Updater:
         self.store = store
         self.clock = clock
         self.on_refresh = on_refresh
-        self._sets: dict[str, TrustedSet] = {}
+        # The verified set held per GUN, with the stamp of the cached root it goes with: when
+        # another process replaces or removes that root (``trustctl`` repairing a re-keyed
+        # repository), the held set is dropped and the cache is read again.
+        self._sets: dict[str, tuple[TrustedSet, tuple[int, int, int] | None]] = {}
         self._lock = threading.Lock()
         # The refresh in flight per GUN, with the credentials it runs with.
         self._inflight: dict[str, tuple[Future[VerifiedRepository], Credentials | None]] = {}
@@ -138,7 +141,8 @@ class Updater:
                     raise
         try:
             refresh = _Refresh(self, gun, transport, pinning, credentials, limits or SizeLimits())
-            result = refresh.run()
+            with self.store.locked(gun):
+                result = refresh.run()
         except BaseException as error:
             pending.set_exception(error)
             raise
@@ -159,17 +163,26 @@ class Updater:
             # Counting must never turn a verified answer into a failed lookup.
             log.exception("the on_refresh callback failed")
 
-    # The trusted set of a GUN is only touched by the single refresh in flight for that GUN.
+    # The trusted set of a GUN is only touched by the single refresh in flight for that GUN,
+    # which holds the GUN's cross-process lock.
     def _held_set(self, gun: str) -> TrustedSet | None:
         with self._lock:
-            return self._sets.get(gun)
+            held = self._sets.get(gun)
+        if held is None:
+            return None
+        trusted, stamp = held
+        if stamp != self.store.root_stamp(gun):
+            log.info("the cached root of %s changed on disk; reading the cache again", gun)
+            return None
+        return trusted
 
     def _keep_set(self, gun: str, trusted: TrustedSet | None) -> None:
+        stamp = None if trusted is None else self.store.root_stamp(gun)
         with self._lock:
             if trusted is None:
                 self._sets.pop(gun, None)
             else:
-                self._sets[gun] = trusted
+                self._sets[gun] = (trusted, stamp)
 
 
 class _Refresh:
