@@ -43,7 +43,11 @@ TAG_VISIBLE_WAIT = 5.0
 
 class Admission(Protocol):
     def decide(
-        self, image: str, credentials: Credentials | None = None, action: Action = Action.PULL
+        self,
+        image: str,
+        credentials: Credentials | None = None,
+        action: Action = Action.PULL,
+        timeout: float | None = None,
     ) -> Decision: ...
 
     def check_local_image(self, decision: Decision, repo_digests: Sequence[str]) -> Decision: ...
@@ -105,7 +109,7 @@ class ImageService:
         self, request: api_pb2.PullImageRequest, context: grpc.ServicerContext
     ) -> api_pb2.PullImageResponse:
         decision = self.admission.decide(
-            request.image.image, credentials_from(request.auth), Action.PULL
+            request.image.image, credentials_from(request.auth), Action.PULL, _timeout(context)
         )
         if not decision.allowed or decision.pull_ref is None:
             context.abort(*denial_status(decision))
@@ -146,7 +150,9 @@ class ImageService:
         self, request: api_pb2.ImageStatusRequest, context: grpc.ServicerContext
     ) -> api_pb2.ImageStatusResponse:
         metadata = forwardable_metadata(context.invocation_metadata())
-        decision = self.admission.decide(request.image.image, None, Action.STATUS)
+        decision = self.admission.decide(
+            request.image.image, None, Action.STATUS, _timeout(context)
+        )
         if not decision.allowed:
             # Reported absent, kubelet pulls, and that pull is verified (and denied, with a
             # reason, if it still fails). A present-but-unverified image never runs.

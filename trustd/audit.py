@@ -117,6 +117,11 @@ def audit_record(decision: Decision, now: datetime | None = None) -> dict[str, A
         "rule": _clean(decision.rule),
         "pull_ref": decision.pull_ref,
         "latency_ms": round(decision.latency_seconds * 1000, 3),
+        # Judged from trust data cached on this node during a Notary outage, and how old it was.
+        "from_cache": decision.cached_age is not None,
+        "trust_data_age_s": (
+            round(decision.cached_age, 1) if decision.cached_age is not None else None
+        ),
     }
 
 

@@ -54,6 +54,13 @@ class Mode(StrEnum):
     OFF = "off"  # do not verify
 
 
+class OfflinePolicy(StrEnum):
+    """What a rule does when its Notary server cannot be reached."""
+
+    CACHED = "cached"  # notary's own behaviour: use cached trust data that verifies, unexpired
+    DENY = "deny"  # fail closed on any outage
+
+
 # --- the configuration objects --------------------------------------------------------------------
 
 
@@ -66,6 +73,9 @@ class ServerConfig:
     pull_timeout: float = 600.0
     shutdown_grace: float = 30.0
     socket_mode: int = 0o660
+    # Lookups of one repository within this many seconds of a verified refresh reuse it
+    # (kubelet's ImageStatus, PullImage, ImageStatus for one container start); 0 = always fetch.
+    freshness_window: float = 1.0
 
     @property
     def containerd_socket(self) -> Path:
@@ -107,6 +117,7 @@ class NotaryServer:
     max_metadata_bytes: int = 16 * MEBIBYTE
     root_max_bytes: int = MEBIBYTE
     timestamp_max_bytes: int = 64 * 1024
+    retries: int = 2  # further attempts after a transient failure (reset, timeout, 502-504)
     source: str = "default"  # "notary[0]" when configured; for messages
 
 
@@ -169,6 +180,8 @@ class PolicyRule:
     roles: tuple[str, ...] = DEFAULT_ROLES
     signers: tuple[str, ...] = ()
     require_signed_digests: bool = True
+    offline: OfflinePolicy = OfflinePolicy.CACHED
+    max_offline_age: float | None = None  # seconds; cached data older than this is not used
     index: int | None = None  # position in the [[policy]] array; None for the default rule
     pattern: RepositoryPattern = field(init=False, repr=False, compare=False)
 
@@ -207,6 +220,10 @@ class Config:
 
     def pinning_for(self, gun: str) -> PinningRule:
         return self.trust_pinning.rule_for(gun)
+
+    @property
+    def freshness_window(self) -> float:
+        return self.server.freshness_window
 
     def is_exempt(self, reference: Reference) -> str | None:
         """The ``exempt`` pattern that matches ``reference``, if any."""
@@ -304,6 +321,7 @@ def _parse_server(table: _Table) -> ServerConfig:
         "pull_timeout",
         "shutdown_grace",
         "socket_mode",
+        "freshness_window",
     )
     default = ServerConfig()
     containerd = table.string("containerd", default.containerd)
@@ -327,7 +345,23 @@ def _parse_server(table: _Table) -> ServerConfig:
         pull_timeout=table.seconds("pull_timeout", default.pull_timeout),
         shutdown_grace=table.seconds("shutdown_grace", default.shutdown_grace, allow_zero=True),
         socket_mode=_parse_mode_bits(table, "socket_mode", default.socket_mode),
+        freshness_window=_parse_freshness_window(table, default.freshness_window),
     )
+
+
+# Longer windows delay revocation by as long; an hour is far past any sensible setting.
+_MAX_FRESHNESS_WINDOW = 3600.0
+
+
+def _parse_freshness_window(table: _Table, default: float) -> float:
+    window = table.seconds("freshness_window", default, allow_zero=True)
+    if window > _MAX_FRESHNESS_WINDOW:
+        raise table.error(
+            "freshness_window",
+            f"must be at most {_MAX_FRESHNESS_WINDOW:g} seconds: a re-signed or removed tag is "
+            f"seen only that much later (got {_show(table.data['freshness_window'])})",
+        )
+    return window
 
 
 _CONTAINERD_NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
@@ -429,6 +463,7 @@ def _parse_notary(table: _Table, index: int) -> NotaryServer:
         "max_metadata_bytes",
         "root_max_bytes",
         "timestamp_max_bytes",
+        "retries",
     )
     registry = table.required_string("registry")
     try:
@@ -468,8 +503,19 @@ def _parse_notary(table: _Table, index: int) -> NotaryServer:
         max_metadata_bytes=table.byte_count("max_metadata_bytes", default.max_metadata_bytes),
         root_max_bytes=table.byte_count("root_max_bytes", default.root_max_bytes),
         timestamp_max_bytes=table.byte_count("timestamp_max_bytes", default.timestamp_max_bytes),
+        retries=_parse_retries(table, default.retries),
         source=f"notary[{index}]",
     )
+
+
+_MAX_RETRIES = 10
+
+
+def _parse_retries(table: _Table, default: int) -> int:
+    retries = table.integer("retries", default)
+    if not 0 <= retries <= _MAX_RETRIES:
+        raise table.error("retries", f"must be from 0 to {_MAX_RETRIES} (got {retries})")
+    return retries
 
 
 def _url_problem(url: str) -> str | None:
@@ -558,7 +604,15 @@ _ROLE = re.compile(r"targets(?:/[A-Za-z0-9_.-]+)*")
 
 
 def _parse_rule(table: _Table, index: int) -> PolicyRule:
-    table.allow("match", "mode", "roles", "signers", "require_signed_digests")
+    table.allow(
+        "match",
+        "mode",
+        "roles",
+        "signers",
+        "require_signed_digests",
+        "offline",
+        "max_offline_age",
+    )
     match = table.required_string("match")
     try:
         RepositoryPattern(match)
@@ -577,12 +631,25 @@ def _parse_rule(table: _Table, index: int) -> PolicyRule:
     _check_roles(table, "roles", roles, allow_top_level=True)
     signers = table.string_list("signers", [])
     _check_roles(table, "signers", signers, allow_top_level=False)
+    offline_text = table.string("offline", OfflinePolicy.CACHED.value)
+    try:
+        offline = OfflinePolicy(offline_text)
+    except ValueError:
+        choices = ", ".join(json.dumps(policy.value) for policy in OfflinePolicy)
+        raise table.error(
+            "offline", f"must be one of {choices} (got {_show(offline_text)})"
+        ) from None
+    max_offline_age = None
+    if "max_offline_age" in table.data:
+        max_offline_age = table.seconds("max_offline_age", 0.0)
     return PolicyRule(
         match=match,
         mode=mode,
         roles=tuple(roles),
         signers=tuple(signers),
         require_signed_digests=table.boolean("require_signed_digests", True),
+        offline=offline,
+        max_offline_age=max_offline_age,
         index=index,
     )
 

@@ -75,6 +75,13 @@ class Metrics:
             "Trust data lookups that needed a refresh from the Notary server.",
             registry=self.registry,
         )
+        self.cached_decisions = Counter(
+            "trustd_cached_trust_decisions",
+            "Decisions made from trust data cached on this node while Notary was unreachable "
+            '(policy offline = "cached"), by verdict.',
+            ["verdict"],
+            registry=self.registry,
+        )
         self.config_reloads = Counter(
             "trustd_config_reloads",
             "Configuration reloads (SIGHUP), by result.",
@@ -99,6 +106,8 @@ class Metrics:
             self.resolution_seconds.observe(decision.latency_seconds)
         if isinstance(decision.error, TrustError):
             self.notary_errors.labels(kind=type(decision.error).__name__).inc()
+        if decision.cached_age is not None:
+            self.cached_decisions.labels(verdict=str(decision.verdict)).inc()
 
     def record_cache(self, hit: bool) -> None:
         (self.cache_hits if hit else self.cache_misses).inc()

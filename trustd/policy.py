@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from trustd.config import Config, PolicyRule
+from trustd.config import Config, OfflinePolicy, PolicyRule
 from trustd.errors import (
     DigestNotSigned,
     InvalidReference,
@@ -22,9 +22,10 @@ from trustd.errors import (
     TrustError,
     denial_message,
 )
-from trustd.notary.client import TrustEngine
-from trustd.notary.resolution import SignedTarget
-from trustd.notary.transport import Credentials
+from trustd.notary.client import OfflineUse, TrustEngine
+from trustd.notary.resolution import SignedTarget, resolve_digest, resolve_tag
+from trustd.notary.transport import Credentials, call_deadline
+from trustd.notary.updater import VerifiedRepository
 from trustd.reference import Reference, parse_reference
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class Decision:
     rule: str = ""
     error: TrustdError | None = field(default=None, compare=False)
     latency_seconds: float = 0.0
+    # Judged from trust data cached on this node while Notary was unreachable: seconds since
+    # the server last confirmed it. None when the server answered (or nothing was looked up).
+    cached_age: float | None = None
 
     @property
     def allowed(self) -> bool:
@@ -100,9 +104,12 @@ class PolicyEngine:
         image: str,
         credentials: Credentials | None = None,
         action: Action = Action.PULL,
+        timeout: float | None = None,
     ) -> Decision:
+        """Judge ``image``; ``timeout`` (seconds) bounds the Notary requests and their retries."""
         started = time.monotonic()
-        decision = self._decide(image, credentials, action)
+        with call_deadline(timeout):
+            decision = self._decide(image, credentials, action)
         decision = replace(decision, latency_seconds=time.monotonic() - started)
         self._notify(decision)
         return decision
@@ -177,30 +184,38 @@ class PolicyEngine:
                 rule=rule_name,
             )
 
+        repository = None
         try:
-            signed = verify_reference(self.trust, reference, rule, credentials)
+            repository = look_up(self.trust, reference, rule, credentials)
+            signed = None if repository is None else signed_target(repository, reference, rule)
         except TrustError as error:
+            cached_age = repository.cached_age if repository is not None else None
+            reason = str(error)
+            if cached_age is not None:
+                reason += _cached_clause(repository)
             if rule.mode == "audit":
                 return Decision(
                     image,
                     action,
                     Verdict.AUDIT_FAIL,
                     "audit",
-                    str(error),
+                    reason,
                     reference=reference,
                     pull_ref=str(reference),
                     rule=rule_name,
                     error=error,
+                    cached_age=cached_age,
                 )
             return Decision(
                 image,
                 action,
                 Verdict.DENY,
                 rule.mode,
-                str(error),
+                reason,
                 reference=reference,
                 rule=rule_name,
                 error=error,
+                cached_age=cached_age,
             )
 
         if signed is None:  # an unsigned digest reference the rule lets through
@@ -210,6 +225,10 @@ class PolicyEngine:
             reason = f"signed by {signed.role} as {signed.digest}"
             # Audit mode pulls what was asked; enforce pins the pull to the signed bytes.
             pull_ref = str(reference) if rule.mode == "audit" else reference.pinned(signed.digest)
+        cached_age = None
+        if repository is not None and repository.from_cache:
+            cached_age = repository.cached_age
+            reason += _cached_clause(repository)
         return Decision(
             image,
             action,
@@ -220,6 +239,7 @@ class PolicyEngine:
             pull_ref=pull_ref,
             signed=signed,
             rule=rule_name,
+            cached_age=cached_age,
         )
 
 
@@ -233,19 +253,47 @@ def verify_reference(
 ) -> SignedTarget | None:
     """The signed target ``reference`` resolves to under ``rule``; TrustError if there is none.
 
+    None for a bare digest that the rule (or ``require_signed_digests``) lets through unsigned.
+    """
+    repository = look_up(trust, reference, rule, credentials, require_signed_digests)
+    return None if repository is None else signed_target(repository, reference, rule)
+
+
+def offline_use(rule: PolicyRule) -> OfflineUse | None:
+    """Whether ``rule`` may be answered from cached trust data during a Notary outage."""
+    if rule.offline is OfflinePolicy.DENY:
+        return None
+    return OfflineUse(max_age=rule.max_offline_age)
+
+
+def look_up(
+    trust: TrustEngine,
+    reference: Reference,
+    rule: PolicyRule,
+    credentials: Credentials | None = None,
+    require_signed_digests: bool | None = None,
+) -> VerifiedRepository | None:
+    """The verified trust data ``reference`` is judged against; None if it needs none."""
+    if reference.tag is None:
+        if require_signed_digests is None:
+            require_signed_digests = rule.require_signed_digests
+        if not require_signed_digests:
+            return None
+    return trust.repository(
+        reference.registry, reference.repository, credentials, offline=offline_use(rule)
+    )
+
+
+def signed_target(
+    repository: VerifiedRepository, reference: Reference, rule: PolicyRule
+) -> SignedTarget:
+    """The signed target ``reference`` names in ``repository``, per ``rule``'s roles.
+
     A tag is resolved in the rule's roles (or must be signed by all its signers); with a digest
-    too, the tag must be signed as exactly that digest. A bare digest must be a signed target
-    unless the rule (or ``require_signed_digests``) says otherwise, in which case None.
+    too, the tag must be signed as exactly that digest. A bare digest must be a signed target.
     """
     if reference.tag is not None:
-        signed = trust.resolve_tag(
-            reference.registry,
-            reference.repository,
-            reference.tag,
-            rule.roles,
-            rule.signers,
-            credentials,
-        )
+        signed = resolve_tag(repository, reference.tag, rule.roles, rule.signers)
         if reference.digest is not None and reference.digest != signed.digest:
             raise DigestNotSigned(
                 f"tag {reference.tag} of {reference.repository} is signed as {signed.digest}, "
@@ -253,17 +301,13 @@ def verify_reference(
             )
         return signed
     assert reference.digest is not None
-    if require_signed_digests is None:
-        require_signed_digests = rule.require_signed_digests
-    if not require_signed_digests:
-        return None
-    return trust.resolve_digest(
-        reference.registry,
-        reference.repository,
-        reference.digest,
-        rule.roles,
-        rule.signers,
-        credentials,
+    return resolve_digest(repository, reference.digest, rule.roles, rule.signers)
+
+
+def _cached_clause(repository: VerifiedRepository) -> str:
+    return (
+        f" (judged from trust data cached on this node, confirmed {repository.cached_age:.0f}s "
+        f"ago, because {repository.outage})"
     )
 
 

@@ -43,11 +43,15 @@ class RecordingAdmission:
         self._lock = threading.Lock()
 
     def decide(
-        self, image: str, credentials: Credentials | None = None, action: Action = Action.PULL
+        self,
+        image: str,
+        credentials: Credentials | None = None,
+        action: Action = Action.PULL,
+        timeout: float | None = None,
     ) -> Decision:
         with self._lock:
             self.credentials.append(credentials)
-        return self.policy.decide(image, credentials, action)
+        return self.policy.decide(image, credentials, action, timeout)
 
     def check_local_image(self, decision: Decision, repo_digests: Sequence[str]) -> Decision:
         return self.policy.check_local_image(decision, repo_digests)

@@ -8,7 +8,9 @@ socket exactly as kubelet and crictl do.
 from __future__ import annotations
 
 import base64
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +38,9 @@ from tests.stack import (
     free_port,
 )
 from tests.stack.trustd_config import trustd_config_text
+from trustd.audit import audit_record
+from trustd.config import parse_config
+from trustd.metrics import Metrics
 from trustd.notary.transport import Credentials
 from trustd.policy import Verdict
 
@@ -317,6 +322,89 @@ def test_malformed_reference_is_invalid_argument(registry: Registry, shim: Shim)
         error = rpc_error(lambda reference=reference: shim.pull(reference))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, reference
         assert error.details().startswith("trustd: invalid image reference"), reference
+
+
+def _with_notary(shim: Shim, registry: Registry, url: str, ca: Path | None, policy: str) -> None:
+    """Point a running shim at another Notary URL (and policy); its cache stays."""
+    text = trustd_config_text(
+        state_dir=shim.config.server.state_dir, notary=[(registry.host, url, ca)], policy=policy
+    )
+    shim.policy.reconfigure(parse_config(text, "reconfigured.toml"))
+
+
+def test_notary_outage_is_answered_from_cached_trust_data(
+    stack: Stack,
+    push_image: PushImage,
+    registry: Registry,
+    make_shim: MakeShim,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    image = signed_image(stack, push_image, "outage")
+    never_seen = signed_image(stack, push_image, "outage-new")
+    shim = make_shim()
+    metrics = Metrics()
+    shim.policy.add_observer(metrics.observe)
+    shim.pull(image.tagged)  # verified while Notary answers
+
+    # Notary goes away: nothing listens at the configured address any more.
+    dead = f"https://127.0.0.1:{free_port()}"
+    _with_notary(shim, registry, dead, stack.notary_server.ca_file, "")
+    caplog.set_level(logging.WARNING, logger="trustd.notary.client")
+
+    # kubelet's restart of a container: ImageStatus finds the image, a pull would work too.
+    assert shim.status(image.tagged).HasField("image")
+    shim.pull(image.tagged)
+    assert shim.manifest_digest_of(image.tagged) == image.digest
+    from_cache = [d for d in shim.decisions_for(image.tagged) if d.cached_age is not None]
+    assert [d.action for d in from_cache] == ["status", "pull"]
+    assert all(d.verdict is Verdict.ALLOW for d in from_cache)
+    assert "judged from trust data cached on this node" in from_cache[-1].reason
+    assert f"cannot reach notary at {dead}" in from_cache[-1].reason
+    assert audit_record(from_cache[-1])["from_cache"] is True
+    assert 'trustd_cached_trust_decisions_total{verdict="allow"} 2.0' in metrics.render().decode()
+    warnings = [r for r in caplog.records if "cached on this node" in r.getMessage()]
+    assert len(warnings) == 1  # once per repository per outage, not per call
+
+    # Cached data is still judged: an unsigned tag stays a signature failure.
+    unsigned = rpc_error(lambda: shim.pull(f"{image.repository}:9.9"))
+    assert unsigned.details().startswith("SignatureValidationFailed: trustd: tag 9.9")
+    # A repository this node never verified fails closed.
+    error = rpc_error(lambda: shim.pull(never_seen.tagged))
+    assert error.code() == grpc.StatusCode.UNKNOWN
+    assert error.details().startswith("RegistryUnavailable: trustd: cannot reach notary")
+    assert "no trust data of" in error.details()
+
+
+def test_notary_outage_policy_deny_and_max_offline_age(
+    stack: Stack, push_image: PushImage, registry: Registry, make_shim: MakeShim
+) -> None:
+    image = signed_image(stack, push_image, "outage-strict")
+    shim = make_shim()
+    shim.pull(image.tagged)
+    dead = f"https://127.0.0.1:{free_port()}"
+    ca = stack.notary_server.ca_file
+
+    strict = f'[[policy]]\nmatch = "{image.repository}"\noffline = "deny"\n'
+    _with_notary(shim, registry, dead, ca, strict)
+    assert not shim.status(image.tagged).HasField("image")  # fail closed: kubelet pulls
+    error = rpc_error(lambda: shim.pull(image.tagged))
+    assert error.code() == grpc.StatusCode.UNKNOWN
+    assert error.details().startswith(f"RegistryUnavailable: trustd: cannot reach notary at {dead}")
+
+    aged = f'[[policy]]\nmatch = "{image.repository}"\nmax_offline_age = 1\n'
+    _with_notary(shim, registry, dead, ca, aged)
+    deadline = time.monotonic() + 30
+    while shim.status(image.tagged).HasField("image"):  # until the data is over a second old
+        assert time.monotonic() < deadline, "cached trust data never got older than 1s"
+        time.sleep(0.2)
+    error = rpc_error(lambda: shim.pull(image.tagged))
+    assert error.details().startswith("RegistryUnavailable: trustd: ")
+    assert "more than max_offline_age (1s)" in error.details()
+
+    # Notary back: verified against the server again, nothing cached about it.
+    _with_notary(shim, registry, stack.notary_server.url, ca, aged)
+    shim.pull(image.tagged)
+    assert shim.decisions_for(image.tagged)[-1].cached_age is None
 
 
 def test_unreachable_notary_server_is_unavailable(

@@ -5,6 +5,7 @@ import logging
 import os
 import stat
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,15 @@ def test_allowed_decision_fields() -> None:
         "rule": "policy[0] 'docker.io/**'",
         "pull_ref": f"docker.io/library/nginx@{DIGEST}",
         "latency_ms": 42.123,
+        "from_cache": False,
+        "trust_data_age_s": None,
     }
+
+
+def test_decisions_from_cached_trust_data_are_marked_with_their_age() -> None:
+    record = audit_record(replace(allowed_decision(), cached_age=3599.96))
+    assert record["from_cache"] is True
+    assert record["trust_data_age_s"] == 3600.0
 
 
 def test_denied_and_invalid_decisions_have_nulls() -> None:

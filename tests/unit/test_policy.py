@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from types import SimpleNamespace
 
 import pytest
 
 from trustd.config import parse_config
-from trustd.errors import NotaryUnavailable, TagNotSigned
-from trustd.notary.resolution import SignedTarget
+from trustd.errors import NotaryUnavailable
+from trustd.notary.client import OfflineUse
+from trustd.notary.metadata import TargetFile
 from trustd.policy import Action, Decision, PolicyEngine, Verdict
 
 GOOD = "sha256:" + "a" * 64
@@ -35,42 +36,63 @@ signers = ["targets/releases", "targets/qa"]
 """
 
 
-class SignedTags:
-    """Stands in for the trust engine: a table of what is signed (the engine has its own tests)."""
+class SignedTable:
+    """A repository view with just what resolution reads: per role, the signed tags."""
 
-    def __init__(self, signed: dict[tuple[str, str], str], down: bool = False) -> None:
+    def __init__(self, gun: str, tags: dict[str, str], cached_age: float | None) -> None:
+        self.gun = gun
+        self.cached_age = cached_age
+        self.outage = "notary is down" if cached_age is not None else None
+        self.from_cache = cached_age is not None
+        self._targets = SimpleNamespace(
+            targets={
+                tag: TargetFile(100, {"sha256": bytes.fromhex(digest.split(":")[1])})
+                for tag, digest in tags.items()
+            }
+        )
+
+    def role_targets(self, role: str) -> SimpleNamespace | None:
+        return self._targets if role == "targets" else None
+
+
+class SignedTags:
+    """Stands in for the trust engine: a table of what is signed (the engine has its own tests).
+
+    ``down`` makes the server unreachable; ``cached`` says what this node holds from before.
+    """
+
+    def __init__(
+        self, signed: dict[tuple[str, str], str], down: bool = False, cached: bool = False
+    ) -> None:
         self.signed = signed
         self.down = down
-        self.calls: list[tuple[str, Sequence[str], Sequence[str]]] = []
+        self.cached = cached
+        self.offline_asked: list[OfflineUse | None] = []
 
     def reconfigure(self, settings: object) -> None:
         pass
 
-    def _check(self) -> None:
-        if self.down:
-            raise NotaryUnavailable(
-                "cannot reach notary at https://notary.test for example.com/app: connection refused"
-            )
-
-    def resolve_tag(self, registry, gun, tag, roles, signers, credentials) -> SignedTarget:
-        self._check()
-        self.calls.append((f"{gun}:{tag}", roles, signers))
-        digest = self.signed.get((gun, tag))
-        if digest is None:
-            raise TagNotSigned(f"tag {tag} is not signed in {gun}")
-        return SignedTarget(gun, tag, digest, 100, "targets")
-
-    def resolve_digest(self, registry, gun, digest, roles, signers, credentials) -> SignedTarget:
-        self._check()
-        for (signed_gun, tag), signed in self.signed.items():
-            if signed_gun == gun and signed == digest:
-                return SignedTarget(gun, tag, digest, 100, "targets")
-        raise TagNotSigned(f"{digest} is not a signed target of {gun}")
+    def repository(self, registry, gun, credentials=None, offline=None) -> SignedTable:
+        self.offline_asked.append(offline)
+        tags = {
+            tag: digest for (signed_gun, tag), digest in self.signed.items() if signed_gun == gun
+        }
+        if not self.down:
+            return SignedTable(gun, tags, None)
+        outage = NotaryUnavailable(
+            f"cannot reach notary at https://notary.test for {gun}: connection refused"
+        )
+        if offline is None or not self.cached:
+            raise outage
+        return SignedTable(gun, tags, 42.0)
 
 
-def engine(signed: dict[tuple[str, str], str], down: bool = False) -> tuple[PolicyEngine, list]:
+def engine(
+    signed: dict[tuple[str, str], str], down: bool = False, cached: bool = False
+) -> tuple[PolicyEngine, list]:
     decisions: list[Decision] = []
-    policy = PolicyEngine(parse_config(CONFIG, "test.toml"), SignedTags(signed, down))  # type: ignore[arg-type]
+    trust = SignedTags(signed, down, cached)
+    policy = PolicyEngine(parse_config(CONFIG, "test.toml"), trust)  # type: ignore[arg-type]
     policy.add_observer(decisions.append)
     return policy, decisions
 
@@ -144,12 +166,52 @@ def test_tag_and_digest_must_agree() -> None:
     assert f"signed as {GOOD}, not {OTHER}" in mismatch.reason
 
 
-def test_rule_signers_reach_the_trust_engine() -> None:
-    signed = {("example.com/strict/app", "1"): GOOD}
-    policy, _ = engine(signed)
-    policy.decide("example.com/strict/app:1")
-    trust = policy.trust
-    assert trust.calls[-1][2] == ("targets/releases", "targets/qa")  # type: ignore[attr-defined]
+def test_rule_signers_must_all_sign() -> None:
+    # Only "targets" signed the tag; the rule wants targets/releases and targets/qa.
+    policy, _ = engine({("example.com/strict/app", "1"): GOOD})
+    decision = policy.decide("example.com/strict/app:1")
+    assert decision.verdict is Verdict.DENY
+    assert "required signer" in decision.reason
+
+
+CONFIG_OFFLINE = """
+[[policy]]
+match = "example.com/strict-outage/*"
+offline = "deny"
+
+[[policy]]
+match = "example.com/aged/*"
+max_offline_age = 600
+"""
+
+
+def test_outage_policy_reaches_the_engine() -> None:
+    trust = SignedTags({}, down=False)
+    policy = PolicyEngine(parse_config(CONFIG_OFFLINE, "t.toml"), trust)  # type: ignore[arg-type]
+    policy.decide("example.com/strict-outage/app:1")
+    policy.decide("example.com/aged/app:1")
+    policy.decide("example.com/other:1")
+    assert trust.offline_asked == [None, OfflineUse(600.0), OfflineUse(None)]
+
+
+def test_decision_from_cached_trust_data_says_so() -> None:
+    policy, seen = engine({("example.com/app", "1"): GOOD}, down=True, cached=True)
+    decision = policy.decide("example.com/app:1")
+    assert decision.verdict is Verdict.ALLOW and decision.pull_ref == f"example.com/app@{GOOD}"
+    assert decision.cached_age == 42.0
+    assert "judged from trust data cached on this node, confirmed 42s ago" in decision.reason
+    assert "because notary is down" in decision.reason
+    denied = policy.decide("example.com/app:2")
+    assert denied.verdict is Verdict.DENY and denied.cached_age == 42.0
+    assert denied.message.startswith("SignatureValidationFailed: trustd: tag 2 is not signed")
+    assert [d.cached_age for d in seen] == [42.0, 42.0]
+
+
+def test_outage_without_cached_data_is_registry_unavailable() -> None:
+    policy, _ = engine({("example.com/app", "1"): GOOD}, down=True, cached=False)
+    decision = policy.decide("example.com/app:1")
+    assert decision.verdict is Verdict.DENY and decision.cached_age is None
+    assert decision.message.startswith("RegistryUnavailable: trustd: cannot reach notary")
 
 
 @pytest.mark.parametrize("image", ["nginx", "docker.io/library/nginx:latest"])

@@ -23,6 +23,7 @@ from trustd.notary.transport import (
     NotaryEndpoint,
     NotaryTransport,
     NotFound,
+    call_deadline,
     parse_bearer_challenge,
 )
 
@@ -33,10 +34,18 @@ class Answers(BaseHTTPRequestHandler):
     """GET /v2/<gun>/_trust/tuf/<name>.json -> what the ``routes`` table says for <name>."""
 
     routes: ClassVar[dict[str, tuple[int, bytes, dict[str, str]]]] = {}
+    # Per name, statuses to answer (with an empty body) before the route, one per request.
+    failures: ClassVar[dict[str, list[int]]] = {}
+    requests: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         name = self.path.rsplit("/", 1)[-1].removesuffix(".json")
-        status, body, headers = self.routes.get(name, (404, b"", {}))
+        self.requests.append(name)
+        pending = self.failures.get(name)
+        if pending:
+            status, body, headers = pending.pop(0), b"", {"Content-Length": "0"}
+        else:
+            status, body, headers = self.routes.get(name, (404, b"", {}))
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -83,6 +92,37 @@ def test_declared_and_streamed_sizes_are_both_capped(server: str) -> None:
         client.fetch(GUN, "streamed", 65536)
 
 
+def test_transient_failures_are_retried_then_reported(server: str) -> None:
+    Answers.routes = {"timestamp": (200, b"{}", {"Content-Length": "2"})}
+    Answers.failures = {"timestamp": [503, 502]}
+    Answers.requests = []
+    assert transport(server, retries=2).fetch(GUN, "timestamp", 100) == b"{}"
+    assert Answers.requests == ["timestamp"] * 3
+
+    Answers.failures = {"timestamp": [504, 504, 504]}
+    Answers.requests = []
+    with pytest.raises(NotaryUnavailable, match="answered HTTP 504"):
+        transport(server, retries=2).fetch(GUN, "timestamp", 100)
+    assert Answers.requests == ["timestamp"] * 3
+
+    Answers.failures = {"timestamp": [500]}  # not transient: reported at once
+    Answers.requests = []
+    with pytest.raises(NotaryUnavailable, match="answered HTTP 500"):
+        transport(server, retries=2).fetch(GUN, "timestamp", 100)
+    assert Answers.requests == ["timestamp"]
+    Answers.failures = {}
+
+
+def test_retries_stop_at_the_call_deadline(server: str) -> None:
+    Answers.routes = {"timestamp": (200, b"{}", {"Content-Length": "2"})}
+    Answers.failures = {"timestamp": [503] * 5}
+    Answers.requests = []
+    with call_deadline(0.05), pytest.raises(NotaryUnavailable, match="HTTP 503"):
+        transport(server, retries=5).fetch(GUN, "timestamp", 100)
+    assert Answers.requests == ["timestamp"]  # the first backoff would pass the deadline
+    Answers.failures = {}
+
+
 def test_server_errors_and_refusals(server: str) -> None:
     Answers.routes = {
         "timestamp": (503, b"", {"Content-Length": "0"}),
@@ -96,7 +136,7 @@ def test_server_errors_and_refusals(server: str) -> None:
 
 
 def test_unreachable_server_names_the_repository() -> None:
-    client = transport("https://127.0.0.1:9")
+    client = transport("https://127.0.0.1:9", retries=1)
     with pytest.raises(
         NotaryUnavailable, match=re.escape(f"cannot reach notary at https://127.0.0.1:9 for {GUN}")
     ):

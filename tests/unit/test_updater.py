@@ -16,6 +16,7 @@ import pytest
 from trustd.errors import (
     AuthenticationFailed,
     DigestNotSigned,
+    NotaryUnavailable,
     NoTrustData,
     PinningViolation,
     RollbackDetected,
@@ -293,3 +294,73 @@ def test_a_lookup_with_credentials_does_not_inherit_an_anonymous_refusal(
         with pytest.raises(AuthenticationFailed):
             anonymous.result(10)
         assert resolve_tag(with_credentials.result(10), "v1").size == 34
+
+
+# --- freshness window, outages, other processes ---------------------------------------------------
+
+
+class DownFiles(ServedFiles):
+    """The same server, unreachable."""
+
+    def fetch(self, gun: str, name: str, max_bytes: int, credentials: object = None) -> bytes:
+        self.requests.append(name)
+        raise NotaryUnavailable(f"cannot reach notary at https://notary.test for {gun}")
+
+
+def test_lookups_within_the_freshness_window_share_one_refresh(store: MetadataStore) -> None:
+    served = ServedFiles()
+    updater = Updater(store, clock=lambda: NOW)
+    updater.freshness_window = 60.0
+    first = refresh(updater, served)
+    count = len(served.requests)
+    assert refresh(updater, served) is first
+    assert len(served.requests) == count  # no request at all inside the window
+
+    updater.freshness_window = 0.0  # today's behaviour: every lookup asks for the timestamp
+    refresh(updater, served)
+    assert served.requests[count:] == ["timestamp"]
+
+
+def test_outage_is_answered_from_the_cache_with_its_age(store: MetadataStore) -> None:
+    confirmed = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    clock = [confirmed]
+    updater = Updater(store, clock=lambda: clock[0])
+    refresh(updater, ServedFiles())
+    outage = NotaryUnavailable("cannot reach notary at https://notary.test for the test")
+
+    # A new process (daemon restarted during the outage) holds nothing in memory.
+    clock[0] = confirmed.replace(hour=11)
+    restarted = Updater(store, clock=lambda: clock[0])
+    down = DownFiles()
+    with pytest.raises(NotaryUnavailable):
+        refresh(restarted, down)
+    view = restarted.cached(GUN, TrustPinning(), outage)
+    assert view.from_cache and view.cached_age == pytest.approx(3600, abs=1)
+    assert view.outage == str(outage)
+    assert resolve_tag(view, "v1").size == 34
+
+
+def test_outage_never_uses_expired_cached_data(store: MetadataStore) -> None:
+    refresh(Updater(store, clock=lambda: NOW), ServedFiles())
+    later = datetime(2040, 1, 1, tzinfo=UTC)  # past every expiry in the fixtures
+    outage = NotaryUnavailable("cannot reach notary")
+    with pytest.raises(NotaryUnavailable, match=r"cannot be used: .*expired"):
+        Updater(store, clock=lambda: later).cached(GUN, TrustPinning(), outage)
+
+
+def test_outage_without_cached_data_fails_closed(store: MetadataStore) -> None:
+    outage = NotaryUnavailable("cannot reach notary")
+    with pytest.raises(NotaryUnavailable, match=r"no trust data of .* to fall back on"):
+        Updater(store, clock=lambda: NOW).cached(GUN, TrustPinning(), outage)
+
+
+def test_a_root_removed_by_another_process_is_noticed(store: MetadataStore) -> None:
+    served = ServedFiles()
+    updater = Updater(store, clock=lambda: NOW)
+    refresh(updater, served)
+    with store.locked(GUN):  # what trustctl does while the daemon serves
+        assert store.forget(GUN)
+    served.requests.clear()
+    refresh(updater, served)
+    assert served.requests[0] == "root"  # trusted on first use again, not from memory
+    assert store.load(GUN, "root") is not None

@@ -6,15 +6,17 @@ per configured Notary server and one ``Updater`` whose verified state outlives c
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 from cryptography import x509
 
-from trustd.errors import ConfigError
+from trustd.errors import ConfigError, NotaryUnavailable
 from trustd.notary.pinning import TrustPinning
 from trustd.notary.resolution import (
     DOCKER_ROLE_ORDER,
@@ -25,6 +27,19 @@ from trustd.notary.resolution import (
 from trustd.notary.store import MetadataStore
 from trustd.notary.transport import Credentials, NotaryEndpoint, NotaryTransport
 from trustd.notary.updater import SizeLimits, Updater, VerifiedRepository, utc_now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OfflineUse:
+    """Permission to answer from cached trust data while the Notary server is unreachable.
+
+    The cached data must still verify and be unexpired (notary's own fallback); ``max_age``
+    (seconds since the server last confirmed it) narrows that further.
+    """
+
+    max_age: float | None = None
 
 
 class NotarySettings(Protocol):
@@ -40,6 +55,7 @@ class NotarySettings(Protocol):
     max_metadata_bytes: int
     root_max_bytes: int
     timestamp_max_bytes: int
+    retries: int
 
 
 class PinningSettings(Protocol):
@@ -55,6 +71,9 @@ class TrustSettings(Protocol):
 
     def pinning_for(self, gun: str) -> PinningSettings: ...
 
+    @property
+    def freshness_window(self) -> float: ...
+
 
 class TrustEngine:
     """Resolves signed tags and digests for any GUN, per the current configuration."""
@@ -68,7 +87,10 @@ class TrustEngine:
     ) -> None:
         # on_refresh(hit): see Updater; the daemon passes its cache hit/miss counter.
         self.updater = Updater(MetadataStore(state_dir), clock, on_refresh)
+        self.updater.freshness_window = settings.freshness_window
         self._settings = settings
+        # GUNs currently answered from the cache, so an outage is logged once, not per call.
+        self._offline: set[str] = set()
         self._transports: dict[object, NotaryTransport] = {}
         self._pinning_cas: dict[Path, tuple[x509.Certificate, ...]] = {}
         self._lock = threading.Lock()
@@ -80,6 +102,8 @@ class TrustEngine:
             self._settings = settings
             self._transports = {}
             self._pinning_cas = {}
+        self.updater.freshness_window = settings.freshness_window
+        self.updater.forget_recent()  # results verified under the old pinning or servers
         for transport in old.values():
             transport.close()
 
@@ -92,9 +116,18 @@ class TrustEngine:
     # --- lookups ---------------------------------------------------------------------------------
 
     def repository(
-        self, registry: str, gun: str, credentials: Credentials | None = None
+        self,
+        registry: str,
+        gun: str,
+        credentials: Credentials | None = None,
+        offline: OfflineUse | None = None,
     ) -> VerifiedRepository:
-        """The current verified trust data of ``gun`` (refreshed now)."""
+        """The current verified trust data of ``gun`` (refreshed now, or within the window).
+
+        With ``offline``, an unreachable server is answered from the node's cache instead
+        (``VerifiedRepository.from_cache``); without it, or when the cache cannot serve,
+        NotaryUnavailable is raised. Verification failures are never masked.
+        """
         notary = self._settings.notary_for(registry)
         transport = self._transport(notary)
         limits = SizeLimits(
@@ -102,9 +135,40 @@ class TrustEngine:
             timestamp=notary.timestamp_max_bytes,
             other=notary.max_metadata_bytes,
         )
-        return self.updater.refresh(
-            gun, transport, self._pinning(gun), credentials=credentials, limits=limits
-        )
+        pinning = self._pinning(gun)
+        try:
+            repository = self.updater.refresh(
+                gun, transport, pinning, credentials=credentials, limits=limits
+            )
+        except NotaryUnavailable as outage:
+            if offline is None:
+                raise
+            return self._from_cache(gun, pinning, outage, offline)
+        if gun in self._offline:
+            self._offline.discard(gun)
+            log.warning("notary reachable again for %s; cached trust data no longer used", gun)
+        return repository
+
+    def _from_cache(
+        self, gun: str, pinning: TrustPinning, outage: NotaryUnavailable, offline: OfflineUse
+    ) -> VerifiedRepository:
+        repository = self.updater.cached(gun, pinning, outage)
+        age = repository.cached_age or 0.0
+        if offline.max_age is not None and age > offline.max_age:
+            raise NotaryUnavailable(
+                f"{outage}; the trust data of {gun} cached on this node was last confirmed "
+                f"{age:.0f}s ago, more than max_offline_age ({offline.max_age:g}s)"
+            )
+        if gun not in self._offline:
+            self._offline.add(gun)
+            log.warning(
+                "%s; using the trust data of %s cached on this node (confirmed %.0fs ago) "
+                "until the server answers again",
+                outage,
+                gun,
+                age,
+            )
+        return repository
 
     def resolve_tag(
         self,
@@ -139,6 +203,7 @@ class TrustEngine:
             notary.username,
             notary.password_file,
             notary.timeout,
+            notary.retries,
         )
         with self._lock:
             transport = self._transports.get(key)
@@ -150,6 +215,7 @@ class TrustEngine:
                     client_key=notary.client_key,
                     timeout=notary.timeout,
                     default_credentials=_configured_credentials(notary),
+                    retries=notary.retries,
                 )
                 transport = NotaryTransport(endpoint)
                 self._transports[key] = transport

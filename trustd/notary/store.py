@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -75,6 +76,24 @@ class MetadataStore:
         except FileNotFoundError:
             return None
         return (status.st_ino, status.st_mtime_ns, status.st_size)
+
+    def mark_confirmed(self, gun: str, moment: datetime) -> None:
+        """Record that the server confirmed ``gun``'s cached data at ``moment``.
+
+        Kept as the modification time of timestamp.json: no extra file and no fsync on every
+        lookup. Lost in a crash, it only makes the data look older, which is the safe side.
+        """
+        with contextlib.suppress(OSError):
+            stamp = moment.timestamp()
+            os.utime(self.path(gun, "timestamp"), (stamp, stamp))
+
+    def confirmed_at(self, gun: str) -> datetime | None:
+        """When the server last confirmed ``gun``'s cached data (see ``mark_confirmed``)."""
+        try:
+            stamp = self.path(gun, "timestamp").stat().st_mtime
+        except OSError:
+            return None
+        return datetime.fromtimestamp(stamp, UTC)
 
     def forget(self, gun: str) -> bool:
         """Remove everything cached for ``gun``; True if there was anything. Hold ``locked``."""

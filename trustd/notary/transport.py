@@ -2,15 +2,23 @@
 
 Nothing here verifies metadata; it only fetches bytes, never more than the caller allows.
 Credentials never appear in an exception message or a log line.
+
+Transient failures (connection refused or reset, timeouts, HTTP 502/503/504) are retried with
+jittered exponential backoff, ``retries`` times at most, and never past the deadline of the call
+being served (``call_deadline``): a flaky Notary should cost a retry, not a denied pull.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import random
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -25,6 +33,21 @@ log = logging.getLogger(__name__)
 _CHUNK = 64 * 1024
 _TOKEN_RESPONSE_LIMIT = 1024 * 1024
 _DEFAULT_TOKEN_LIFETIME = 60.0
+_RETRYABLE_STATUS = frozenset({502, 503, 504})
+_FIRST_BACKOFF = 0.1  # seconds; doubled on every further retry, with up to half again as jitter
+
+# When (time.monotonic()) the call being served must be answered; None: no deadline.
+_call_deadline: ContextVar[float | None] = ContextVar("trustd_call_deadline", default=None)
+
+
+@contextlib.contextmanager
+def call_deadline(seconds: float | None) -> Iterator[None]:
+    """Bound the requests (and retries) made in this context to ``seconds`` from now."""
+    token = _call_deadline.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _call_deadline.reset(token)
 
 
 @dataclass(frozen=True)
@@ -50,6 +73,7 @@ class NotaryEndpoint:
     client_key: Path | None = None
     timeout: float = 10.0
     default_credentials: Credentials | None = None
+    retries: int = 2  # further attempts after a transient failure
 
     @property
     def base_url(self) -> str:
@@ -155,10 +179,42 @@ class NotaryTransport:
     def _request(
         self, method: str, url: str, *, service: str, gun: str | None, **kwargs: object
     ) -> requests.Response:
-        """One request; a failure to connect names the service, its origin and the GUN."""
-        timeout = self.endpoint.timeout
+        """One request, retried on transient failures; the errors name the service and GUN."""
         # Only the origin: a URL's path and query can carry a token or an account name.
         where = f"{service} at {_origin(url)}" + (f" for {gun}" if gun else "")
+        deadline = _call_deadline.get()
+        attempt = 0
+        while True:
+            timeout = self.endpoint.timeout
+            if deadline is not None:
+                timeout = max(min(timeout, deadline - time.monotonic()), 0.001)
+            try:
+                response = self._attempt(method, url, timeout, where, kwargs)
+            except _Transient as failure:
+                problem = failure.error
+            else:
+                if response.status_code not in _RETRYABLE_STATUS:
+                    return response
+                problem = None
+            backoff = _FIRST_BACKOFF * 2**attempt * random.uniform(1.0, 1.5)
+            retry = attempt < self.endpoint.retries and (
+                deadline is None or time.monotonic() + backoff < deadline
+            )
+            if not retry:
+                if problem is None:
+                    return response  # the caller reports the status
+                raise problem
+            if problem is None:
+                log.info("%s answered HTTP %d; retrying", where, response.status_code)
+                response.close()
+            else:
+                log.info("%s; retrying", problem)
+            attempt += 1
+            time.sleep(backoff)
+
+    def _attempt(
+        self, method: str, url: str, timeout: float, where: str, kwargs: dict[str, object]
+    ) -> requests.Response:
         try:
             return self._session.request(
                 method,
@@ -169,11 +225,18 @@ class NotaryTransport:
                 **kwargs,  # type: ignore[arg-type]
             )
         except requests.exceptions.SSLError as error:
+            # A TLS failure is configuration or an attack, not a blip: never retried.
             raise NotaryUnavailable(
                 f"TLS failure talking to {where}: {_short_reason(error)}"
             ) from None
         except requests.exceptions.Timeout:
-            raise NotaryUnavailable(f"{where} did not answer within {timeout:g}s") from None
+            raise _Transient(
+                NotaryUnavailable(f"{where} did not answer within {timeout:g}s")
+            ) from None
+        except requests.exceptions.ConnectionError as error:
+            raise _Transient(
+                NotaryUnavailable(f"cannot reach {where}: {_short_reason(error)}")
+            ) from None
         except requests.exceptions.RequestException as error:
             raise NotaryUnavailable(f"cannot reach {where}: {_short_reason(error)}") from None
 
@@ -277,6 +340,14 @@ class NotaryTransport:
         with self._tokens_lock:
             self._tokens[(gun, _credential_key(credentials))] = _Token(value, expires_at)
         return value
+
+
+class _Transient(Exception):
+    """A failure worth another attempt; carries the error to raise if none is left."""
+
+    def __init__(self, error: NotaryUnavailable) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _credential_key(credentials: Credentials | None) -> str:

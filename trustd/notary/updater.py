@@ -9,6 +9,14 @@ when the timestamp says it changed.
 Concurrent lookups of one GUN share one refresh (single flight), so a burst of parallel pulls
 costs the Notary server one round of requests.
 
+A refresh that succeeded less than ``freshness_window`` seconds ago answers later lookups of the
+same GUN without any request (kubelet asks ImageStatus, PullImage and ImageStatus again for one
+container start); a re-signed or removed tag is therefore seen at most that much later.
+
+When the server cannot be reached, ``cached`` answers from what this node verified before, as
+notary's own client does: the cached files must still verify and be unexpired, and nothing
+missing from the cache is fetched. The policy decides whether that is acceptable.
+
 An optional ``on_refresh(hit)`` callback is told, once per successful refresh, whether it was
 answered from what this node already held (nothing but ``timestamp.json`` downloaded) or had to
 download more; the daemon counts these as cache hits and misses.
@@ -19,15 +27,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from trustd.errors import (
     AuthenticationFailed,
     BadSignature,
     ExpiredMetadata,
+    NotaryUnavailable,
     NoTrustData,
     RootRotationInvalid,
     TrustError,
@@ -81,6 +91,14 @@ class VerifiedRepository:
     broken: Mapping[str, TrustError] = field(default_factory=dict)
     timestamp_version: int = 0
     snapshot_version: int = 0
+    # Set when the server could not be reached and this view comes from the node's cache:
+    # seconds since the server last confirmed this data, and why it could not now.
+    cached_age: float | None = None
+    outage: str | None = None
+
+    @property
+    def from_cache(self) -> bool:
+        return self.cached_age is not None
 
     def role_targets(self, role: str) -> Targets | None:
         """The verified targets of ``role``; raises the stored error if the role is broken."""
@@ -107,6 +125,9 @@ class Updater:
         self.store = store
         self.clock = clock
         self.on_refresh = on_refresh
+        self.freshness_window = 0.0  # seconds; set from the config by the engine
+        # Per GUN: the last verified result and when (monotonic) the server confirmed it.
+        self._recent: dict[str, tuple[VerifiedRepository, float]] = {}
         # The verified set held per GUN, with the stamp of the cached root it goes with: when
         # another process replaces or removes that root (``trustctl`` repairing a re-keyed
         # repository), the held set is dropped and the cache is read again.
@@ -124,6 +145,9 @@ class Updater:
         limits: SizeLimits | None = None,
     ) -> VerifiedRepository:
         """Fetch and verify the current trust data of ``gun``; shared by concurrent callers."""
+        recent = self._recent_result(gun)
+        if recent is not None:
+            return recent
         while True:
             with self._lock:
                 joined = self._inflight.get(gun)
@@ -147,12 +171,43 @@ class Updater:
             pending.set_exception(error)
             raise
         else:
+            with self._lock:
+                self._recent[gun] = (result, time.monotonic())
             pending.set_result(result)
             self._report(refresh.downloaded == ["timestamp"])
             return result
         finally:
             with self._lock:
                 del self._inflight[gun]
+
+    def cached(
+        self, gun: str, pinning: TrustPinning, outage: NotaryUnavailable
+    ) -> VerifiedRepository:
+        """The trust data of ``gun`` this node verified before, for use while ``outage`` lasts.
+
+        Loaded and verified again from what is held or cached, never downloaded; it must be
+        unexpired now. Raises NotaryUnavailable (naming the outage) when nothing usable is held.
+        """
+        refresh = _Refresh(self, gun, None, pinning, None, SizeLimits(), outage=outage)
+        with self.store.locked(gun):
+            view = refresh.run()
+        confirmed = self.store.confirmed_at(gun)
+        age = 0.0 if confirmed is None else max((refresh.now - confirmed).total_seconds(), 0.0)
+        return replace(view, cached_age=age, outage=str(outage))
+
+    def forget_recent(self) -> None:
+        """Drop every result held for the freshness window (the config changed)."""
+        with self._lock:
+            self._recent.clear()
+
+    def _recent_result(self, gun: str) -> VerifiedRepository | None:
+        if self.freshness_window <= 0:
+            return None
+        with self._lock:
+            recent = self._recent.get(gun)
+        if recent is None or time.monotonic() - recent[1] >= self.freshness_window:
+            return None
+        return recent[0]
 
     def _report(self, hit: bool) -> None:
         if self.on_refresh is None:
@@ -192,11 +247,14 @@ class _Refresh:
         self,
         updater: Updater,
         gun: str,
-        transport: NotaryTransport,
+        transport: NotaryTransport | None,
         pinning: TrustPinning,
         credentials: Credentials | None,
         limits: SizeLimits,
+        outage: NotaryUnavailable | None = None,
     ) -> None:
+        # Without a transport (during ``outage``) the refresh works from held and cached
+        # files only: the same verification, no downloads.
         self.updater = updater
         self.store = updater.store
         self.limits = limits
@@ -205,13 +263,18 @@ class _Refresh:
         self.pinning = pinning
         self.credentials = credentials
         self.now = updater.clock()
-        self.server = transport.endpoint.base_url
+        self.outage = outage
+        self.server = transport.endpoint.base_url if transport is not None else "the cache"
         # Names of the files this refresh downloaded, in order (for the cache hit/miss report).
         self.downloaded: list[str] = []
 
     def run(self) -> VerifiedRepository:
         trusted = self.updater._held_set(self.gun) or self._load_from_cache()
         if trusted is None:
+            if self.outage is not None:
+                raise NotaryUnavailable(
+                    f"{self.outage}; this node has no trust data of {self.gun} to fall back on"
+                )
             trusted = self._bootstrap()
         try:
             for _ in range(_MAX_ROOT_ROTATIONS):
@@ -224,12 +287,19 @@ class _Refresh:
                 )
             broken = self._update_delegations(trusted)
             self._check_top_level_fresh(trusted)
-        except TrustError:
+        except TrustError as error:
             # What is held stays verified; a failed refresh must not leave half an update behind
             # for the next caller, so start the next refresh from the cache again.
             self.updater._keep_set(self.gun, None)
+            if self.outage is not None and not isinstance(error, NotaryUnavailable):
+                raise NotaryUnavailable(
+                    f"{self.outage}; the trust data of {self.gun} cached on this node cannot "
+                    f"be used: {error}"
+                ) from error
             raise
         self.updater._keep_set(self.gun, trusted)
+        if self.outage is None:
+            self.store.mark_confirmed(self.gun, self.now)
         return self._view(trusted, broken)
 
     # --- root ------------------------------------------------------------------------------------
@@ -310,7 +380,15 @@ class _Refresh:
 
     def _update_top_level(self, trusted: TrustedSet) -> bool:
         """One pass over timestamp, snapshot and targets; True when the root rotated."""
-        data = self._fetch("timestamp", self.limits.timestamp, missing_means_no_data=True)
+        if self.outage is not None:
+            # notary's fallback: the cached timestamp, checked for expiry below.
+            data = trusted.raw("timestamp")
+            if data is None:
+                raise NotaryUnavailable(
+                    f"{self.outage}; no timestamp.json of {self.gun} is cached on this node"
+                )
+        else:
+            data = self._fetch("timestamp", self.limits.timestamp, missing_means_no_data=True)
         if data != trusted.raw("timestamp"):
             try:
                 trusted.update_timestamp(data, self.now)
@@ -457,6 +535,10 @@ class _Refresh:
             raise NoTrustData(f"{role}.json of {self.gun} is missing on {self.server}") from None
 
     def _download(self, name: str, limit: int) -> bytes:
+        if self.transport is None:
+            raise NotaryUnavailable(
+                f"{self.outage}; {name}.json of {self.gun} is not cached on this node"
+            )
         data = self.transport.fetch(self.gun, name, limit, self.credentials)
         self.downloaded.append(name)
         return data
