@@ -64,6 +64,8 @@ def write_config(
             notary=[(registry, notary_url, ca_file)],
             policy=extra + "\n",
             notary_extra="timeout = 5\n" + notary_extra,
+            # Every lookup must reach the (tampering) server: no freshness window.
+            server={"freshness_window": 0},
         )
     )
     return path

@@ -545,8 +545,10 @@ def test_exit_statuses(
     dead_port = free_port()
     dead = trustd(url=f"https://127.0.0.1:{dead_port}").verify_process(image.tagged)
     assert dead.status == 3
+    # trustctl judges as the daemon would: this config's state dir holds nothing to fall back on.
     assert dead.stderr.strip() == (
         f"trustctl: cannot reach notary at https://127.0.0.1:{dead_port} for "
-        f"{image.repository}: connection refused"
+        f"{image.repository}: connection refused; this node has no trust data of "
+        f"{image.repository} to fall back on"
     )
     assert "Traceback" not in dead.stderr

@@ -11,6 +11,7 @@ from trustd.config import (
     MetricsConfig,
     Mode,
     NotaryServer,
+    OfflinePolicy,
     PolicyRule,
     ServerConfig,
     load_config,
@@ -226,6 +227,19 @@ def test_policy_rule_defaults() -> None:
     rule = parse('[[policy]]\nmatch = "quay.io/**"').policy[0]
     assert rule == PolicyRule(match="quay.io/**", index=0)
     assert rule.mode is Mode.ENFORCE
+    assert (rule.offline, rule.max_offline_age) == (OfflinePolicy.CACHED, None)
+
+
+def test_outage_policy_and_freshness_window() -> None:
+    config = parse(
+        "[server]\nfreshness_window = 0\n"
+        '[[policy]]\nmatch = "quay.io/**"\noffline = "deny"\n'
+        '[[policy]]\nmatch = "**"\nmax_offline_age = 3600\n'
+    )
+    assert config.freshness_window == 0.0
+    assert config.policy[0].offline is OfflinePolicy.DENY
+    assert config.policy[1].max_offline_age == 3600.0
+    assert parse("").freshness_window == 1.0
 
 
 # --- a full file ---------------------------------------------------------------------------------
@@ -492,6 +506,20 @@ def test_unknown_key_suggests_the_close_one() -> None:
         ("[server]\npull_timeout = inf", "server.pull_timeout: must be more than zero"),
         ("[server]\npull_timeout = nan", "server.pull_timeout: must be more than zero"),
         ("[server]\nshutdown_grace = -1", "server.shutdown_grace: must be zero or more"),
+        ("[server]\nfreshness_window = -1", "server.freshness_window: must be zero or more"),
+        ("[server]\nfreshness_window = 7200", "server.freshness_window: must be at most 3600"),
+        (
+            "[[notary]]\nregistry = 'r.io'\nurl = 'https://n.io'\nretries = 11",
+            "notary[0].retries: must be from 0 to 10 (got 11)",
+        ),
+        (
+            "[[policy]]\nmatch = '**'\noffline = 'allow'",
+            'policy[0].offline: must be one of "cached", "deny" (got "allow")',
+        ),
+        (
+            "[[policy]]\nmatch = '**'\nmax_offline_age = 0",
+            "policy[0].max_offline_age: must be more than zero seconds",
+        ),
         ("[server]\nsocket_mode = 660", "server.socket_mode: must be a string of octal digits"),
         ("[server]\nsocket_mode = '0980'", "server.socket_mode: must be octal permission bits"),
         ("[server]\nsocket_mode = '1777'", "server.socket_mode: must be octal permission bits"),

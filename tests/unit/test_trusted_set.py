@@ -174,6 +174,34 @@ def test_root_rotation_signed_by_both_drops_other_metadata() -> None:
         trusted.update_root(repo.root(version=1, signers=repo.root_keys), NOW)
 
 
+def test_the_same_root_signed_again_is_accepted_and_keeps_what_is_verified() -> None:
+    first, second = f.x509_key(), f.x509_key()
+    repo = f.Repo(root_keys=[first, second], root_threshold=1)
+    trusted, _ = _loaded(repo)
+    original = trusted.raw("root")
+    # ECDSA signatures differ on every signing; a second root key adds its signature.
+    for resigned in (repo.root(signers=[first]), repo.root(signers=[first, second])):
+        assert resigned != original
+        assert trusted.update_root(resigned, NOW).version == 1
+        assert trusted.raw("root") == resigned
+        assert trusted.timestamp is not None and trusted.targets is not None
+
+
+def test_the_same_root_signed_by_keys_it_does_not_trust_is_refused() -> None:
+    repo = f.Repo()
+    trusted = TrustedSet(f.GUN, repo.root())
+    with pytest.raises(RootRotationInvalid, match="trusted root's root keys"):
+        trusted.update_root(repo.root(signers=[f.x509_key()]), NOW)
+
+
+def test_a_different_root_under_the_same_version_is_equivocation() -> None:
+    repo = f.Repo()
+    trusted = TrustedSet(f.GUN, repo.root())
+    other = repo.root(expires=NOW + timedelta(days=100))  # same keys, same version, other body
+    with pytest.raises(RootRotationInvalid, match=r"signed content differs .* same version 1"):
+        trusted.update_root(other, NOW)
+
+
 def test_rotated_root_with_expired_certificate_is_refused() -> None:
     repo = f.Repo()
     trusted = TrustedSet(f.GUN, repo.root())

@@ -158,10 +158,7 @@ class TrustedSet:
                 f"{self._root.version}"
             )
         if new_root.version == self._root.version:
-            raise RootRotationInvalid(
-                f"{where}: a different root with the same version {new_root.version} as the "
-                "trusted one"
-            )
+            return self._accept_resigned_root(envelope, data, where)
         old_keys, old_threshold = self._root.role_keys("root")
         self._verify_rotation(envelope, old_keys, old_threshold, "the trusted root's root keys")
         new_keys, new_threshold = new_root.role_keys("root")
@@ -176,6 +173,24 @@ class TrustedSet:
         # Everything else was verified with the old keys: it must be verified again.
         self._drop("timestamp", "snapshot", "targets", *self._delegated)
         return new_root
+
+    def _accept_resigned_root(self, envelope: SignedEnvelope, data: bytes, where: str) -> Root:
+        """The trusted root again with other signatures: benign, unless the body differs.
+
+        ECDSA signs differently every time, and a second root key may add its signature; notary
+        accepts either. A different signed body under the same version is equivocation.
+        """
+        trusted_body = parse_envelope(self._raw["root"], "root", self._gun).signed_bytes
+        if envelope.signed_bytes != trusted_body:
+            raise RootRotationInvalid(
+                f"{where}: a root whose signed content differs from the trusted one under the "
+                f"same version {self._root.version}"
+            )
+        keys, threshold = self._root.role_keys("root")
+        self._verify_rotation(envelope, keys, threshold, "the trusted root's root keys")
+        # Same keys and roles: everything verified with them stays verified.
+        self._raw["root"] = data
+        return self._root
 
     def update_timestamp(
         self, data: bytes, now: datetime, *, allow_expired: bool = False

@@ -372,6 +372,9 @@ class _Refresh:
                 self.store.save(self.gun, "root", step)
             trusted.update_root(data, self.now)
         self.store.save(self.gun, "root", data)
+        if trusted.root.version == old_version:
+            log.info("root of %s (version %d) was re-signed", self.gun, old_version)
+            return
         log.warning(
             "root of %s rotated from version %d to %d", self.gun, old_version, trusted.root.version
         )
