@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.attacks import resign
+from tests.stack.notary_keys import load_notary_key
 from trustd.errors import (
     AuthenticationFailed,
     DigestNotSigned,
@@ -30,6 +32,8 @@ from trustd.notary.trusted_set import TrustedSet
 from trustd.notary.updater import Updater
 
 FIXTURES = Path(__file__).parent.parent / "data" / "notary"
+# The CLI's private root key file is named by the canonical ID of the certificate's public key.
+ROOT_KEY_FILE = "1f09cda879ac0271a742cc31ef6222a4f147ce2e745f1c3812ba05f329bec620"
 GUN = "127.0.0.1:5000/library/hello"
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -364,3 +368,24 @@ def test_a_root_removed_by_another_process_is_noticed(store: MetadataStore) -> N
     refresh(updater, served)
     assert served.requests[0] == "root"  # trusted on first use again, not from memory
     assert store.load(GUN, "root") is not None
+
+
+def test_a_root_signed_again_under_the_same_version_is_not_an_attack(
+    store: MetadataStore,
+) -> None:
+    """The node holds root.json as first signed; the server now serves the same root with
+    other signature bytes (ECDSA signs differently each time), as after a benign re-signing."""
+    served = ServedFiles()
+    original = served.files["root"]
+    document = resign.edit(original)
+    (root_key_id,) = document["signed"]["roles"]["root"]["keyids"]
+    root_key = load_notary_key(FIXTURES / "private" / f"{ROOT_KEY_FILE}.key", "fixture-root-pass")
+    resigned = resign.sign(document, [(root_key_id, root_key)])
+    assert resigned != original
+    store.save(GUN, "root", resigned)
+
+    held_version = TrustedSet(GUN, resigned).root.version
+    repository = refresh(Updater(store, clock=lambda: NOW), served)
+    assert repository.root.version == held_version  # no rotation, and no refusal
+    assert store.load(GUN, "root") == original  # now the server's copy
+    assert resolve_tag(repository, "v1").size == 34
