@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from trustd.config import Config, OfflinePolicy, PolicyRule
 from trustd.errors import (
+    ConfigError,
     DigestNotSigned,
     InvalidReference,
     TrustdError,
@@ -188,7 +189,8 @@ class PolicyEngine:
         try:
             repository = look_up(self.trust, reference, rule, credentials)
             signed = None if repository is None else signed_target(repository, reference, rule)
-        except TrustError as error:
+        except (TrustError, ConfigError) as error:
+            # ConfigError: e.g. an unreadable Notary password file; a denial, never a crash.
             cached_age = repository.cached_age if repository is not None else None
             reason = str(error)
             if cached_age is not None:

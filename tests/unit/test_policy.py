@@ -246,3 +246,18 @@ def test_local_image_checks_leave_unverified_decisions_alone() -> None:
     denied = policy.decide("example.com/app:1", action=Action.STATUS)
     assert policy.check_local_image(denied, []) is denied
     assert len(seen) == 2
+
+
+def test_a_config_problem_met_during_a_lookup_is_a_denial() -> None:
+    policy, _ = engine({})
+
+    def unreadable(*args: object, **kwargs: object) -> None:
+        raise ConfigError("cannot read the Notary password file /etc/trustd/pw: Permission denied")
+
+    policy.trust.repository = unreadable  # type: ignore[method-assign]
+    decision = policy.decide("example.com/app:1")
+    assert decision.verdict is Verdict.DENY
+    assert decision.message == (
+        "SignatureValidationFailed: trustd: cannot read the Notary password file "
+        "/etc/trustd/pw: Permission denied"
+    )
