@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from trustd.config import parse_config
-from trustd.errors import NotaryUnavailable
+from trustd.errors import ConfigError, NotaryUnavailable
 from trustd.notary.client import OfflineUse
 from trustd.notary.metadata import TargetFile
 from trustd.policy import Action, Decision, PolicyEngine, Verdict
