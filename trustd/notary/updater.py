@@ -64,6 +64,8 @@ TOP_LEVEL_ROLES = ("root", "timestamp", "snapshot", "targets")
 _MAX_ROOT_ROTATIONS = 8
 # How many root versions a node that was offline for a long time walks to catch up.
 _MAX_ROOT_CHAIN = 64
+# Results kept for the freshness window are pruned once this many GUNs are held.
+_RECENT_PRUNE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ class Updater:
             raise
         else:
             with self._lock:
-                self._recent[gun] = (result, time.monotonic())
+                self._remember(gun, result)
             pending.set_result(result)
             self._report(refresh.downloaded == ["timestamp"])
             return result
@@ -194,6 +196,16 @@ class Updater:
         confirmed = self.store.confirmed_at(gun)
         age = 0.0 if confirmed is None else max((refresh.now - confirmed).total_seconds(), 0.0)
         return replace(view, cached_age=age, outage=str(outage))
+
+    def _remember(self, gun: str, result: VerifiedRepository) -> None:
+        """Keep ``result`` for the window; drop entries past it (hold ``_lock``)."""
+        now = time.monotonic()
+        if len(self._recent) >= _RECENT_PRUNE_SIZE:
+            for stale in [
+                g for g, (_, at) in self._recent.items() if now - at >= self.freshness_window
+            ]:
+                del self._recent[stale]
+        self._recent[gun] = (result, now)
 
     def forget_recent(self) -> None:
         """Drop every result held for the freshness window (the config changed)."""
