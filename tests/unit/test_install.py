@@ -139,6 +139,8 @@ def test_commands_are_linked_and_run(installed: tuple[Tree, str, str]) -> None:
         text=True,
         check=True,
         cwd=tree.prefix,  # not the source tree, which "python -c" would put first on sys.path
+        # Nor a PYTHONPATH the tests run with (a worktree's checkout), which would come first too.
+        env={name: value for name, value in os.environ.items() if name != "PYTHONPATH"},
     )
     assert probe.stdout.startswith(str(tree.venv))
 
