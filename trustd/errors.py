@@ -85,6 +85,45 @@ class RootRotationInvalid(TrustError):
     """A new root that is not signed by both the trusted root's keys and its own."""
 
 
+# A root key as operators meet it: (ID in root.json, notary's canonical ID of the bare key).
+RootKeyIds = tuple[str, str]
+
+
+class RootKeyChanged(RootRotationInvalid):
+    """The server serves a well-formed root signed only by keys this node never trusted.
+
+    What a repository that was deleted and re-created looks like (Portieris #64), and also what
+    a forged root looks like: the node cannot tell them apart, so the message says both and
+    names the keys, and the operator decides (``trustctl forget-root``).
+    """
+
+    def __init__(
+        self,
+        gun: str,
+        detail: str,
+        new_keys: tuple[RootKeyIds, ...],
+        trusted_keys: tuple[RootKeyIds, ...],
+    ) -> None:
+        self.gun = gun
+        self.new_keys = new_keys
+        self.trusted_keys = trusted_keys
+        same_key = {c for _, c in new_keys} == {c for _, c in trusted_keys}
+        note = " (the same key in a new certificate)" if same_key else ""
+        pin = new_keys[0][1] if new_keys else "KEY_ID"
+        super().__init__(
+            f"{detail}; its root key is {_key_list(new_keys)}{note}, this node trusts "
+            f"{_key_list(trusted_keys)}. If the repository was deleted and re-created and its "
+            f"owner confirms the new key, run on this node: trustctl forget-root {gun} --pin "
+            f"{pin} (without --pin: trust on first use again); otherwise someone is serving a "
+            "root this node never trusted"
+        )
+
+
+def _key_list(keys: tuple[RootKeyIds, ...]) -> str:
+    shown = [key if key == canon else f"{key} (canonical {canon})" for key, canon in keys]
+    return ", ".join(shown) or "none"
+
+
 class PinningViolation(TrustError):
     """A root that does not satisfy the configured trust pinning (pinned key IDs or CA)."""
 

@@ -20,11 +20,12 @@ from trustd.errors import (
     ExpiredMetadata,
     PinningViolation,
     RollbackDetected,
+    RootKeyChanged,
     RootRotationInvalid,
     ThresholdNotMet,
     TrustError,
 )
-from trustd.notary.keys import PublicKey
+from trustd.notary.keys import PublicKey, canonical_key_id
 from trustd.notary.metadata import (
     DelegatedRole,
     FileMeta,
@@ -152,6 +153,27 @@ class TrustedSet:
         where = self._where("root")
         envelope = parse_envelope(data, "root", self._gun)
         new_root = parse_root(envelope, self._gun)
+        old_keys, old_threshold = self._root.role_keys("root")
+        not_signed_by_trusted: ThresholdNotMet | None = None
+        try:
+            verify_threshold(envelope, old_keys, old_threshold, where)
+        except ThresholdNotMet as error:
+            not_signed_by_trusted = error
+            # A root in order by itself but foreign to this node: a re-created repository (its
+            # versions start again, so this comes before the version checks) or a forgery.
+            if self._is_self_consistent(envelope, new_root, now):
+                older = (
+                    f" and its version {new_root.version} is older than the trusted version "
+                    f"{self._root.version}"
+                    if new_root.version < self._root.version
+                    else ""
+                )
+                raise RootKeyChanged(
+                    self._gun,
+                    f"new root not signed by the trusted root's root keys: {error}{older}",
+                    root_key_ids(new_root),
+                    root_key_ids(self._root),
+                ) from None
         if new_root.version < self._root.version:
             raise RollbackDetected(
                 f"{where} version {new_root.version} is older than the trusted version "
@@ -159,8 +181,10 @@ class TrustedSet:
             )
         if new_root.version == self._root.version:
             return self._accept_resigned_root(envelope, data, where)
-        old_keys, old_threshold = self._root.role_keys("root")
-        self._verify_rotation(envelope, old_keys, old_threshold, "the trusted root's root keys")
+        if not_signed_by_trusted is not None:
+            raise RootRotationInvalid(
+                f"new root not signed by the trusted root's root keys: {not_signed_by_trusted}"
+            )
         new_keys, new_threshold = new_root.role_keys("root")
         self._verify_rotation(envelope, new_keys, new_threshold, "its own root keys")
         try:
@@ -310,6 +334,16 @@ class TrustedSet:
         keys, threshold = self._root.role_keys(role)
         verify_threshold(envelope, keys, threshold, self._where(role))
 
+    def _is_self_consistent(self, envelope: SignedEnvelope, root: Root, now: datetime) -> bool:
+        """Whether ``root`` is signed by its own root keys: valid notary certificates of the GUN."""
+        keys, threshold = root.role_keys("root")
+        try:
+            verify_threshold(envelope, keys, threshold, self._where("root"))
+            check_root_certificates(self._gun, root, now)
+        except TrustError:
+            return False
+        return True
+
     def _verify_rotation(
         self, envelope: SignedEnvelope, keys: Mapping[str, PublicKey], threshold: int, whose: str
     ) -> None:
@@ -362,6 +396,15 @@ class TrustedSet:
                 self._targets = None
             else:
                 self._delegated.pop(role, None)
+
+
+def root_key_ids(root: Root) -> tuple[tuple[str, str], ...]:
+    """The root role's keys as (ID in root.json, canonical ID), in the root's order."""
+    return tuple(
+        (key_id, canonical_key_id(root.keys[key_id]))
+        for key_id in root.roles["root"].keyids
+        if key_id in root.keys
+    )
 
 
 def _parent_of(role: str) -> str | None:
