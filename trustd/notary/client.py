@@ -17,6 +17,7 @@ from typing import Protocol
 from cryptography import x509
 
 from trustd.errors import ConfigError, NotaryUnavailable
+from trustd.notary.metadata import Root
 from trustd.notary.pinning import TrustPinning
 from trustd.notary.resolution import (
     DOCKER_ROLE_ORDER,
@@ -84,9 +85,11 @@ class TrustEngine:
         state_dir: Path,
         clock: Callable[[], datetime] = utc_now,
         on_refresh: Callable[[bool], None] | None = None,
+        on_verified: Callable[[VerifiedRepository], None] | None = None,
     ) -> None:
-        # on_refresh(hit): see Updater; the daemon passes its cache hit/miss counter.
-        self.updater = Updater(MetadataStore(state_dir), clock, on_refresh)
+        # on_refresh(hit), on_verified(view): see Updater; the daemon passes its cache hit/miss
+        # counter and its expiry watch.
+        self.updater = Updater(MetadataStore(state_dir), clock, on_refresh, on_verified)
         self.updater.freshness_window = settings.freshness_window
         self._settings = settings
         # GUNs currently answered from the cache, so an outage is logged once, not per call.
@@ -191,6 +194,32 @@ class TrustEngine:
         credentials: Credentials | None = None,
     ) -> SignedTarget:
         return resolve_digest(self.repository(registry, gun, credentials), digest, roles, signers)
+
+    # --- the node's cache: listing, forgetting, re-pinning (trustctl) ----------------------------
+
+    def cached_guns(self) -> list[str]:
+        return self.updater.store.cached_guns()
+
+    def cached_repository(self, gun: str) -> VerifiedRepository | None:
+        """What this node holds for ``gun``, verified again from the cache; no network."""
+        return self.updater.cached_repository(gun)
+
+    def forget(self, gun: str) -> Root | None:
+        """Forget ``gun``'s trusted root and data; returns the root trusted until now, if any."""
+        return self.updater.forget(gun)
+
+    def pin_root(self, registry: str, gun: str, key_id: str) -> tuple[Root | None, Root]:
+        """Trust the root ``gun``'s server serves now if ``key_id`` signs it, instead of the
+        cached one; (root trusted before, root trusted now). Raises (and changes nothing) if the
+        served root is not signed by that key."""
+        notary = self._settings.notary_for(registry)
+        limits = SizeLimits(
+            root=notary.root_max_bytes,
+            timestamp=notary.timestamp_max_bytes,
+            other=notary.max_metadata_bytes,
+        )
+        pinning = TrustPinning(pinned_key_ids=(key_id,), allow_tofu=False)
+        return self.updater.replace_root(gun, self._transport(notary), pinning, limits)
 
     # --- configuration -> objects ----------------------------------------------------------------
 

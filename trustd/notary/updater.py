@@ -39,11 +39,13 @@ from trustd.errors import (
     ExpiredMetadata,
     NotaryUnavailable,
     NoTrustData,
+    RollbackDetected,
     RootRotationInvalid,
     TrustError,
 )
 from trustd.notary.metadata import (
     DelegatedRole,
+    Delegations,
     FileMeta,
     Root,
     Targets,
@@ -97,6 +99,8 @@ class VerifiedRepository:
     # seconds since the server last confirmed this data, and why it could not now.
     cached_age: float | None = None
     outage: str | None = None
+    # When each verified role held here expires (root, timestamp, snapshot, targets, delegations).
+    expires: Mapping[str, datetime] = field(default_factory=dict)
 
     @property
     def from_cache(self) -> bool:
@@ -123,6 +127,7 @@ class Updater:
         store: MetadataStore,
         clock: Callable[[], datetime] = utc_now,
         on_refresh: Callable[[bool], None] | None = None,
+        on_verified: Callable[[VerifiedRepository], None] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -130,6 +135,8 @@ class Updater:
         self.freshness_window = 0.0  # seconds; set from the config by the engine
         # Per GUN: the last verified result and when (monotonic) the server confirmed it.
         self._recent: dict[str, tuple[VerifiedRepository, float]] = {}
+        # Told every verified view a refresh produced (the daemon's expiry gauges).
+        self.on_verified = on_verified
         # The verified set held per GUN, with the stamp of the cached root it goes with: when
         # another process replaces or removes that root (``trustctl`` repairing a re-keyed
         # repository), the held set is dropped and the cache is read again.
@@ -177,6 +184,7 @@ class Updater:
                 self._remember(gun, result)
             pending.set_result(result)
             self._report(refresh.downloaded == ["timestamp"])
+            self._tell_verified(result)
             return result
         finally:
             with self._lock:
@@ -229,6 +237,64 @@ class Updater:
         except Exception:
             # Counting must never turn a verified answer into a failed lookup.
             log.exception("the on_refresh callback failed")
+
+    def _tell_verified(self, repository: VerifiedRepository) -> None:
+        if self.on_verified is None:
+            return
+        try:
+            self.on_verified(repository)
+        except Exception:
+            log.exception("the on_verified callback failed")
+
+    # --- the cache without the network (trustctl, the daemon's expiry scan) ----------------------
+
+    def cached_repository(self, gun: str) -> VerifiedRepository | None:
+        """What this node holds for ``gun``, read from the cache and verified again; no network.
+
+        Expired files count (the point is to see what expires); None when nothing is cached.
+        A cached root that no longer verifies raises TrustError, as a refresh would.
+        """
+        with self.store.locked(gun):
+            trusted = load_cached_set(self.store, gun, self.clock(), delegations=True)
+        if trusted is None:
+            return None
+        return verified_view(trusted, "cache", self.clock(), {})
+
+    def forget(self, gun: str) -> Root | None:
+        """Drop everything this node holds for ``gun``; the next lookup trusts a first root again.
+
+        Waits for a refresh of ``gun`` in flight (in any process sharing the state directory).
+        Returns the root that was trusted, if it still verified, for the record.
+        """
+        with self.store.locked(gun):
+            old = _cached_root(self.store, gun)
+            self.store.forget(gun)
+            self._keep_set(gun, None)
+        return old
+
+    def replace_root(
+        self,
+        gun: str,
+        transport: NotaryTransport,
+        pinning: TrustPinning,
+        limits: SizeLimits | None = None,
+    ) -> tuple[Root | None, Root]:
+        """Forget ``gun`` and trust the root the server serves now, through ``pinning`` only.
+
+        Under the GUN's lock, so no refresh runs between the check and the replacement. Returns
+        (the root trusted before, if it verified; the root trusted now). Nothing changes unless
+        the served root satisfies ``pinning``.
+        """
+        refresh = _Refresh(self, gun, transport, pinning, None, limits or SizeLimits())
+        with self.store.locked(gun):
+            old = _cached_root(self.store, gun)
+            data = refresh._fetch("root", refresh.limits.root, missing_means_no_data=True)
+            trusted = TrustedSet(gun, data)
+            check_first_root(gun, trusted.root, data, refresh.now, pinning)
+            self.store.forget(gun)
+            self.store.save(gun, "root", data)
+            self._keep_set(gun, None)
+        return old, trusted.root
 
     # The trusted set of a GUN is only touched by the single refresh in flight for that GUN,
     # which holds the GUN's cross-process lock.
@@ -317,35 +383,7 @@ class _Refresh:
     # --- root ------------------------------------------------------------------------------------
 
     def _load_from_cache(self) -> TrustedSet | None:
-        root_data = self.store.load(self.gun, "root")
-        if root_data is None:
-            return None
-        try:
-            trusted = TrustedSet(self.gun, root_data)
-        except TrustError as error:
-            raise TrustError(
-                f"the cached root of {self.gun} ({self.store.path(self.gun, 'root')}) no longer "
-                f"verifies ({error}); trustd will not silently trust a new root: inspect the "
-                "file and remove it to re-establish trust"
-            ) from error
-        # Cached files were verified before they were written; loading them again restores the
-        # versions this node has seen (rollback protection across restarts) and spares
-        # downloads when the server's timestamp has not changed. An expired cached file is
-        # still a valid baseline.
-        for role, update in (
-            ("timestamp", trusted.update_timestamp),
-            ("snapshot", trusted.update_snapshot),
-            ("targets", trusted.update_targets),
-        ):
-            data = self.store.load(self.gun, role)
-            if data is None:
-                break
-            try:
-                update(data, self.now, allow_expired=True)
-            except TrustError as error:
-                log.warning("ignoring cached %s.json of %s: %s", role, self.gun, error)
-                break
-        return trusted
+        return load_cached_set(self.store, self.gun, self.now)
 
     def _bootstrap(self) -> TrustedSet:
         """First contact with a GUN: the server's root, accepted only through trust pinning."""
@@ -407,7 +445,9 @@ class _Refresh:
         if data != trusted.raw("timestamp"):
             try:
                 trusted.update_timestamp(data, self.now)
-            except BadSignature:
+            except (BadSignature, RollbackDetected):
+                # A repository deleted and re-created starts its versions again, and a server
+                # that kept its timestamp key then serves "older" timestamps: the root says so.
                 if self._newer_root_after_bad_signature(trusted):
                     return True
                 raise
@@ -417,7 +457,7 @@ class _Refresh:
             data = self._fetch_expected(trusted, "snapshot")
             try:
                 trusted.update_snapshot(data, self.now)
-            except BadSignature:
+            except (BadSignature, RollbackDetected):
                 # The snapshot names the new root only once it verifies, and a snapshot key
                 # rotated to the server is signed by a key only that new root lists.
                 if self._newer_root_after_bad_signature(trusted):
@@ -439,7 +479,8 @@ class _Refresh:
     def _newer_root_after_bad_signature(self, trusted: TrustedSet) -> bool:
         """Whether the server's root.json rotated the trusted root (as the notary client does
         after a failed update: a rotated timestamp or snapshot key is only in the new root). If
-        the root is unchanged, the caller's bad signature stands."""
+        the root is unchanged, the caller's error stands; a root signed by other keys than the
+        trusted ones raises RootKeyChanged instead."""
         before = trusted.raw("root")
         self._rotate_root(trusted, None)
         return trusted.raw("root") != before
@@ -559,29 +600,118 @@ class _Refresh:
         return data
 
     def _view(self, trusted: TrustedSet, broken: dict[str, TrustError]) -> VerifiedRepository:
-        delegated: dict[str, Targets] = {}
-        delegations: dict[str, DelegatedRole] = {}
-        for role in trusted.snapshot.meta:
-            if not role.startswith("targets/"):
-                continue
-            spec = trusted.delegation(role)
-            if spec is not None:
-                delegations[role] = spec
-            loaded = trusted.delegated(role)
-            if loaded is not None and role not in broken:
-                delegated[role] = loaded
-        return VerifiedRepository(
-            gun=self.gun,
-            server=self.server,
-            verified_at=self.now,
-            root=trusted.root,
-            targets=trusted.targets,
-            delegated=delegated,
-            delegations=delegations,
-            broken=broken,
-            timestamp_version=trusted.timestamp.version,
-            snapshot_version=trusted.snapshot.version,
+        return verified_view(trusted, self.server, self.now, broken)
+
+
+def verified_view(
+    trusted: TrustedSet, server: str, now: datetime, broken: Mapping[str, TrustError]
+) -> VerifiedRepository:
+    """An immutable view of what ``trusted`` holds (a cache read may hold less than a refresh)."""
+    delegated: dict[str, Targets] = {}
+    delegations: dict[str, DelegatedRole] = {}
+    expires = {"root": trusted.root.expires}
+    for role, held in (
+        ("timestamp", trusted.timestamp),
+        ("snapshot", trusted.snapshot),
+        ("targets", trusted.targets),
+    ):
+        if held is not None:
+            expires[role] = held.expires
+    for role in trusted.snapshot.meta if trusted.snapshot is not None else ():
+        if not role.startswith("targets/"):
+            continue
+        spec = trusted.delegation(role)
+        if spec is not None:
+            delegations[role] = spec
+        loaded = trusted.delegated(role)
+        if loaded is not None and role not in broken:
+            delegated[role] = loaded
+            expires[role] = loaded.expires
+    return VerifiedRepository(
+        gun=trusted.gun,
+        server=server,
+        verified_at=now,
+        root=trusted.root,
+        targets=trusted.targets if trusted.targets is not None else _NO_TARGETS,
+        delegated=delegated,
+        delegations=delegations,
+        broken=dict(broken),
+        timestamp_version=trusted.timestamp.version if trusted.timestamp is not None else 0,
+        snapshot_version=trusted.snapshot.version if trusted.snapshot is not None else 0,
+        expires=expires,
+    )
+
+
+def load_cached_set(
+    store: MetadataStore, gun: str, now: datetime, *, delegations: bool = False
+) -> TrustedSet | None:
+    """The trusted set of ``gun`` rebuilt from the cache, every file verified again.
+
+    Cached files were verified before they were written; loading them again restores the
+    versions this node has seen (rollback protection across restarts) and spares downloads when
+    the server's timestamp has not changed. An expired cached file is still a valid baseline.
+    Stops at the first file that is missing or no longer fits; ``delegations`` also loads the
+    delegated roles, parents first (the refresh loads those itself as it needs them).
+    """
+    root_data = store.load(gun, "root")
+    if root_data is None:
+        return None
+    try:
+        trusted = TrustedSet(gun, root_data)
+    except TrustError as error:
+        raise TrustError(
+            f"the cached root of {gun} ({store.path(gun, 'root')}) no longer verifies "
+            f"({error}); trustd will not silently trust a new root: inspect the file, then "
+            f"run trustctl forget-root {gun} to re-establish trust"
+        ) from error
+    for role, update in (
+        ("timestamp", trusted.update_timestamp),
+        ("snapshot", trusted.update_snapshot),
+        ("targets", trusted.update_targets),
+    ):
+        data = store.load(gun, role)
+        if data is None:
+            return trusted
+        try:
+            update(data, now, allow_expired=True)
+        except TrustError as error:
+            log.warning("ignoring cached %s.json of %s: %s", role, gun, error)
+            return trusted
+    if delegations:
+        assert trusted.snapshot is not None  # loaded above
+        listed = sorted(
+            (role for role in trusted.snapshot.meta if role.startswith("targets/")),
+            key=lambda role: (role.count("/"), role),
         )
+        for role in listed:
+            data = store.load(gun, role)
+            expected = trusted.expected_meta(role)
+            if data is None or expected is None or trusted.delegation(role) is None:
+                continue
+            try:
+                trusted.update_delegated_targets(role, data, now, allow_expired=True)
+            except TrustError as error:
+                log.debug("not reading cached %s.json of %s: %s", role, gun, error)
+    return trusted
+
+
+def _cached_root(store: MetadataStore, gun: str) -> Root | None:
+    data = store.load(gun, "root")
+    if data is None:
+        return None
+    try:
+        return TrustedSet(gun, data).root
+    except TrustError:
+        return None  # forgetting a root that no longer verifies is the repair for it
+
+
+# A view read from a cache that holds a root only: no targets are signed.
+_NO_TARGETS = Targets(
+    version=0,
+    expires=datetime.min.replace(tzinfo=UTC),
+    targets={},
+    delegations=Delegations(keys={}, roles=()),
+)
 
 
 def _unverified_version(data: bytes, gun: str) -> int:
