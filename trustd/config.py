@@ -76,6 +76,8 @@ class ServerConfig:
     # Lookups of one repository within this many seconds of a verified refresh reuse it
     # (kubelet's ImageStatus, PullImage, ImageStatus for one container start); 0 = always fetch.
     freshness_window: float = 1.0
+    # Warn this many days before trust data or a root certificate expires (0: never warn).
+    expiry_warning_days: int = 30
 
     @property
     def containerd_socket(self) -> Path:
@@ -240,6 +242,62 @@ class Config:
         return DEFAULT_RULE
 
 
+# --- advice on a valid config --------------------------------------------------------------------
+
+DOCKER_HUB_NOTARY_END = "2026-12-08"
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Things a valid config does that are probably not meant (``trustd check-config`` prints
+    them, the daemon logs them)."""
+    warnings = []
+    if not any(server.registry == DEFAULT_REGISTRY for server in config.notary):
+        verifying = _rules_verifying_registry(config, DEFAULT_REGISTRY)
+        if verifying:
+            warnings.append(
+                f"{', '.join(verifying)} verif{'ies' if len(verifying) == 1 else 'y'} "
+                f"{DEFAULT_REGISTRY} images, but no [[notary]] entry is configured for "
+                f"{DEFAULT_REGISTRY}: trustd would ask {DOCKER_HUB_NOTARY}, which Docker shuts "
+                f"down on {DOCKER_HUB_NOTARY_END} (the Official Images' trust data already fails "
+                "to verify). Sign the images you use in your own notary-server (a [[notary]] "
+                f'entry with registry = "{DEFAULT_REGISTRY}", or mirror them into your registry), '
+                'or exempt them knowingly; see docs/operations.md, "Docker Hub images"'
+            )
+    return warnings
+
+
+def _rules_verifying_registry(config: Config, registry: str) -> list[str]:
+    """Labels of the rules that verify (enforce or audit) some repository of ``registry``."""
+    found = [
+        f"{rule.source} ({_show(rule.match)}, {rule.mode})"
+        for rule in config.policy
+        if rule.mode is not Mode.OFF and _may_match_registry(rule.match, registry)
+    ]
+    # A name of the registry no rule and no exemption names falls to the default enforce rule.
+    probes = (f"{registry}/library/trustd-probe", f"{registry}/trustd-probe/trustd-probe")
+    if any(
+        config.rule_for(name) is DEFAULT_RULE
+        and not any(
+            exemption.tag is None and exemption.repository.matches(name)
+            for exemption in config.exempt
+        )
+        for name in probes
+    ):
+        found.append("the default rule (enforce)")
+    return found
+
+
+def _may_match_registry(pattern: str, registry: str) -> bool:
+    """Whether a repository glob can match a name on ``registry`` (its first component)."""
+    first = pattern.split("/", 1)[0]
+    if "**" in first:
+        return True  # "**" crosses "/": the registry is whatever it spans
+    regex = "".join(
+        "[^/]*" if char == "*" else "[^/]" if char == "?" else re.escape(char) for char in first
+    )
+    return re.fullmatch(regex, registry) is not None
+
+
 # --- loading --------------------------------------------------------------------------------------
 
 
@@ -322,6 +380,7 @@ def _parse_server(table: _Table) -> ServerConfig:
         "shutdown_grace",
         "socket_mode",
         "freshness_window",
+        "expiry_warning_days",
     )
     default = ServerConfig()
     containerd = table.string("containerd", default.containerd)
@@ -346,6 +405,7 @@ def _parse_server(table: _Table) -> ServerConfig:
         shutdown_grace=table.seconds("shutdown_grace", default.shutdown_grace, allow_zero=True),
         socket_mode=_parse_mode_bits(table, "socket_mode", default.socket_mode),
         freshness_window=_parse_freshness_window(table, default.freshness_window),
+        expiry_warning_days=_parse_days(table, "expiry_warning_days", default.expiry_warning_days),
     )
 
 
@@ -362,6 +422,24 @@ def _parse_freshness_window(table: _Table, default: float) -> float:
             f"seen only that much later (got {_show(table.data['freshness_window'])})",
         )
     return window
+
+
+MAX_WARNING_DAYS = 3650  # root metadata lives 10 years; anything longer is a unit mistake
+
+
+def _parse_days(table: _Table, key: str, default: int) -> int:
+    if key not in table.data:
+        return default
+    value = table.data[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise table.error(key, f"must be a whole number of days (got {_show(value)})")
+    if not 0 <= value <= MAX_WARNING_DAYS:
+        raise table.error(
+            key,
+            f"must be from 0 (never warn) to {MAX_WARNING_DAYS} days (got {value}; the value is "
+            "in days, not seconds)",
+        )
+    return value
 
 
 _CONTAINERD_NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")

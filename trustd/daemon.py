@@ -18,8 +18,9 @@ from types import FrameType
 from cri_shim.containerd import ContainerdClient
 from cri_shim.server import RunningServer, serve
 from trustd.audit import AuditLog
-from trustd.config import Config, load_config
+from trustd.config import Config, config_warnings, load_config
 from trustd.errors import ConfigError
+from trustd.expiry import ExpiryWatch
 from trustd.metrics import Metrics
 from trustd.notary.client import TrustEngine
 from trustd.policy import Decision, PolicyEngine, Verdict
@@ -62,8 +63,12 @@ class Daemon:
         self.counts = _Counts()
         self.metrics = Metrics()
         self.audit = AuditLog(_audit_path(config), stdout=config.audit.stdout)
+        self.expiry = ExpiryWatch(config.server.expiry_warning_days, self.metrics.expiry)
         self.trust = TrustEngine(
-            config, config.server.state_dir, on_refresh=self.metrics.record_cache
+            config,
+            config.server.state_dir,
+            on_refresh=self.metrics.record_cache,
+            on_verified=self.expiry.observe,
         )
         self.policy = PolicyEngine(config, self.trust)
         for observer in (self.audit, self.metrics.observe, self.counts):
@@ -87,6 +92,8 @@ class Daemon:
         )
         if self.config.metrics.listen:
             self._metrics_handle = self.metrics.serve(self.config.metrics.listen)
+        self.expiry.start(self.trust)
+        _log_config_warnings(self.config)
         log.info(
             "serving the CRI ImageService on %s in front of %s",
             self.config.server.socket,
@@ -130,7 +137,9 @@ class Daemon:
             self.notifier.ready()
             return False
         self.policy.reconfigure(config)
+        self.expiry.warning_days = config.server.expiry_warning_days
         self.config = config
+        _log_config_warnings(config)
         self.audit.reopen()
         self.metrics.record_reload(success=True)
         log.info("config reloaded from %s", self.config_path)
@@ -145,10 +154,16 @@ class Daemon:
             self._server.stop(grace)
         if self._metrics_handle is not None:
             self._metrics_handle.shutdown()
+        self.expiry.stop()
         self.containerd.close()
         self.trust.close()
         self.audit.close()
         log.info("stopped")
+
+
+def _log_config_warnings(config: Config) -> None:
+    for warning in config_warnings(config):
+        log.warning("%s: %s", config.source, warning)
 
 
 def _audit_path(config: Config) -> Path | None:

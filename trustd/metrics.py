@@ -11,7 +11,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
@@ -26,8 +28,11 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from trustd.errors import TrustError
+from trustd.notary.lifetime import Expiry, ExpiryKind
 
 if TYPE_CHECKING:
     from trustd.policy import Decision
@@ -97,6 +102,8 @@ class Metrics:
             registry=self.registry,
         )
         self.info.labels(version=trustd_version or _installed_version()).set(1)
+        self.expiry = ExpiryGauges()
+        self.registry.register(self.expiry)
 
     def observe(self, decision: Decision) -> None:
         self.decisions.labels(
@@ -126,6 +133,63 @@ class Metrics:
         handle = MetricsServer(server, thread)
         log.info("serving metrics on http://%s/metrics", handle.url_host)
         return handle
+
+
+class ExpiryGauges(Collector):
+    """Seconds until each held role and root certificate expires, per GUN, as of the scrape.
+
+    ``trustd_trust_expiry_seconds{gun, role}`` and
+    ``trustd_root_certificate_expiry_seconds{gun, key_id}`` (the key ID as root.json lists it);
+    negative once expired. Computed when scraped, so the figure is exact whenever it is read.
+    """
+
+    ROLE_METRIC = "trustd_trust_expiry_seconds"
+    CERTIFICATE_METRIC = "trustd_root_certificate_expiry_seconds"
+
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._lock = threading.Lock()
+        self._by_gun: dict[str, tuple[Expiry, ...]] = {}
+
+    def set_repository(self, gun: str, expiries: Iterable[Expiry]) -> None:
+        with self._lock:
+            self._by_gun[gun] = tuple(expiries)
+
+    def retain(self, guns: Iterable[str]) -> None:
+        """Keep only these GUNs (a forgotten repository's figures go away)."""
+        keep = set(guns)
+        with self._lock:
+            for gun in [gun for gun in self._by_gun if gun not in keep]:
+                del self._by_gun[gun]
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self._clock()
+        roles, certificates = self._families()
+        with self._lock:
+            held = sorted(self._by_gun.items())
+        for gun, expiries in held:
+            for item in expiries:
+                family = roles if item.kind is ExpiryKind.ROLE else certificates
+                family.add_metric([gun, item.name], item.seconds_left(now))
+        yield roles
+        yield certificates
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                self.ROLE_METRIC,
+                "Seconds until the verified metadata of a role held for a repository expires.",
+                labels=["gun", "role"],
+            ),
+            GaugeMetricFamily(
+                self.CERTIFICATE_METRIC,
+                "Seconds until a root key certificate of a repository expires (notAfter).",
+                labels=["gun", "key_id"],
+            ),
+        )
 
 
 @dataclass

@@ -14,6 +14,7 @@ from trustd.config import (
     OfflinePolicy,
     PolicyRule,
     ServerConfig,
+    config_warnings,
     load_config,
     parse_config,
 )
@@ -523,6 +524,11 @@ def test_unknown_key_suggests_the_close_one() -> None:
         ("[server]\nsocket_mode = 660", "server.socket_mode: must be a string of octal digits"),
         ("[server]\nsocket_mode = '0980'", "server.socket_mode: must be octal permission bits"),
         ("[server]\nsocket_mode = '1777'", "server.socket_mode: must be octal permission bits"),
+        ("[server]\nexpiry_warning_days = -1", "must be from 0 (never warn) to 3650 days (got -1"),
+        ("[server]\nexpiry_warning_days = 2592000", "(got 2592000; the value is in days"),
+        ("[server]\nexpiry_warning_days = 1.5", "must be a whole number of days (got 1.5)"),
+        ("[server]\nexpiry_warning_days = true", "must be a whole number of days (got true)"),
+        ("[server]\nexpiry_warning_days = '30'", 'must be a whole number of days (got "30")'),
         ("[audit]\nstdout = 'yes'", 'audit.stdout: must be true or false (got "yes")'),
         ("[audit]\nfile = false", "audit.file: must be a string (got false)"),
         ("[metrics]\nlisten = '9879'", "metrics.listen: must be host:port"),
@@ -673,6 +679,63 @@ def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> 
     assert config.notary[0].ca == etc / "certs" / "ca.crt"
     # absolute paths are kept as written
     assert load_config(etc / "trustd.toml").server.socket == Path("/run/trustd/cri.sock")
+
+
+def test_expiry_warning_days() -> None:
+    assert parse("").server.expiry_warning_days == 30
+    assert parse("[server]\nexpiry_warning_days = 0").server.expiry_warning_days == 0
+    assert parse("[server]\nexpiry_warning_days = 180").server.expiry_warning_days == 180
+
+
+DOCKER_HUB_NOTARY_CONFIG = """
+[[notary]]
+registry = "docker.io"
+url = "https://notary.example.com"
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "verifying"),
+    [
+        ("", "the default rule (enforce) verifies docker.io images"),
+        ("[[policy]]\nmatch = 'docker.io/**'\nmode = 'off'", None),
+        ("exempt = ['docker.io/**']", None),
+        (  # a tag-narrowed exemption leaves the other tags to the default rule
+            "exempt = ['docker.io/**:1.*']",
+            "the default rule (enforce) verifies",
+        ),
+        (DOCKER_HUB_NOTARY_CONFIG, None),
+        (
+            "[[policy]]\nmatch = 'docker.io/library/nginx'\n"
+            "[[policy]]\nmatch = 'docker.io/**'\nmode = 'off'",
+            'policy[0] ("docker.io/library/nginx", enforce) verifies docker.io images',
+        ),
+        (
+            "[[policy]]\nmatch = '**'\nmode = 'audit'",
+            'policy[0] ("**", audit) verifies docker.io images',
+        ),
+        (
+            "[[policy]]\nmatch = '*.example.com/**'\n[[policy]]\nmatch = 'docker*/**'\n"
+            "mode = 'off'",
+            None,
+        ),
+        (
+            "[[policy]]\nmatch = 'docker.*/**'\n[[policy]]\nmatch = '**'\nmode = 'off'",
+            'policy[0] ("docker.*/**", enforce) verifies',
+        ),
+    ],
+)
+def test_warning_when_docker_hub_images_are_verified_without_a_notary_for_them(
+    text: str, verifying: str | None
+) -> None:
+    warnings = config_warnings(parse(text))
+    if verifying is None:
+        assert warnings == []
+        return
+    (warning,) = warnings
+    assert verifying in warning
+    assert "no [[notary]] entry is configured for docker.io" in warning
+    assert "https://notary.docker.io, which Docker shuts down on 2026-12-08" in warning
 
 
 def test_config_objects_are_frozen() -> None:
