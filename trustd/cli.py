@@ -10,17 +10,24 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from trustd.config import Config, load_config
+from trustd.config import Config, PolicyRule, load_config
 from trustd.errors import ConfigError, InvalidReference, NotaryUnavailable, TrustError
 from trustd.notary.client import TrustEngine
 from trustd.notary.resolution import RepositoryReport, inspect_repository
 from trustd.notary.transport import Credentials
 from trustd.policy import verify_reference
 from trustd.reference import parse_reference
+
+if TYPE_CHECKING:
+    from trustd.notary.lifetime import Expiry
+    from trustd.notary.metadata import Root
+    from trustd.notary.updater import VerifiedRepository
 
 DEFAULT_CONFIG = Path("/etc/trustd/trustd.toml")
 
@@ -111,11 +118,91 @@ def _inspect(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     report = inspect_repository(repository)
+    lifetime = _lifetime_report(repository, config.server.expiry_warning_days)
     if args.json:
-        print(json.dumps([_docker_trust_inspect_shape(report)], indent=2))
+        print(json.dumps([{**_docker_trust_inspect_shape(report), **lifetime.json()}], indent=2))
     else:
         print(_format_report(report))
+        print(lifetime.text())
     return EXIT_OK
+
+
+class _LifetimeReport:
+    """What ``inspect`` adds to docker's view: root keys in both ID forms, the line that pins
+    them, and when each role and root certificate expires."""
+
+    def __init__(self, repository: VerifiedRepository, warning_days: int) -> None:
+        from datetime import UTC, datetime, timedelta
+
+        from trustd.notary.lifetime import due, pinning_line, repository_expiries, root_keys
+
+        self.gun = repository.gun
+        self.now = datetime.now(UTC)
+        self.warning_days = warning_days or DEFAULT_EXPIRING_DAYS
+        self.root_keys = root_keys(repository.root)
+        self.pinning_line = pinning_line(repository.gun, repository.root)
+        self.expiries = repository_expiries(repository.gun, repository.root, repository.expires)
+        self.due = set(due(self.expiries, self.now, timedelta(days=self.warning_days)))
+
+    def json(self) -> dict[str, object]:
+        from trustd.notary.metadata import format_time
+
+        return {
+            "RootKeys": [
+                {
+                    "ID": key.key_id,
+                    "CanonicalID": key.canonical_id,
+                    "KeyType": key.key_type,
+                    "CertificateExpires": format_time(key.not_after) if key.not_after else None,
+                }
+                for key in self.root_keys
+            ],
+            "TrustPinning": {"Section": "trust_pinning.certs", "Line": self.pinning_line},
+            "Expiry": [
+                {
+                    "Kind": str(item.kind),
+                    "Name": item.name,
+                    "Expires": format_time(item.expires),
+                    "SecondsLeft": round(item.seconds_left(self.now)),
+                    "Due": item in self.due,
+                }
+                for item in self.expiries
+            ],
+            "ExpiryWarningDays": self.warning_days,
+        }
+
+    def text(self) -> str:
+        from trustd.notary.metadata import format_time
+
+        lines = ["", f"Root keys of {self.gun} (trust pinning accepts either ID):", ""]
+        for key in self.root_keys:
+            lines.append(f"  ID in root.json:  {key.key_id}")
+            lines.append(f"  canonical ID:     {key.canonical_id}   (notary key list)")
+            if key.not_after is not None:
+                lines.append(f"  certificate:      expires {format_time(key.not_after)}")
+            lines.append("")
+        lines += [
+            "To pin this root (e.g. with disable_tofu = true), put in the config:",
+            "",
+            "  [trust_pinning.certs]",
+            f"  {self.pinning_line}",
+            "",
+            f"Expiry (WARNING: within {self.warning_days} days):",
+            "",
+        ]
+        width = max((len(self._label(item)) for item in self.expiries), default=0)
+        for item in sorted(self.expiries, key=lambda item: item.expires):
+            flag = "   WARNING" if item in self.due else ""
+            lines.append(f"  {self._label(item):<{width}}   {item.when(self.now)}{flag}")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _label(item: Expiry) -> str:
+        return item.name if item.kind == "role" else f"root certificate {item.name[:12]}…"
+
+
+def _lifetime_report(repository: VerifiedRepository, warning_days: int) -> _LifetimeReport:
+    return _LifetimeReport(repository, warning_days)
 
 
 def _docker_trust_inspect_shape(report: RepositoryReport) -> dict[str, object]:
@@ -170,47 +257,469 @@ def _format_report(report: RepositoryReport) -> str:
     return "\n".join(lines)
 
 
+# --- trustctl expiring ----------------------------------------------------------------------------
+
+DEFAULT_EXPIRING_DAYS = 30
+
+
+def _expiring(args: argparse.Namespace) -> int:
+    """Everything in the node's cache that expires within N days; exit 1 if anything does."""
+    from datetime import UTC, datetime, timedelta
+
+    from trustd.notary.lifetime import due, repository_expiries
+    from trustd.notary.metadata import format_time
+
+    config = load_config(_config_path(args.config))
+    # --days 0 lists what has expired already; a config that never warns (0) still gets a horizon.
+    days = args.days if args.days is not None else config.server.expiry_warning_days
+    if args.days is None and days == 0:
+        days = DEFAULT_EXPIRING_DAYS
+    engine = _engine(config, args.state_dir)
+    now = datetime.now(UTC)
+    found: list[Expiry] = []
+    unreadable: list[tuple[str, str]] = []
+    guns = engine.cached_guns()
+    try:
+        for gun in guns:
+            try:
+                repository = engine.cached_repository(gun)
+            except TrustError as error:
+                unreadable.append((gun, str(error)))
+                continue
+            if repository is not None:
+                expiries = repository_expiries(gun, repository.root, repository.expires)
+                found += due(expiries, now, timedelta(days=days))
+    finally:
+        engine.close()
+    found.sort(key=lambda item: (item.expires, item.gun, item.name))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "days": days,
+                    "repositories": len(guns),
+                    "due": [
+                        {
+                            "gun": item.gun,
+                            "kind": str(item.kind),
+                            "name": item.name,
+                            "expires": format_time(item.expires),
+                            "seconds_left": round(item.seconds_left(now)),
+                            "advice": _expiry_advice(item),
+                        }
+                        for item in found
+                    ],
+                    "unreadable": [{"gun": gun, "error": error} for gun, error in unreadable],
+                },
+                indent=2,
+            )
+        )
+    else:
+        for item in found:
+            print(f"{item.describe(now)}; {_expiry_advice(item)}")
+        for gun, error in unreadable:
+            print(f"cannot read the cached trust data of {gun}: {error}")
+        if not found and not unreadable:
+            print(f"nothing expires within {days} days ({len(guns)} repositories cached)")
+    return EXIT_UNTRUSTED if found or unreadable else EXIT_OK
+
+
+def _expiry_advice(item: Expiry) -> str:
+    from trustd.notary.lifetime import ExpiryKind
+
+    if item.kind is ExpiryKind.CERTIFICATE:
+        return f"its owner must rotate the root key (notary key rotate {item.gun} root)"
+    return (
+        f"its owner must re-sign {item.name} "
+        f"(notary witness {item.gun} {item.name} && notary publish {item.gun})"
+    )
+
+
+# --- trustctl forget-root -------------------------------------------------------------------------
+
+
+def _forget_root(args: argparse.Namespace) -> int:
+    """Forget the trusted root of a GUN (or every cached GUN a pattern matches), or trust the
+    served root signed by a given key instead; under each GUN's lock, audited."""
+    from trustd.audit import AuditLog
+
+    config = load_config(_config_path(args.config))
+    engine = _engine(config, args.state_dir)
+    pattern = args.target if any(char in args.target for char in "*?") else None
+    if args.pin is not None and pattern is not None:
+        return _fail("--pin takes one repository, not a pattern", EXIT_USAGE)
+    if args.pin is not None and not _KEY_ID.fullmatch(args.pin):
+        return _fail("--pin must be a root key ID: 64 lowercase hexadecimal characters", EXIT_USAGE)
+    try:
+        guns, registry = _forget_targets(args.target, pattern, engine)
+    except ValueError as error:
+        engine.close()
+        return _fail(str(error), EXIT_USAGE)
+    audit = None
+    if config.audit.file is not None:
+        try:
+            audit = AuditLog(config.audit.file, stdout=False)
+        except OSError as error:  # an unaudited change of trust is not made
+            engine.close()
+            return _fail(f"cannot write the audit log {config.audit.file}: {error}", EXIT_USAGE)
+    try:
+        if not guns or (args.pin is None and guns[0] not in engine.cached_guns()):
+            return _fail(
+                f"no trust data cached for {pattern or guns[0]} in "
+                f"{engine.updater.store.state_dir}",
+                EXIT_UNTRUSTED,
+            )
+        for gun in guns:
+            if args.pin is not None:
+                old, new = engine.pin_root(registry, gun, args.pin)
+                print(f"{gun}: now trusting its current root, signed by pinned key {args.pin}")
+                _note_config_pin(config, gun, args.pin)
+            else:
+                old, new = engine.forget(gun), None
+                print(f"{gun}: forgot its trusted root; {_next_lookup(config, gun)}")
+            if old is not None:
+                print(f"{gun}: it trusted root key {_key_ids_text(old)}")
+            if audit is not None:
+                audit.write_line(_forget_record(gun, pattern, args.pin, old, new))
+    finally:
+        engine.close()
+        if audit is not None:
+            audit.close()
+    return EXIT_OK
+
+
+_KEY_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def _forget_targets(target: str, pattern: str | None, engine: TrustEngine) -> tuple[list[str], str]:
+    """(GUNs to forget, registry of a single GUN); ValueError for a bad name or pattern."""
+    if pattern is not None:
+        from trustd.patterns import InvalidPattern, RepositoryPattern
+
+        try:
+            compiled = RepositoryPattern(pattern)
+        except InvalidPattern as error:
+            raise ValueError(str(error)) from None
+        return [gun for gun in engine.cached_guns() if compiled.matches(gun)], ""
+    from trustd.reference import parse_repository
+
+    try:
+        gun = parse_repository(target)
+    except InvalidReference as error:
+        raise ValueError(str(error)) from None
+    return [gun], parse_reference(gun).registry
+
+
+def _next_lookup(config: Config, gun: str) -> str:
+    rule = config.pinning_for(gun)
+    if rule.allow_tofu:
+        return "its next lookup trusts the root the server serves then (trust on first use)"
+    if rule.root_key_ids or rule.ca_file is not None:
+        return f"its next lookup trusts a root only as {rule.source} says"
+    return (
+        "trust on first use is disabled (trust_pinning.disable_tofu): its next lookup is "
+        "refused until you pin it (--pin KEY_ID, or [trust_pinning.certs] in the config)"
+    )
+
+
+def _note_config_pin(config: Config, gun: str, key_id: str) -> None:
+    rule = config.pinning_for(gun)
+    line = f'"{gun}" = ["{key_id}"]'
+    if rule.root_key_ids and key_id not in rule.root_key_ids:
+        print(
+            f"{gun}: note: the config pins other keys ({rule.source}); change it so a node "
+            f"without this cache trusts the same root:\n  [trust_pinning.certs]\n  {line}"
+        )
+    elif not rule.allow_tofu and not rule.root_key_ids:
+        print(
+            f"{gun}: note: to trust the same root on a node without this cache, add:\n"
+            f"  [trust_pinning.certs]\n  {line}"
+        )
+
+
+def _key_ids_text(root: Root) -> str:
+    from trustd.notary.lifetime import root_keys
+
+    return ", ".join(f"{key.key_id} (canonical {key.canonical_id})" for key in root_keys(root))
+
+
+def _forget_record(
+    gun: str, pattern: str | None, pinned: str | None, old: Root | None, new: Root | None
+) -> str:
+    import pwd
+    from datetime import UTC, datetime
+
+    from trustd.notary.lifetime import root_keys
+
+    def keys(root: Root | None) -> list[dict[str, str]] | None:
+        if root is None:
+            return None
+        return [{"id": key.key_id, "canonical_id": key.canonical_id} for key in root_keys(root)]
+
+    uid = os.getuid()
+    try:
+        user: str | None = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = None
+    record = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "action": "forget-root",
+        "gun": gun,
+        "pattern": pattern,
+        "pinned": pinned,
+        "old_root_keys": keys(old),
+        "new_root_keys": keys(new),
+        "uid": uid,
+        "user": user,
+        "sudo_user": os.environ.get("SUDO_USER"),
+    }
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+# --- trustctl explain -----------------------------------------------------------------------------
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """What trustd would do with an image on this node now, and why; nothing is pulled."""
+    from trustd.policy import PolicyEngine, Verdict, policy_match
+
+    config = load_config(_config_path(args.config))
+    reference = parse_reference(args.reference)
+    matched = policy_match(config, reference)
+    engine = _engine(config, args.state_dir)
+    try:
+        decision = PolicyEngine(config, engine).decide(args.reference, _credentials(args))
+        cached = engine.cached_guns()
+    finally:
+        engine.close()
+    rule = matched.rule
+    notary = config.notary_for(reference.registry)
+    pinning = config.pinning_for(reference.repository)
+    explanation: dict[str, object] = {
+        "image": args.reference,
+        "reference": str(reference),
+        "gun": reference.repository,
+        "applies": {
+            "source": matched.source,
+            "pattern": matched.exemption if rule is None else rule.match,
+            "exempt": rule is None,
+        },
+        "mode": decision.mode,
+        "roles": list(rule.roles) if rule is not None and not rule.signers else [],
+        "signers": list(rule.signers) if rule is not None else [],
+        "require_signed_digests": rule.require_signed_digests if rule is not None else None,
+        "outage": _outage_policy(config, rule),
+        "notary": {
+            "url": notary.url,
+            "source": notary.source,
+            "warning": _notary_warning(config, reference.registry),
+        },
+        "trust_pinning": {
+            "source": pinning.source,
+            "root_key_ids": list(pinning.root_key_ids),
+            "ca": str(pinning.ca_file) if pinning.ca_file else None,
+            "trusted_root_cached": reference.repository in cached,
+        },
+        "verdict": str(decision.verdict),
+        "reason": decision.reason,
+        "error": type(decision.error).__name__ if decision.error is not None else None,
+        "pull_ref": decision.pull_ref,
+        "digest": decision.signed.digest if decision.signed is not None else None,
+        "signed_by": decision.signed.role if decision.signed is not None else None,
+    }
+    if args.json:
+        print(json.dumps(explanation, indent=2))
+    else:
+        print(_format_explanation(explanation, rule))
+    if decision.verdict is not Verdict.DENY:
+        return EXIT_OK
+    return _status_for(decision.error) if decision.error is not None else EXIT_UNTRUSTED
+
+
+def _outage_policy(config: Config, rule: PolicyRule | None) -> dict[str, object] | None:
+    """What the rule does when its Notary server cannot be reached (``offline``)."""
+    if rule is None or rule.mode == "off":
+        return None  # Notary is not asked
+    return {
+        "offline": getattr(rule, "offline", "cached"),
+        "max_offline_age": getattr(rule, "max_offline_age", None),
+        "freshness_window": getattr(config.server, "freshness_window", None),
+    }
+
+
+def _notary_warning(config: Config, registry: str) -> str | None:
+    from trustd.config import DOCKER_HUB_NOTARY_END
+    from trustd.reference import DEFAULT_REGISTRY
+
+    if registry == DEFAULT_REGISTRY and config.notary_for(registry).source == "default":
+        return (
+            f"no [[notary]] entry for {DEFAULT_REGISTRY}: Docker's notary.docker.io, which shuts "
+            f"down on {DOCKER_HUB_NOTARY_END}"
+        )
+    return None
+
+
+def _format_explanation(explanation: dict[str, Any], rule: PolicyRule | None) -> str:
+    applies = explanation["applies"]
+    rows = [
+        ("image", explanation["image"]),
+        ("reference", f"{explanation['reference']} (repository {explanation['gun']})"),
+        ("applies", f"{applies['source']} {json.dumps(applies['pattern'])}"),
+        ("mode", explanation["mode"]),
+    ]
+    if rule is not None and rule.mode != "off":
+        if rule.signers:
+            rows.append(("signers", f"all of {', '.join(rule.signers)}, with one digest"))
+        else:
+            rows.append(("roles", ", ".join(rule.roles) + " (first that signs the tag)"))
+        rows.append(
+            (
+                "digests",
+                "must be signed targets"
+                if rule.require_signed_digests
+                else "admitted unsigned (require_signed_digests = false)",
+            )
+        )
+        outage = explanation["outage"]
+        parts = [f"offline = {json.dumps(outage['offline'])}"]
+        if outage["max_offline_age"] is not None:
+            parts.append(f"max_offline_age = {outage['max_offline_age']}")
+        if outage["freshness_window"] is not None:
+            parts.append(f"server.freshness_window = {outage['freshness_window']}")
+        rows.append(("if unreachable", ", ".join(parts)))
+        notary = explanation["notary"]
+        rows.append(("notary", f"{notary['url']} ({notary['source']})"))
+        if notary["warning"]:
+            rows.append(("", f"WARNING: {notary['warning']}"))
+        pinning = explanation["trust_pinning"]
+        first = pinning["source"]
+        if pinning["root_key_ids"]:
+            first += f" ({', '.join(pinning['root_key_ids'])})"
+        trusted = "cached" if pinning["trusted_root_cached"] else "none cached"
+        rows.append(("first root", f"{first}; trusted root: {trusted}"))
+    verdict = f"{explanation['verdict']}: {explanation['reason']}"
+    rows.append(("verdict now", verdict))
+    if explanation["pull_ref"]:
+        rows.append(("would pull", explanation["pull_ref"]))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}   {value}" for label, value in rows)
+
+
+# --- trustctl command line ----------------------------------------------------------------------
+
+
+def _add_state_dir_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--state-dir", help="trust cache directory (default: server.state_dir of the config)"
+    )
+
+
+def _add_credential_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--username", help="registry user for the Notary token service")
+    command.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from stdin (else $TRUSTCTL_PASSWORD)",
+    )
+
+
 def trustctl_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="trustctl", description="Query trustd's view of image signatures."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, helptext in (
-        ("verify", "print the signed digest of an image reference, or why it is not trusted"),
-        ("inspect", "show signed tags, signers and keys of a repository"),
+    for name, helptext, handler in (
+        (
+            "verify",
+            "print the signed digest of an image reference, or why it is not trusted",
+            _verify,
+        ),
+        (
+            "inspect",
+            "show signed tags, signers, root keys (and the line that pins them) and expiry of "
+            "a repository",
+            _inspect,
+        ),
+        (
+            "explain",
+            "dry run: the exemption or rule that applies to an image, and what trustd would do "
+            "with it now (nothing is pulled)",
+            _explain,
+        ),
     ):
         command = commands.add_parser(name, help=helptext)
         command.add_argument("reference")
         command.add_argument("--json", action="store_true", help="machine-readable output")
-        command.add_argument(
-            "--state-dir", help="trust cache directory (default: server.state_dir of the config)"
-        )
-        command.add_argument("--username", help="registry user for the Notary token service")
-        command.add_argument(
-            "--password-stdin",
-            action="store_true",
-            help="read the password from stdin (else $TRUSTCTL_PASSWORD)",
-        )
+        _add_state_dir_option(command)
+        _add_credential_options(command)
         _add_config_option(command)
+        command.set_defaults(handler=handler)
+
+    expiring = commands.add_parser(
+        "expiring",
+        help="list trust data and root certificates in the cache expiring within N days "
+        "(exit 1 if any)",
+    )
+    expiring.add_argument(
+        "--days",
+        type=_days,
+        help="horizon in days (default: server.expiry_warning_days of the config)",
+    )
+    expiring.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_state_dir_option(expiring)
+    _add_config_option(expiring)
+    expiring.set_defaults(handler=_expiring)
+
+    forget = commands.add_parser(
+        "forget-root",
+        help="forget the trusted root of a repository (a re-created one), so its next lookup "
+        "trusts a first root again; or trust its current root if --pin KEY_ID signs it",
+    )
+    forget.add_argument(
+        "target", help="a repository (GUN), or a pattern of cached ones (registry.example.com/**)"
+    )
+    forget.add_argument(
+        "--pin",
+        metavar="KEY_ID",
+        help="trust the root the server serves now only if this root key ID signs it",
+    )
+    _add_state_dir_option(forget)
+    _add_config_option(forget)
+    forget.set_defaults(handler=_forget_root)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handler = _verify if args.command == "verify" else _inspect
     try:
-        return handler(args)
+        status: int = args.handler(args)
     except (TrustError, InvalidReference, ConfigError) as error:
         return _fail(str(error), _status_for(error))
+    return status
+
+
+def _days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {text!r}") from None
+    if days < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return days
 
 
 # --- trustd --------------------------------------------------------------------------------------
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from trustd.config import config_warnings
+
     path = _config_path(args.file or args.config)
     try:
         config = load_config(path)
     except ConfigError as error:
         print(f"trustd: {error}", file=sys.stderr)
         return EXIT_USAGE
+    for warning in config_warnings(config):
+        print(f"trustd: warning: {path}: {warning}", file=sys.stderr)
     rules = len(config.policy)
     print(f"{path}: OK ({len(config.notary)} notary server(s), {rules} policy rule(s))")
     return EXIT_OK

@@ -245,6 +245,30 @@ class PolicyEngine:
         )
 
 
+@dataclass(frozen=True)
+class PolicyMatch:
+    """Which entry of the config applies to a reference: an exemption, or a rule (dry runs)."""
+
+    exemption: str | None = None  # the ``exempt`` pattern, when exempt
+    exemption_index: int | None = None
+    rule: PolicyRule | None = None  # the rule that applies, when not exempt
+
+    @property
+    def source(self) -> str:
+        """``exempt[0]``, ``policy[2]`` or ``default rule``."""
+        if self.rule is None:
+            return f"exempt[{self.exemption_index}]"
+        return self.rule.source
+
+
+def policy_match(config: Config, reference: Reference) -> PolicyMatch:
+    """The exemption or rule ``PolicyEngine.decide`` applies to ``reference``, in the same order."""
+    for index, exemption in enumerate(config.exempt):
+        if exemption.matches(reference):
+            return PolicyMatch(exemption=exemption.text, exemption_index=index)
+    return PolicyMatch(rule=config.rule_for(reference.repository))
+
+
 def verify_reference(
     trust: TrustEngine,
     reference: Reference,
