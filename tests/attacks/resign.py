@@ -78,6 +78,16 @@ def sign(document: Mapping[str, Any], signers: Iterable[tuple[str, PrivateKeyTyp
     return dump({"signed": signed, "signatures": signatures})
 
 
+def go_envelope(data: bytes) -> bytes:
+    """A signed file laid out as notary's Go code marshals it (``signed`` before
+    ``signatures``). notary-server hashes what it stores in that layout, so a file published
+    to it must already be in it, or the snapshot it signs names other bytes than it serves."""
+    document = load(data)
+    signed = json.dumps(document["signed"], sort_keys=True, separators=(",", ":"))
+    signatures = json.dumps(document["signatures"], separators=(",", ":"))
+    return f'{{"signed":{signed},"signatures":{signatures}}}'.encode()
+
+
 def edit(data: bytes) -> Document:
     """A deep copy of a metadata file to change before re-signing."""
     return copy.deepcopy(load(data))

@@ -10,7 +10,7 @@ from typing import Any
 import requests
 
 from tests.stack.pki import TestPKI
-from tests.stack.ports import free_port
+from tests.stack.ports import StackError, free_port
 from tests.stack.process import ManagedProcess
 
 
@@ -99,6 +99,21 @@ class NotaryServer:
         )
         response.raise_for_status()
         return response.content
+
+    def publish_metadata(self, gun: str, files: Mapping[str, bytes]) -> None:
+        """POST signed metadata files (role -> bytes) as ``notary publish`` does; the server
+        verifies them and signs a new snapshot (if it holds that key) and timestamp."""
+        response = requests.post(
+            f"{self.url}/v2/{gun}/_trust/tuf/",
+            files=[("files", (role, data)) for role, data in files.items()],
+            verify=str(self.ca_file),
+            timeout=30,
+        )
+        if response.status_code != 200:
+            raise StackError(
+                f"notary-server refused the metadata of {gun} ({response.status_code}): "
+                f"{response.text.strip()}"
+            )
 
     def stop(self) -> None:
         self.process.stop()
