@@ -433,6 +433,9 @@ def test_example_file_parses(tmp_path: Path) -> None:
     assert config.rule_for("registry.example.com/staging/web").mode == Mode.AUDIT
     assert config.rule_for("registry.k8s.io/kube-proxy").mode == Mode.OFF
     assert config.rule_for("docker.io/user/app") is DEFAULT_RULE
+    # Docker Hub images are verified against the operator's own Notary, not notary.docker.io.
+    assert config.notary_for("docker.io").url == "https://notary.example.com:4443"
+    assert config_warnings(config) == []
 
 
 def test_example_file_names_its_missing_files(tmp_path: Path) -> None:

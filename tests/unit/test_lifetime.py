@@ -8,6 +8,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.attacks.harness import trustctl
 from tests.unit import notary_factory as f
+from trustd.cli import trustd_main
 from trustd.config import parse_config
 from trustd.errors import PinningViolation, RollbackDetected, RootKeyChanged, RootRotationInvalid
 from trustd.expiry import ExpiryWatch
@@ -459,3 +463,90 @@ def test_trustctl_forget_root_of_one_gun_warns_when_tofu_is_off(tmp_path: Path) 
         ("registry.example.com/**", "--pin", "a" * 64),
     ):
         assert trustctl("forget-root", *bad, "-c", str(config)).status == 2
+
+
+class _Cache:
+    """The two things the watch's scan reads, over an updater (as the TrustEngine offers)."""
+
+    def __init__(self, updater: Updater) -> None:
+        self.updater = updater
+
+    def cached_guns(self) -> list[str]:
+        return self.updater.store.cached_guns()
+
+    def cached_repository(self, gun: str) -> Any:
+        return self.updater.cached_repository(gun)
+
+
+def test_watch_scan_reads_repositories_no_lookup_has_touched(
+    store: MetadataStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, server = _repo_expiring_soon()
+    refresh(Updater(store, clock=lambda: NOW), server)  # another process filled the cache
+    store.save("registry.example.com/broken/app", "root", b"{}")
+    metrics = Metrics(trustd_version="test")
+    metrics.expiry._clock = lambda: NOW
+    watch = ExpiryWatch(30, metrics.expiry, clock=lambda: NOW)
+    with caplog.at_level(logging.WARNING):
+        watch.scan(_Cache(Updater(store, clock=lambda: NOW)))
+    samples = gauge_samples(metrics.render().decode())
+    assert samples[("trustd_trust_expiry_seconds", GUN, "targets")] == 20 * 86400
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(
+        "cannot read the cached trust data of registry.example.com/broken/app" in m
+        for m in messages
+    )
+    assert sum("trust data expires soon" in m for m in messages) == 2
+
+
+class _HeldServer(FactoryServer):
+    """Holds the timestamp download until released (a refresh in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+        self.release = threading.Event()
+
+    def fetch(self, gun: str, name: str, max_bytes: int, credentials: object = None) -> bytes:
+        if name == "timestamp":
+            self.waiting.set()
+            assert self.release.wait(10)
+        return super().fetch(gun, name, max_bytes, credentials)
+
+
+def test_forget_waits_for_a_refresh_in_flight(store: MetadataStore) -> None:
+    repo = f.Repo()
+    server = _HeldServer()
+    server.publish(repo)
+    server.release.set()
+    refresh(Updater(store, clock=lambda: NOW), server)
+    server.release.clear()
+    server.waiting.clear()
+    daemon = Updater(store, clock=lambda: NOW)
+    with ThreadPoolExecutor(2) as pool:
+        in_flight = pool.submit(refresh, daemon, server)
+        assert server.waiting.wait(10)
+        forgotten = pool.submit(Updater(store, clock=lambda: NOW).forget, GUN)  # trustctl
+        time.sleep(0.2)  # give it the chance to cut in; it must wait for the lock instead
+        assert not forgotten.done()
+        server.release.set()
+        assert in_flight.result(10).root is not None
+        assert forgotten.result(10) is not None
+    assert store.cached_guns() == []
+
+
+def test_check_config_prints_the_docker_hub_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "trustd.toml"
+    path.write_text("")
+    assert trustd_main(["check-config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{path}: OK")
+    assert captured.err.startswith(
+        f"trustd: warning: {path}: the default rule (enforce) verifies docker.io images, but no "
+        "[[notary]] entry is configured for docker.io"
+    )
+    path.write_text('[[policy]]\nmatch = "docker.io/**"\nmode = "off"\n')
+    assert trustd_main(["check-config", str(path)]) == 0
+    assert capsys.readouterr().err == ""
