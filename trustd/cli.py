@@ -348,7 +348,7 @@ def _forget_root(args: argparse.Namespace) -> int:
     pattern = args.target if any(char in args.target for char in "*?") else None
     if args.pin is not None and pattern is not None:
         return _fail("--pin takes one repository, not a pattern", EXIT_USAGE)
-    if args.pin is not None and not _KEY_ID.fullmatch(args.pin):
+    if args.pin is not None and not all(_KEY_ID.fullmatch(key) for key in args.pin):
         return _fail("--pin must be a root key ID: 64 lowercase hexadecimal characters", EXIT_USAGE)
     try:
         guns, registry = _forget_targets(args.target, pattern, engine)
@@ -372,7 +372,8 @@ def _forget_root(args: argparse.Namespace) -> int:
         for gun in guns:
             if args.pin is not None:
                 old, new = engine.pin_root(registry, gun, args.pin)
-                print(f"{gun}: now trusting its current root, signed by pinned key {args.pin}")
+                keys = ", ".join(args.pin)
+                print(f"{gun}: now trusting its current root, signed by pinned key {keys}")
                 _note_config_pin(config, gun, args.pin)
             else:
                 old, new = engine.forget(gun), None
@@ -422,10 +423,10 @@ def _next_lookup(config: Config, gun: str) -> str:
     )
 
 
-def _note_config_pin(config: Config, gun: str, key_id: str) -> None:
+def _note_config_pin(config: Config, gun: str, key_ids: Sequence[str]) -> None:
     rule = config.pinning_for(gun)
-    line = f'"{gun}" = ["{key_id}"]'
-    if rule.root_key_ids and key_id not in rule.root_key_ids:
+    line = f'"{gun}" = [{", ".join(json.dumps(key) for key in key_ids)}]'
+    if rule.root_key_ids and not set(key_ids) <= set(rule.root_key_ids):
         print(
             f"{gun}: note: the config pins other keys ({rule.source}); change it so a node "
             f"without this cache trusts the same root:\n  [trust_pinning.certs]\n  {line}"
@@ -444,7 +445,11 @@ def _key_ids_text(root: Root) -> str:
 
 
 def _forget_record(
-    gun: str, pattern: str | None, pinned: str | None, old: Root | None, new: Root | None
+    gun: str,
+    pattern: str | None,
+    pinned: Sequence[str] | None,
+    old: Root | None,
+    new: Root | None,
 ) -> str:
     import pwd
     from datetime import UTC, datetime
@@ -466,7 +471,7 @@ def _forget_record(
         "action": "forget-root",
         "gun": gun,
         "pattern": pattern,
-        "pinned": pinned,
+        "pinned": list(pinned) if pinned is not None else None,
         "old_root_keys": keys(old),
         "new_root_keys": keys(new),
         "uid": uid,
@@ -681,7 +686,9 @@ def trustctl_main(argv: Sequence[str] | None = None) -> int:
     forget.add_argument(
         "--pin",
         metavar="KEY_ID",
-        help="trust the root the server serves now only if this root key ID signs it",
+        action="append",
+        help="trust the root the server serves now only if this root key ID signs it (repeat "
+        "for a root whose threshold needs several keys)",
     )
     _add_state_dir_option(forget)
     _add_config_option(forget)

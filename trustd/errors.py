@@ -109,13 +109,13 @@ class RootKeyChanged(RootRotationInvalid):
         self.trusted_keys = trusted_keys
         same_key = {c for _, c in new_keys} == {c for _, c in trusted_keys}
         note = " (the same key in a new certificate)" if same_key else ""
-        pin = new_keys[0][1] if new_keys else "KEY_ID"
+        pins = " ".join(f"--pin {canonical}" for _, canonical in new_keys) or "--pin KEY_ID"
         super().__init__(
             f"{detail}; its root key is {_key_list(new_keys)}{note}, this node trusts "
             f"{_key_list(trusted_keys)}. If the repository was deleted and re-created and its "
-            f"owner confirms the new key, run on this node: trustctl forget-root {gun} --pin "
-            f"{pin} (without --pin: trust on first use again); otherwise someone is serving a "
-            "root this node never trusted"
+            f"owner confirms the new key, run on this node: trustctl forget-root {gun} {pins} "
+            "(without --pin: trust on first use again); otherwise someone is serving a root "
+            "this node never trusted"
         )
 
 

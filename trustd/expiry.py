@@ -35,6 +35,8 @@ class CachedTrust(Protocol):
 
     def cached_repository(self, gun: str) -> VerifiedRepository | None: ...
 
+    def cache_stamp(self, gun: str) -> object: ...
+
 
 def expiries_of(repository: VerifiedRepository) -> list[Expiry]:
     return repository_expiries(repository.gun, repository.root, repository.expires)
@@ -53,6 +55,8 @@ class ExpiryWatch:
         self.gauges = gauges
         self.clock = clock
         self._warned: set[tuple[str, str, str, datetime]] = set()
+        # The cache stamp of each GUN as last scanned: unchanged files are not verified again.
+        self._scanned: dict[str, object] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -65,13 +69,19 @@ class ExpiryWatch:
         """Read every cached repository again; drop figures of repositories no longer cached."""
         guns = trust.cached_guns()
         for gun in guns:
+            stamp = trust.cache_stamp(gun)
+            if self._scanned.get(gun) == stamp:
+                continue  # nothing written since the last scan; seconds left move at scrape
             try:
                 repository = trust.cached_repository(gun)
             except TrustError as error:
                 log.warning("cannot read the cached trust data of %s: %s", gun, error)
                 continue
+            self._scanned[gun] = stamp
             if repository is not None:
                 self._update(gun, expiries_of(repository))
+        for gun in set(self._scanned) - set(guns):
+            del self._scanned[gun]
         if self.gauges is not None:
             self.gauges.retain(guns)
 

@@ -342,7 +342,7 @@ def test_re_created_repository_is_refused_then_repaired_while_the_daemon_serves(
     assert node.daemon.process.pid == pid and node.daemon.process.poll() is None
 
     records = [r for r in node.audit() if r["action"] == "forget-root"]
-    assert [(r["gun"], r["pinned"]) for r in records] == [(gun, None), (gun, third_canonical)]
+    assert [(r["gun"], r["pinned"]) for r in records] == [(gun, None), (gun, [third_canonical])]
     assert records[0]["old_root_keys"][0]["id"] == old_key  # type: ignore[index]
     assert records[1]["new_root_keys"][0]["canonical_id"] == third_canonical  # type: ignore[index]
     assert records[1]["uid"] == os.getuid()

@@ -144,6 +144,15 @@ def test_re_created_repository_with_fewer_versions_is_not_reported_as_a_rollback
         trusted.update_root(f.Repo().root(version=2), NOW)
 
 
+def test_repair_of_a_root_with_several_keys_pins_them_all() -> None:
+    trusted = TrustedSet(GUN, f.Repo().root())
+    new = f.Repo(root_keys=[f.x509_key(), f.x509_key()], root_threshold=2)
+    with pytest.raises(RootKeyChanged) as caught:
+        trusted.update_root(new.root(version=2), NOW)
+    pins = " ".join(f"--pin {_ids(key)[1]}" for key in new.root_keys)
+    assert f"trustctl forget-root {GUN} {pins} (without --pin" in str(caught.value)
+
+
 def test_root_key_reused_in_a_new_certificate_is_said_to_be_the_same_key() -> None:
     old = f.Repo()
     trusted = TrustedSet(GUN, old.root(version=2))
@@ -330,10 +339,7 @@ def test_watch_warns_once_and_feeds_the_gauges(
 
     # A scan after the repository was forgotten drops its figures.
     updater.forget(GUN)
-    engine_like = type(
-        "Cache", (), {"cached_guns": updater.store.cached_guns, "cached_repository": None}
-    )()
-    watch.scan(engine_like)  # type: ignore[arg-type]
+    watch.scan(_Cache(updater))
     assert GUN not in metrics.render().decode()
 
 
@@ -470,12 +476,17 @@ class _Cache:
 
     def __init__(self, updater: Updater) -> None:
         self.updater = updater
+        self.reads: list[str] = []
 
     def cached_guns(self) -> list[str]:
         return self.updater.store.cached_guns()
 
     def cached_repository(self, gun: str) -> Any:
+        self.reads.append(gun)
         return self.updater.cached_repository(gun)
+
+    def cache_stamp(self, gun: str) -> object:
+        return self.updater.store.stamp(gun)
 
 
 def test_watch_scan_reads_repositories_no_lookup_has_touched(
@@ -487,8 +498,9 @@ def test_watch_scan_reads_repositories_no_lookup_has_touched(
     metrics = Metrics(trustd_version="test")
     metrics.expiry._clock = lambda: NOW
     watch = ExpiryWatch(30, metrics.expiry, clock=lambda: NOW)
+    cache = _Cache(Updater(store, clock=lambda: NOW))
     with caplog.at_level(logging.WARNING):
-        watch.scan(_Cache(Updater(store, clock=lambda: NOW)))
+        watch.scan(cache)
     samples = gauge_samples(metrics.render().decode())
     assert samples[("trustd_trust_expiry_seconds", GUN, "targets")] == 20 * 86400
     messages = [record.getMessage() for record in caplog.records]
@@ -497,6 +509,20 @@ def test_watch_scan_reads_repositories_no_lookup_has_touched(
         for m in messages
     )
     assert sum("trust data expires soon" in m for m in messages) == 2
+
+    # Files unchanged since the last scan are not read and verified again; changed ones are.
+    cache.reads.clear()
+    watch.scan(cache)
+    assert cache.reads == ["registry.example.com/broken/app"]  # it never read successfully
+    renewed = f.Repo(root_keys=[f.x509_key()])
+    server.publish(renewed, version=2)
+    with pytest.raises(RootKeyChanged):
+        refresh(Updater(store, clock=lambda: NOW), server)
+    store.forget(GUN)
+    refresh(Updater(store, clock=lambda: NOW), server)  # trusted on first use
+    watch.scan(cache)
+    samples = gauge_samples(metrics.render().decode())
+    assert samples[("trustd_trust_expiry_seconds", GUN, "targets")] == 1095 * 86400
 
 
 class _HeldServer(FactoryServer):

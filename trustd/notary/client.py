@@ -204,21 +204,25 @@ class TrustEngine:
         """What this node holds for ``gun``, verified again from the cache; no network."""
         return self.updater.cached_repository(gun)
 
+    def cache_stamp(self, gun: str) -> object:
+        """Changes whenever a cached file of ``gun`` is written or removed (cheap: no reads)."""
+        return self.updater.store.stamp(gun)
+
     def forget(self, gun: str) -> Root | None:
         """Forget ``gun``'s trusted root and data; returns the root trusted until now, if any."""
         return self.updater.forget(gun)
 
-    def pin_root(self, registry: str, gun: str, key_id: str) -> tuple[Root | None, Root]:
-        """Trust the root ``gun``'s server serves now if ``key_id`` signs it, instead of the
-        cached one; (root trusted before, root trusted now). Raises (and changes nothing) if the
-        served root is not signed by that key."""
+    def pin_root(self, registry: str, gun: str, key_ids: Sequence[str]) -> tuple[Root | None, Root]:
+        """Trust the root ``gun``'s server serves now if a threshold of ``key_ids`` signs it,
+        instead of the cached one; (root trusted before, root trusted now). Raises (and changes
+        nothing) if the served root is not signed so."""
         notary = self._settings.notary_for(registry)
         limits = SizeLimits(
             root=notary.root_max_bytes,
             timestamp=notary.timestamp_max_bytes,
             other=notary.max_metadata_bytes,
         )
-        pinning = TrustPinning(pinned_key_ids=(key_id,), allow_tofu=False)
+        pinning = TrustPinning(pinned_key_ids=tuple(key_ids), allow_tofu=False)
         return self.updater.replace_root(gun, self._transport(notary), pinning, limits)
 
     # --- configuration -> objects ----------------------------------------------------------------

@@ -95,6 +95,26 @@ class MetadataStore:
             return None
         return datetime.fromtimestamp(stamp, UTC)
 
+    def stamp(self, gun: str) -> tuple[tuple[str, int, int, int], ...]:
+        """Identity of every cached file of ``gun`` (name, inode, mtime, size): equal stamps mean
+        nothing was written or removed in between (files are only ever replaced whole).
+        timestamp.json's mtime is left out: ``mark_confirmed`` moves it on every lookup."""
+        directory = self._gun_dir(gun)
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return ()
+        found = []
+        for entry in entries:
+            if entry.name.endswith(".json") and not entry.name.startswith(".tmp-"):
+                try:
+                    status = entry.stat()
+                except FileNotFoundError:
+                    continue  # removed while listed
+                modified = 0 if entry.name == "timestamp.json" else status.st_mtime_ns
+                found.append((entry.name, status.st_ino, modified, status.st_size))
+        return tuple(sorted(found))
+
     def forget(self, gun: str) -> bool:
         """Remove everything cached for ``gun``; True if there was anything. Hold ``locked``."""
         directory = self._gun_dir(gun)
