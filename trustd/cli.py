@@ -546,9 +546,9 @@ def _outage_policy(config: Config, rule: PolicyRule | None) -> dict[str, object]
     if rule is None or rule.mode == "off":
         return None  # Notary is not asked
     return {
-        "offline": getattr(rule, "offline", "cached"),
-        "max_offline_age": getattr(rule, "max_offline_age", None),
-        "freshness_window": getattr(config.server, "freshness_window", None),
+        "offline": str(rule.offline),
+        "max_offline_age": rule.max_offline_age,
+        "freshness_window": config.server.freshness_window,
     }
 
 
@@ -586,12 +586,23 @@ def _format_explanation(explanation: dict[str, Any], rule: PolicyRule | None) ->
             )
         )
         outage = explanation["outage"]
-        parts = [f"offline = {json.dumps(outage['offline'])}"]
-        if outage["max_offline_age"] is not None:
-            parts.append(f"max_offline_age = {outage['max_offline_age']}")
-        if outage["freshness_window"] is not None:
-            parts.append(f"server.freshness_window = {outage['freshness_window']}")
-        rows.append(("if unreachable", ", ".join(parts)))
+        if outage["offline"] == "deny":
+            unreachable = 'refused (offline = "deny")'
+        else:
+            age = outage["max_offline_age"]
+            limit = "any age" if age is None else f"confirmed at most {age:g} s ago"
+            unreachable = (
+                f"judged from trust data cached on this node, if unexpired and {limit} "
+                f'(offline = "cached")'
+            )
+        rows.append(("if unreachable", unreachable))
+        rows.append(
+            (
+                "freshness",
+                f"a verified lookup is reused for {outage['freshness_window']:g} s "
+                "(server.freshness_window)",
+            )
+        )
         notary = explanation["notary"]
         rows.append(("notary", f"{notary['url']} ({notary['source']})"))
         if notary["warning"]:

@@ -97,7 +97,9 @@ def node(stack: Stack, tmp_path: Path) -> Iterator[Node]:
             notary=[(stack.registry.host, stack.notary_server.url, stack.notary_server.ca_file)],
             containerd_endpoint=stack.containerd.endpoint,
             socket=tmp_path / "cri.sock",
-            server={"shutdown_grace": 5, "expiry_warning_days": 30},
+            # freshness_window 0: the real CLI re-creates a repository in well under the default
+            # second, and each pull here must see what the server serves by then.
+            server={"shutdown_grace": 5, "expiry_warning_days": 30, "freshness_window": 0},
             audit_file=tmp_path / "audit.log",
             metrics_listen=f"127.0.0.1:{port}",
         )

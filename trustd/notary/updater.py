@@ -270,6 +270,7 @@ class Updater:
             old = _cached_root(self.store, gun)
             self.store.forget(gun)
             self._keep_set(gun, None)
+            self._forget_recent(gun)
         return old
 
     def replace_root(
@@ -294,7 +295,14 @@ class Updater:
             self.store.forget(gun)
             self.store.save(gun, "root", data)
             self._keep_set(gun, None)
+            self._forget_recent(gun)
         return old, trusted.root
+
+    def _forget_recent(self, gun: str) -> None:
+        # A process holding a result for the freshness window (another one, e.g. the daemon,
+        # keeps its own for at most that long) must not answer from the forgotten root.
+        with self._lock:
+            self._recent.pop(gun, None)
 
     # The trusted set of a GUN is only touched by the single refresh in flight for that GUN,
     # which holds the GUN's cross-process lock.
