@@ -125,13 +125,17 @@ class ImageService:
             tag = _tag_to_apply(decision)
             if tag is not None:
                 self.containerd.tag_image(tag, decision.pull_ref, _timeout(context))
-                # kubelet asks ImageStatus of the tag right after the pull; bounded, because
-                # the pull itself succeeded and a later ImageStatus finds the tag anyway.
+                # kubelet asks ImageStatus of the tag right after the pull (for the image
+                # user), and trustd reports the tag only once it shows the signed digest: wait
+                # for that digest, not just the tag, which may still show the image it pointed
+                # at before. Bounded: the pull succeeded and a later ImageStatus sees the move.
                 wait = TAG_VISIBLE_WAIT
                 remaining = _timeout(context)
                 if remaining is not None:
                     wait = min(wait, remaining)
-                if not self.containerd.await_cri_tag(tag, wait, metadata):
+                if not self.containerd.await_cri_tag(
+                    tag, wait, metadata, repo_digest=decision.pull_ref
+                ):
                     log.warning("containerd's CRI plugin does not show %s yet", tag)
             elif decision.mode == "audit" and decision.signed is not None:
                 # Audit mode pulled what was asked; tell the policy what arrived.

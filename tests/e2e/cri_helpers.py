@@ -101,8 +101,11 @@ class Shim:
     def direct_status(self, image: str) -> api_pb2.ImageStatusResponse:
         return self.direct.ImageStatus(status_request(image), timeout=TIMEOUT)
 
-    def await_cri_tag(self, name: str, timeout: float = 10.0) -> None:
-        assert self.containerd.await_cri_tag(name, timeout), f"CRI never showed {name}"
+    def await_cri_tag(
+        self, name: str, timeout: float = 10.0, repo_digest: str | None = None
+    ) -> None:
+        shown = self.containerd.await_cri_tag(name, timeout, repo_digest=repo_digest)
+        assert shown, f"CRI never showed {name}" + (f" as {repo_digest}" if repo_digest else "")
 
     def manifest_digest_of(self, name: str) -> str | None:
         """The manifest digest containerd's image record ``name`` points at, if there is one."""
