@@ -3,6 +3,12 @@
 Wires config, trust engine, policy, audit, metrics and the CRI shim together; talks to systemd
 (READY, RELOADING, STOPPING, STATUS, WATCHDOG); reloads the config on SIGHUP (a bad new config is
 refused and the old one stays in force); drains calls in flight on SIGTERM.
+
+Signals: no Python signal handler runs. SIGHUP, SIGTERM and SIGINT are blocked before any thread
+starts (threads inherit the mask, gRPC's included) and the main thread takes them one at a time
+with ``sigtimedwait``, which doubles as the tick for watchdog pings and status updates. A handler
+would run in the main thread between two bytecodes, possibly while that thread holds a lock the
+handler then needs (``threading.Event.set`` did), and the daemon would hang for good.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from cri_shim.containerd import ContainerdClient
 from cri_shim.server import RunningServer, serve
@@ -27,6 +32,11 @@ from trustd.policy import Decision, PolicyEngine, Verdict
 from trustd.sdnotify import SystemdNotifier
 
 log = logging.getLogger("trustd")
+
+# What the main loop waits for: SIGHUP reloads, the others stop.
+HANDLED_SIGNALS: frozenset[signal.Signals] = frozenset(
+    {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+)
 
 
 @dataclass
@@ -78,9 +88,6 @@ class Daemon:
         )
         self._server: RunningServer | None = None
         self._metrics_handle = None
-        self._stop = threading.Event()
-        self._reload = threading.Event()
-        self._wake = threading.Event()
 
     def start(self) -> None:
         self._server = serve(
@@ -102,23 +109,22 @@ class Daemon:
         self.notifier.ready()
         self.notifier.status(self.counts.summary())
 
-    def request_stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
-    def request_reload(self) -> None:
-        self._reload.set()
-        self._wake.set()
-
     def wait(self) -> None:
-        """Run until asked to stop: reloads, watchdog pings and status updates happen here."""
+        """Run until SIGTERM or SIGINT: reloads, watchdog pings and status updates happen here.
+
+        The signals must already be blocked in every thread (``block_handled_signals``), or the
+        kernel may hand them to another thread, or run their default action, instead.
+        """
         interval = self.notifier.watchdog_interval()
         tick = min(interval / 2, 5.0) if interval else 5.0
-        while not self._stop.is_set():
-            self._wake.wait(tick)
-            self._wake.clear()
-            if self._reload.is_set():
-                self._reload.clear()
+        while True:
+            received = signal.sigtimedwait(HANDLED_SIGNALS, tick)
+            if received is not None and received.si_signo != signal.SIGHUP:
+                log.info("received %s", signal.Signals(received.si_signo).name)
+                break
+            if received is not None:
+                # SIGHUPs sent while a reload runs stay pending (as one) and start another
+                # reload afterwards, so the newest file is always the one read last.
                 self.reload()
             self.notifier.watchdog()
             self.notifier.status(self.counts.summary())
@@ -180,7 +186,20 @@ def _check_reloadable(running: Config, new: Config) -> None:
             )
 
 
+def block_handled_signals() -> None:
+    """Block ``HANDLED_SIGNALS`` in the calling thread and every thread it starts from now on.
+
+    Call it in the main thread before any other thread exists. They are not unblocked again: the
+    process ends after ``Daemon.wait`` returns, and unblocking a SIGHUP that arrived during the
+    drain would run its default action and kill the process with a failure status.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+
+
 def run_daemon(config_path: Path) -> int:
+    # First of all: the trust engine, gRPC and the metrics server start threads, and a thread
+    # inherits the mask of the thread that creates it.
+    block_handled_signals()
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -194,15 +213,6 @@ def run_daemon(config_path: Path) -> int:
     except OSError as error:  # e.g. the audit log directory is not writable
         log.error("cannot start: %s", error)
         return 1
-
-    def on_signal(number: int, _frame: FrameType | None) -> None:
-        if number == signal.SIGHUP:
-            daemon.request_reload()
-        else:
-            daemon.request_stop()
-
-    for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, on_signal)
     try:
         daemon.start()
     except OSError as error:

@@ -30,7 +30,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeServiceManager:
-    """The receiving end of sd_notify: collects each datagram's assignments."""
+    """The receiving end of sd_notify: collects each datagram's assignments.
+
+    A thread reads the socket all the time, as systemd does: a unix datagram socket queues only
+    ``net.unix.max_dgram_qlen`` messages (10 by default), and once they are queued the daemon's
+    next notification blocks until someone reads.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -38,26 +43,49 @@ class FakeServiceManager:
         self._socket.bind(str(path))
         self._socket.settimeout(0.2)
         self.messages: list[dict[str, str]] = []
+        self._changed = threading.Condition()
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="fake-systemd", daemon=True)
+        self._reader.start()
 
-    def wait_for(self, key: str, value: str | None = None, timeout: float = 30.0) -> dict[str, str]:
-        """The first message (new or already received) with ``key`` (set to ``value``)."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for message in self.messages[seen:]:
-                if key in message and (value is None or message[key] == value):
-                    return message
-            seen = len(self.messages)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {key}={value} from trustd; got {self.messages}")
+    def _read(self) -> None:
+        while not self._closed.is_set():
             try:
                 data = self._socket.recv(4096)
             except TimeoutError:
                 continue
+            except OSError:  # closed
+                return
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append(fields)
+            with self._changed:
+                self.messages.append(fields)
+                self._changed.notify_all()
+
+    def wait_for(
+        self, key: str, value: str | None = None, timeout: float = 30.0, since: int = 0
+    ) -> int:
+        """Index of the first message from ``since`` on (new or already received) with ``key``
+        (set to ``value``)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for index in range(since, len(self.messages)):
+                    message = self.messages[index]
+                    if key in message and (value is None or message[key] == value):
+                        return index
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {key}={value} from trustd; got {self.messages}")
+                self._changed.wait(remaining)
+
+    def received(self) -> int:
+        """How many messages have arrived so far (for ``since``)."""
+        with self._changed:
+            return len(self.messages)
 
     def close(self) -> None:
+        self._closed.set()
+        self._reader.join(5)
         self._socket.close()
 
 
@@ -132,7 +160,7 @@ def pull_outcome(client: ImageClient, image: str) -> str:
 
 def test_ready_status_and_watchdog(daemon: RunningDaemon) -> None:
     assert daemon.socket.exists()
-    status = daemon.manager.wait_for("STATUS")
+    status = daemon.manager.messages[daemon.manager.wait_for("STATUS")]
     assert "0 allowed, 0 denied" in status["STATUS"]
     # WATCHDOG_USEC=1s: trustd must ping at least every half second or so.
     daemon.manager.wait_for("WATCHDOG", "1", timeout=5)
@@ -156,11 +184,10 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken(
         daemon.metrics_port,
         rules=f'[[policy]]\nmatch = "{unsigned.repository}"\nmode = "off"\n',
     )
+    before = daemon.manager.received()
     daemon.process.send_signal(signal.SIGHUP)
-    daemon.manager.wait_for("RELOADING", "1")
-    ready_again = len(daemon.manager.messages)
-    daemon.manager.wait_for("READY", "1")
-    assert len(daemon.manager.messages) >= ready_again
+    reloading = daemon.manager.wait_for("RELOADING", "1", since=before)
+    daemon.manager.wait_for("READY", "1", since=reloading + 1)
     assert pull_outcome(client, image) == "OK"
 
     # A broken config is refused with a reason; the running config (mode off) stays.
@@ -221,7 +248,49 @@ def test_sigterm_finishes_calls_in_flight(daemon: RunningDaemon, stack: Stack) -
     # as UNAVAILABLE, never cut off half-way.
     assert all(
         outcome == "OK" or outcome.startswith("UNAVAILABLE") for outcome in outcomes.values()
-    )
+    ), outcomes
     assert "OK" in outcomes.values(), outcomes
     assert not daemon.socket.exists()
     assert "stopped" in daemon.log_text()
+
+
+# Bits of SIGHUP, SIGINT and SIGTERM in a /proc/PID/task/TID/status signal mask.
+_SHUTDOWN_AND_RELOAD_BITS = sum(1 << (number - 1) for number in (1, 2, 15))
+
+
+def _threads_not_blocking_signals(pid: int) -> list[str]:
+    """Threads of ``pid`` other than the main one that could take SIGHUP/SIGINT/SIGTERM.
+
+    The main thread is left out: it takes them with sigtimedwait, during which Linux shows the
+    awaited signals as unblocked.
+    """
+    unblocked = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if task.name == str(pid):
+            continue
+        try:
+            status = (task / "status").read_text()
+        except FileNotFoundError:  # the thread ended while we looked
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if int(fields["SigBlk"], 16) & _SHUTDOWN_AND_RELOAD_BITS != _SHUTDOWN_AND_RELOAD_BITS:
+            unblocked.append(f"{fields['Name'].strip()} ({task.name})")
+    return unblocked
+
+
+def test_a_storm_of_sighups_then_sigterm_exits_cleanly(daemon: RunningDaemon) -> None:
+    # Every other thread (gRPC's included) blocks the signals; only the main loop takes them.
+    assert len(list(Path(f"/proc/{daemon.process.pid}/task").iterdir())) > 1
+    assert _threads_not_blocking_signals(daemon.process.pid) == []
+    for _ in range(500):
+        daemon.process.send_signal(signal.SIGHUP)
+    daemon.process.send_signal(signal.SIGTERM)
+    try:
+        returncode = daemon.process.wait(30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"trustd did not exit within 30 s of SIGTERM:\n{daemon.log_text()[-3000:]}")
+    assert returncode == 0, daemon.log_text()[-3000:]
+    daemon.manager.wait_for("STOPPING", "1")
+    assert "stopping" in daemon.log_text()
+    assert "stopped" in daemon.log_text()
+    assert not daemon.socket.exists()
