@@ -5,7 +5,9 @@ systemd passes ``NOTIFY_SOCKET`` (a filesystem path, or ``@name`` for an abstrac
 assignments. Without ``NOTIFY_SOCKET`` (run by hand, in tests) every call does nothing.
 
 A notification that cannot be sent is logged and otherwise ignored: systemd being unreachable
-must never stop trustd from serving.
+must never stop trustd from serving. Nor may a service manager that stops reading: a unix datagram
+socket queues only ``net.unix.max_dgram_qlen`` messages (10 unless systemd's sysctl raises it), and
+a plain send to a full queue blocks for good, so a send gives up after ``SEND_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from collections.abc import Mapping
 log = logging.getLogger(__name__)
 
 _SUPPORTED_PREFIXES = ("/", "@")
+
+# Seconds one notification may wait for room in the service manager's queue.
+SEND_TIMEOUT = 2.0
 
 
 class SystemdNotifier:
@@ -70,6 +75,7 @@ class SystemdNotifier:
         message = "\n".join(assignments).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.settimeout(SEND_TIMEOUT)
                 sock.sendto(message, self._address)
         except OSError as error:
             log.warning("cannot notify systemd (%s): %s", assignments[0], error)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from trustd import sdnotify
 from trustd.sdnotify import SystemdNotifier
 
 
@@ -116,3 +117,20 @@ def test_unsupported_address_disables_notifications(caplog: pytest.LogCaptureFix
 )
 def test_watchdog_interval(environ: dict[str, str], expected: float | None) -> None:
     assert SystemdNotifier(environ).watchdog_interval() == expected
+
+
+def test_a_service_manager_that_stops_reading_does_not_block_trustd(
+    monkeypatch: pytest.MonkeyPatch,
+    listener: tuple[socket.socket, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nobody reads ``listener``: once its queue (net.unix.max_dgram_qlen) is full, a blocking
+    # send would wait for ever; the notifier gives up after SEND_TIMEOUT and says so.
+    _, path = listener
+    monkeypatch.setattr(sdnotify, "SEND_TIMEOUT", 0.05)
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": path})
+    deadline = time.monotonic() + 30
+    with caplog.at_level(logging.WARNING, logger="trustd.sdnotify"):
+        while notifier.watchdog():
+            assert time.monotonic() < deadline, "the queue never filled up"
+    assert "cannot notify systemd (WATCHDOG=1)" in caplog.text
