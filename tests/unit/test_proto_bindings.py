@@ -57,6 +57,31 @@ def test_image_service_methods_and_paths() -> None:
     assert hasattr(api_pb2_grpc, "ImageServiceStub")
 
 
+def test_runtime_service_is_the_pod_start_subset() -> None:
+    service = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"]
+    assert service.full_name == "runtime.v1.RuntimeService"
+    methods = {method.name: method for method in service.methods}
+    assert set(methods) == {
+        "Version",
+        "RunPodSandbox",
+        "StopPodSandbox",
+        "RemovePodSandbox",
+        "PodSandboxStatus",
+        "ListPodSandbox",
+        "CreateContainer",
+        "StartContainer",
+        "StopContainer",
+        "RemoveContainer",
+        "ListContainers",
+        "ContainerStatus",
+    }
+    for name, method in methods.items():
+        assert not method.client_streaming and not method.server_streaming, name
+        assert method.input_type.full_name == f"runtime.v1.{name}Request"
+        assert method.output_type.full_name == f"runtime.v1.{name}Response"
+    assert hasattr(api_pb2_grpc, "RuntimeServiceStub")
+
+
 def test_images_service_methods_and_paths() -> None:
     service = images_pb2.DESCRIPTOR.services_by_name["Images"]
     assert service.full_name == "containerd.services.images.v1.Images"
@@ -114,6 +139,62 @@ def test_wire_method_path(service: descriptor.ServiceDescriptor, method: str, pa
             "unified": 9, "memory_swap_limit_in_bytes": 10}),
         (api_pb2.WindowsSandboxSecurityContext, {"run_as_username": 1, "credential_spec": 2,
                                                  "host_process": 3, "namespace_options": 4}),
+        (api_pb2.VersionResponse, {"version": 1, "runtime_name": 2, "runtime_version": 3,
+                                   "runtime_api_version": 4}),
+        (api_pb2.RunPodSandboxRequest, {"config": 1, "runtime_handler": 2}),
+        (api_pb2.RunPodSandboxResponse, {"pod_sandbox_id": 1}),
+        (api_pb2.StopPodSandboxRequest, {"pod_sandbox_id": 1}),
+        (api_pb2.RemovePodSandboxRequest, {"pod_sandbox_id": 1}),
+        (api_pb2.PodSandboxStatusRequest, {"pod_sandbox_id": 1, "verbose": 2}),
+        (api_pb2.PodSandboxStatus, {"id": 1, "metadata": 2, "state": 3, "created_at": 4,
+                                    "network": 5, "linux": 6, "labels": 7, "annotations": 8,
+                                    "runtime_handler": 9}),
+        (api_pb2.PodSandboxStatusResponse, {"status": 1, "info": 2, "containers_statuses": 3,
+                                            "timestamp": 4}),
+        (api_pb2.PodSandboxNetworkStatus, {"ip": 1, "additional_ips": 2}),
+        (api_pb2.Namespace, {"options": 2}),
+        (api_pb2.PodSandboxFilter, {"id": 1, "state": 2, "label_selector": 3}),
+        (api_pb2.PodSandbox, {"id": 1, "metadata": 2, "state": 3, "created_at": 4, "labels": 5,
+                              "annotations": 6, "runtime_handler": 7}),
+        (api_pb2.ListPodSandboxResponse, {"items": 1}),
+        (api_pb2.Mount, {"container_path": 1, "host_path": 2, "readonly": 3,
+                         "selinux_relabel": 4, "propagation": 5, "uidMappings": 6,
+                         "gidMappings": 7, "recursive_read_only": 8, "image": 9,
+                         "image_sub_path": 10}),
+        (api_pb2.Capability, {"add_capabilities": 1, "drop_capabilities": 2,
+                              "add_ambient_capabilities": 3}),
+        (api_pb2.LinuxContainerSecurityContext, {
+            "capabilities": 1, "privileged": 2, "namespace_options": 3, "selinux_options": 4,
+            "run_as_user": 5, "run_as_username": 6, "readonly_rootfs": 7,
+            "supplemental_groups": 8, "apparmor_profile": 9, "seccomp_profile_path": 10,
+            "no_new_privs": 11, "run_as_group": 12, "masked_paths": 13, "readonly_paths": 14,
+            "seccomp": 15, "apparmor": 16, "supplemental_groups_policy": 17}),
+        (api_pb2.LinuxContainerConfig, {"resources": 1, "security_context": 2}),
+        (api_pb2.ContainerMetadata, {"name": 1, "attempt": 2}),
+        (api_pb2.ContainerConfig, {"metadata": 1, "image": 2, "command": 3, "args": 4,
+                                   "working_dir": 5, "envs": 6, "mounts": 7, "devices": 8,
+                                   "labels": 9, "annotations": 10, "log_path": 11, "stdin": 12,
+                                   "stdin_once": 13, "tty": 14, "linux": 15}),
+        (api_pb2.CreateContainerRequest, {"pod_sandbox_id": 1, "config": 2,
+                                          "sandbox_config": 3}),
+        (api_pb2.CreateContainerResponse, {"container_id": 1}),
+        (api_pb2.StartContainerRequest, {"container_id": 1}),
+        (api_pb2.StopContainerRequest, {"container_id": 1, "timeout": 2}),
+        (api_pb2.RemoveContainerRequest, {"container_id": 1}),
+        (api_pb2.ContainerFilter, {"id": 1, "state": 2, "pod_sandbox_id": 3,
+                                   "label_selector": 4}),
+        (api_pb2.Container, {"id": 1, "pod_sandbox_id": 2, "metadata": 3, "image": 4,
+                             "image_ref": 5, "state": 6, "created_at": 7, "labels": 8,
+                             "annotations": 9, "image_id": 10}),
+        (api_pb2.ContainerStatusRequest, {"container_id": 1, "verbose": 2}),
+        (api_pb2.ContainerStatus, {"id": 1, "metadata": 2, "state": 3, "created_at": 4,
+                                   "started_at": 5, "finished_at": 6, "exit_code": 7,
+                                   "image": 8, "image_ref": 9, "reason": 10, "message": 11,
+                                   "labels": 12, "annotations": 13, "mounts": 14,
+                                   "log_path": 15, "resources": 16, "image_id": 17,
+                                   "user": 18}),
+        (api_pb2.ContainerStatusResponse, {"status": 1, "info": 2}),
+        (api_pb2.LinuxContainerUser, {"uid": 1, "gid": 2, "supplemental_groups": 3}),
         (images_pb2.Image, {"name": 1, "labels": 2, "target": 3, "created_at": 7,
                             "updated_at": 8}),
         (images_pb2.UpdateImageRequest, {"image": 1, "update_mask": 2, "source_date_epoch": 3}),
@@ -138,6 +219,10 @@ def test_enum_values_match_upstream() -> None:
     assert api_pb2.Protocol.Value("SCTP") == 2
     assert api_pb2.SupplementalGroupsPolicy.Value("Strict") == 1
     assert api_pb2.SecurityProfile.ProfileType.Value("Localhost") == 2
+    assert api_pb2.PodSandboxState.Value("SANDBOX_NOTREADY") == 1
+    assert api_pb2.ContainerState.Value("CONTAINER_EXITED") == 2
+    assert api_pb2.ContainerState.Value("CONTAINER_UNKNOWN") == 3
+    assert api_pb2.MountPropagation.Value("PROPAGATION_BIDIRECTIONAL") == 2
 
 
 def test_known_wire_bytes_decode() -> None:
