@@ -1,9 +1,11 @@
 """The CRI ImageService that kubelet talks to, in front of containerd.
 
 PullImage and ImageStatus ask the admission policy first and act on its decision; every other
-method (ListImages, RemoveImage, ImageFsInfo, and whatever later CRI versions add) is forwarded to
-containerd as raw bytes, with metadata, deadlines and status codes preserved. No trust decision
-is made here: the policy answers, this module enforces the answer.
+ImageService method (ListImages, RemoveImage, ImageFsInfo, and whatever later CRI versions add) is
+forwarded to containerd as raw bytes, with metadata, deadlines and status codes preserved. Methods
+of other services (the CRI RuntimeService, containerd's own API) are not served: trustd's socket
+must not become a second way into containerd. No trust decision is made here: the policy
+answers, this module enforces the answer.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from trustd.policy import Action, Decision
 log = logging.getLogger(__name__)
 
 SERVICE = "runtime.v1.ImageService"
+# Every method served starts with this; anything else is answered UNIMPLEMENTED by grpc.
+SERVED_PREFIX = f"/{SERVICE}/"
 PULL_IMAGE = f"/{SERVICE}/PullImage"
 IMAGE_STATUS = f"/{SERVICE}/ImageStatus"
 
@@ -193,7 +197,7 @@ def _tag_to_apply(decision: Decision) -> str | None:
 
 
 class _Handlers(grpc.GenericRpcHandler):
-    """Routes the decided methods to ImageService, anything else to containerd as raw bytes."""
+    """Routes the decided methods to ImageService, other ImageService methods to containerd."""
 
     def __init__(self, service: ImageService) -> None:
         self._service = service
@@ -210,11 +214,18 @@ class _Handlers(grpc.GenericRpcHandler):
             ),
         }
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
         handler = self._decided.get(method)
         if handler is not None:
             return handler
+        if not method.startswith(SERVED_PREFIX):
+            # Not the ImageService: relaying it would hand whoever may use trustd's socket
+            # containerd's RuntimeService and native API (run a privileged container, delete
+            # images behind the policy's back).
+            return None
         containerd = self._service.containerd
         if method in STREAMING_METHODS:
 

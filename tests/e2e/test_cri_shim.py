@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cri_shim.gen.cri.runtime.v1 import api_pb2
+from cri_shim.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from cri_shim.server import credentials_from
 from tests.e2e.cri_helpers import (
     TIMEOUT,
@@ -516,6 +516,22 @@ def test_errors_and_unknown_methods_pass_through_unchanged(shim: Shim) -> None:
             error = rpc_error(invoke)
             answers.append(error.code())
         assert answers[0] == answers[1], method
+
+
+def test_only_the_image_service_is_served(shim: Shim) -> None:
+    """trustd's socket is no way around containerd's: other services are not relayed."""
+    version = api_pb2.VersionRequest(version="v1")
+    direct = api_pb2_grpc.RuntimeServiceStub(shim.direct_channel).Version(version, timeout=TIMEOUT)
+    assert direct.runtime_name == "containerd"
+    through = rpc_error(
+        lambda: api_pb2_grpc.RuntimeServiceStub(shim.channel).Version(version, timeout=TIMEOUT)
+    )
+    assert through.code() == grpc.StatusCode.UNIMPLEMENTED
+    # containerd's own API (here: list every image record in every namespace) neither.
+    list_images = shim.channel.unary_unary("/containerd.services.images.v1.Images/List")
+    assert rpc_error(lambda: list_images(b"", timeout=TIMEOUT)).code() == (
+        grpc.StatusCode.UNIMPLEMENTED
+    )
 
 
 # -- concurrency, restarts, life -------------------------------------------------------------------
