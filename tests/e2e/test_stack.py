@@ -6,8 +6,10 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -21,6 +23,7 @@ from tests.stack import (
     Stack,
     metadata_key_id,
 )
+from tests.stack.images import push_busybox_image
 from tests.stack.notary_keys import read_key_file
 
 PushImage = Callable[..., PushedImage]
@@ -41,6 +44,23 @@ def test_different_seeds_give_different_images(push_image: PushImage, registry: 
     assert media_type == "application/vnd.oci.image.manifest.v1+json"
     config = json.loads(first.manifest)["config"]
     assert config["mediaType"] == "application/vnd.oci.image.config.v1+json"
+
+
+def test_a_registry_with_a_password_refuses_others(tmp_path: Path) -> None:
+    registry = Registry.start(tmp_path / "registry", credentials=("someone", "the-password"))
+    try:
+        image = push_busybox_image(
+            registry, "smoke/auth", "1", {"Cmd": ["/bin/sh"]}, workdir=tmp_path / "images"
+        )
+        assert registry.manifest_digest("smoke/auth", "1") == image.digest
+        url = f"{registry.url}/v2/smoke/auth/manifests/1"
+        session = requests.Session()
+        session.trust_env = False  # no proxy for loopback
+        assert session.get(url, timeout=10).status_code == 401
+        wrong = session.get(url, auth=("someone", "not-the-password"), timeout=10)
+        assert wrong.status_code == 401
+    finally:
+        registry.stop()
 
 
 def test_signed_tag_matches_registry_digest(

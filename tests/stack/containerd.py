@@ -70,10 +70,19 @@ class Containerd:
 
     start = _ClassOrInstanceStart()
 
-    def __init__(self, workdir: Path, snapshotter: str, socket_path: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        snapshotter: str,
+        socket_path: Path,
+        sandbox_image: str | None = None,
+    ) -> None:
         self.workdir = workdir
         self.snapshotter = snapshotter
         self.socket = socket_path
+        # The pause image of every pod sandbox; None keeps containerd's default (only image
+        # calls work then: the default lives on registry.k8s.io, out of reach here).
+        self.sandbox_image = sandbox_image
         self.root = workdir / "root"
         self.state = workdir / "state"
         self.hosts_dir = workdir / "certs.d"
@@ -92,7 +101,9 @@ class Containerd:
         registry_hosts: Iterable[str] = (),
         snapshotter: str | None = None,
         timeout: float = 30.0,
+        sandbox_image: str | None = None,
     ) -> Containerd:
+        """Start containerd; ``sandbox_image`` names the pause image pods are built on."""
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         if snapshotter is None:
@@ -102,7 +113,7 @@ class Containerd:
         socket_path = workdir / "containerd.sock"
         if len(str(socket_path)) > _MAX_SOCKET_PATH:
             socket_path = Path(tempfile.mkdtemp(prefix="trustd-ctrd-")) / "containerd.sock"
-        daemon = cls(workdir, snapshotter, socket_path)
+        daemon = cls(workdir, snapshotter, socket_path, sandbox_image)
         daemon._write_config()
         for host in registry_hosts:
             daemon.add_registry_host(host)
@@ -139,6 +150,16 @@ class Containerd:
             "  disable_tcp_service = true",
             '  stream_server_address = "127.0.0.1"',
             '  stream_server_port = "0"',
+            # Sandboxes get oom_score_adj -998, which a process without CAP_SYS_RESOURCE (as on
+            # these machines) cannot set: runc then fails to start the pause container. This
+            # caps the value at containerd's own instead.
+            "  restrict_oom_score_adj = true",
+            *(
+                # containerd 1.6 looks this name up locally before pulling it itself.
+                [f"  sandbox_image = {toml_value(self.sandbox_image)}"]
+                if self.sandbox_image is not None
+                else []
+            ),
             "",
             f"{cri}.containerd]",
             f"  snapshotter = {toml_value(self.snapshotter)}",

@@ -1,9 +1,16 @@
-"""Debian's docker-registry (distribution 2.8) on 127.0.0.1, plain HTTP, deletes enabled."""
+"""Debian's docker-registry (distribution 2.8) on 127.0.0.1, plain HTTP, deletes enabled.
+
+Optionally with htpasswd authentication (one user), so a pull with the wrong credentials really
+fails, as it does against a private registry.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 import requests
@@ -20,8 +27,39 @@ MANIFEST_MEDIA_TYPES = (
 _ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 
 
-def _config(storage: Path, port: int) -> dict[str, object]:
-    return {
+# Registry credentials: (username, password).
+Credentials = tuple[str, str]
+_crypt_lock = threading.Lock()  # crypt() returns a static buffer
+
+
+def bcrypt_hash(password: str, cost: int = 5) -> str:
+    """A bcrypt hash (the only kind docker-registry's htpasswd accepts), from the system's libcrypt.
+
+    libxcrypt (Debian's libcrypt1, essential) does bcrypt; cost 5 keeps each check at a few ms.
+    """
+    name = ctypes.util.find_library("crypt")
+    if name is None:
+        raise StackError("no libcrypt for bcrypt hashes of the registry's htpasswd file")
+    library = ctypes.CDLL(name)
+    library.crypt_gensalt.restype = ctypes.c_char_p
+    library.crypt_gensalt.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_ulong,
+        ctypes.c_char_p,
+        ctypes.c_int,
+    ]
+    library.crypt.restype = ctypes.c_char_p
+    library.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    with _crypt_lock:
+        salt = library.crypt_gensalt(b"$2b$", cost, None, 0)
+        hashed = library.crypt(password.encode(), salt) if salt else None
+    if not hashed or not hashed.startswith(b"$2b$"):
+        raise StackError("libcrypt did not produce a bcrypt hash")
+    return hashed.decode()
+
+
+def _config(storage: Path, port: int, htpasswd_file: Path | None = None) -> dict[str, object]:
+    config: dict[str, object] = {
         "version": 0.1,
         "log": {"level": "warn", "accesslog": {"disabled": True}},
         "storage": {
@@ -30,34 +68,56 @@ def _config(storage: Path, port: int) -> dict[str, object]:
         },
         "http": {"addr": f"127.0.0.1:{port}"},
     }
+    if htpasswd_file is not None:
+        config["auth"] = {"htpasswd": {"realm": "trustd-test", "path": str(htpasswd_file)}}
+    return config
 
 
 class Registry:
     """A running registry; ``host`` is what image references start with."""
 
-    def __init__(self, workdir: Path, port: int, process: ManagedProcess) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int,
+        process: ManagedProcess,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = port
         self.process = process
+        # The one user an htpasswd registry knows; None for an anonymous registry.
+        self.credentials = credentials
         # requests must not pick up proxies from the environment for loopback traffic.
         self._session = requests.Session()
         self._session.trust_env = False
+        self._session.auth = credentials
 
     @classmethod
-    def start(cls, workdir: Path, timeout: float = 15.0) -> Registry:
+    def start(
+        cls, workdir: Path, timeout: float = 15.0, credentials: Credentials | None = None
+    ) -> Registry:
+        """Start a registry; with ``credentials``, every request must carry them (htpasswd)."""
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
+        htpasswd_file = None
+        if credentials is not None:
+            username, password = credentials
+            htpasswd_file = workdir / "htpasswd"
+            htpasswd_file.write_text(f"{username}:{bcrypt_hash(password)}\n")
         config_path = workdir / "registry.yml"
         # YAML is a superset of JSON, so the config needs no YAML library.
-        config_path.write_text(json.dumps(_config(workdir / "storage", port), indent=2))
+        config_path.write_text(
+            json.dumps(_config(workdir / "storage", port, htpasswd_file), indent=2)
+        )
         process = ManagedProcess(
             "docker-registry",
             ["docker-registry", "serve", str(config_path)],
             log_path=workdir / "registry.log",
             cwd=workdir,
         )
-        registry = cls(workdir, port, process)
+        registry = cls(workdir, port, process, credentials)
         process.start()
         process.wait_until(registry.healthy, timeout, f"docker-registry on {registry.host}")
         return registry

@@ -32,7 +32,7 @@ def require_programs(*names: str) -> None:
     if missing:
         raise MissingProgram(
             f"missing program(s): {', '.join(missing)}; run scripts/install-deps.sh "
-            "(installs containerd, runc, docker-registry, notary, skopeo, openssl)"
+            "(installs containerd, runc, docker-registry, notary, skopeo, openssl, busybox-static)"
         )
 
 

@@ -30,14 +30,18 @@ def trustd_config_text(
     audit_file: Path | None = None,
     metrics_listen: str = "",
     notary_extra: str = "",
+    exempt: Sequence[str] = (),
 ) -> str:
     """A config for the test stack; ``policy`` (TOML text of ``[[policy]]`` tables) is appended.
 
     ``notary_extra`` (TOML lines such as ``timeout = 5``) goes into every ``[[notary]]`` table.
+    ``exempt`` entries (``repository[:tag pattern]``) are pulled without verification.
 
     Audit goes to ``audit_file`` only (no stdout copy) and metrics are off unless asked for.
     """
-    lines = ["[server]", f"state_dir = {toml_value(str(state_dir))}"]
+    # Top-level keys come before the first table, or TOML puts them into it.
+    lines = [f"exempt = [{', '.join(toml_value(entry) for entry in exempt)}]", ""] if exempt else []
+    lines += ["[server]", f"state_dir = {toml_value(str(state_dir))}"]
     if containerd_endpoint is not None:
         lines.append(f"containerd = {toml_value(containerd_endpoint)}")
     if socket is not None:
