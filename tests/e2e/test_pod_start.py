@@ -119,15 +119,24 @@ def sign(publisher: NotaryPublisher, image: PushedImage) -> None:
 def config_text(
     node: PodNode, notary: NotaryServer, state_dir: Path, offline: str | None = None
 ) -> str:
-    """trustd enforcing signatures on the node's registry; the pause image is exempt."""
+    """trustd enforcing signatures on the node's registry; the pause image is exempt.
+
+    With ``offline`` (the rule's Notary-outage behaviour), every lookup asks Notary
+    (``freshness_window = 0``): kubelet restarts a container 10 s or more after it exited, long
+    after the default 1 s window, but here the restart comes at once and would otherwise reuse
+    the first start's answer without noticing the outage.
+    """
     rule = f'[[policy]]\nmatch = "{node.registry.host}/**"\nmode = "enforce"\n'
+    server: dict[str, str | int | float] = {}
     if offline is not None:
         rule += f"offline = {toml_value(offline)}\n"
+        server["freshness_window"] = 0
     return trustd_config_text(
         state_dir=state_dir,
         notary=[(node.registry.host, notary.url, notary.ca_file)],
         exempt=[f"{node.pause.repository}:*"],
         policy=rule,
+        server=server,
     )
 
 
@@ -298,7 +307,11 @@ def test_container_restart_with_notary_down_uses_cached_trust_data(
         assert status.image_ref == first.image.by_digest
         assert Path(status.log_path).name == "1.log"  # the restarted container's own log
         assert output == [first.message, f"uid={IMAGE_USER}"]
-        assert first.shim.decisions_for(first.image.tagged)[-1].verdict is Verdict.ALLOW
+        # Both ImageStatus answers were judged from the cache, and say so.
+        restart = first.shim.decisions_for(first.image.tagged)[-2:]
+        assert [(d.action, d.verdict) for d in restart] == [("status", Verdict.ALLOW)] * 2
+        assert all(d.cached_age is not None for d in restart), restart
+        assert all("cached on this node" in d.reason for d in restart), restart
 
 
 def test_container_restart_with_notary_down_is_refused_under_offline_deny(
