@@ -1,8 +1,10 @@
 """The node policy: for one requested image, what to pull, or why not.
 
-``PolicyEngine.decide`` is the only question the CRI shim asks. It parses the reference, finds the
-rule, asks the trust engine, and returns a ``Decision``; it never raises for bad input. Every
-decision is handed to the observers (audit log, metrics) before it is returned.
+``PolicyEngine.decide`` is the question the CRI shim asks before a pull; ``judge_resolved`` is
+the one containerd's image-verifier hook asks after containerd has resolved a name to a digest
+(``trustd.verifier``). Both parse the reference, find the rule, ask the trust engine, and return a
+``Decision``; they never raise for bad input. Every decision is handed to the observers (audit
+log, metrics) before it is returned.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from trustd.notary.client import OfflineUse, TrustEngine
 from trustd.notary.resolution import SignedTarget, resolve_digest, resolve_tag
 from trustd.notary.transport import Credentials, call_deadline
 from trustd.notary.updater import VerifiedRepository
-from trustd.reference import Reference, parse_reference
+from trustd.reference import Reference, parse_digest, parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,9 @@ class Verdict(StrEnum):
 
 
 class Action(StrEnum):
-    PULL = "pull"
-    STATUS = "status"
+    PULL = "pull"  # the shim's PullImage
+    STATUS = "status"  # the shim's ImageStatus
+    VERIFY = "verify"  # containerd's image-verifier hook: a name already resolved to a digest
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,31 @@ class PolicyEngine:
         self._notify(decision)
         return decision
 
+    def judge_resolved(
+        self, image: str, resolved_digest: str, timeout: float | None = None
+    ) -> Decision:
+        """May ``image``, which containerd resolved to ``resolved_digest``, be pulled?
+
+        The question is the shim's, asked about ``image`` pinned to the resolved digest: a tag is
+        admitted only if it is signed as exactly that digest (a tag re-pushed in the registry
+        resolves to other bytes and is refused), a digest reference only if it is a signed target
+        (``require_signed_digests``). Exempt, off, audit and Notary outages behave as for pulls.
+        ``timeout`` as for ``decide``. Never raises.
+        """
+        started = time.monotonic()
+        try:
+            pinned = _pin_to_resolved(image, resolved_digest)
+        except InvalidReference as error:
+            decision = Decision(
+                image, Action.VERIFY, Verdict.DENY, "invalid", str(error), error=error
+            )
+        else:
+            with call_deadline(timeout):
+                decision = self._decide_reference(image, pinned, None, Action.VERIFY)
+        decision = replace(decision, latency_seconds=time.monotonic() - started)
+        self._notify(decision)
+        return decision
+
     def check_local_image(self, decision: Decision, repo_digests: Sequence[str]) -> Decision:
         """Is the image containerd holds for an admitted reference the signed one?
 
@@ -152,12 +180,20 @@ class PolicyEngine:
                 log.exception("decision observer failed")
 
     def _decide(self, image: str, credentials: Credentials | None, action: Action) -> Decision:
-        config = self._config
         try:
             reference = parse_reference(image)
         except InvalidReference as error:
             return Decision(image, action, Verdict.DENY, "invalid", str(error), error=error)
+        return self._decide_reference(image, reference, credentials, action)
 
+    def _decide_reference(
+        self,
+        image: str,
+        reference: Reference,
+        credentials: Credentials | None,
+        action: Action,
+    ) -> Decision:
+        config = self._config
         exemption = config.is_exempt(reference)
         if exemption is not None:
             return Decision(
@@ -335,6 +371,18 @@ def _cached_clause(repository: VerifiedRepository) -> str:
         f" (judged from trust data cached on this node, confirmed {repository.cached_age:.0f}s "
         f"ago, because {repository.outage})"
     )
+
+
+def _pin_to_resolved(image: str, resolved_digest: str) -> Reference:
+    """``image`` with the digest containerd resolved it to (a tag stays, to be checked)."""
+    parse_digest(resolved_digest)
+    reference = parse_reference(image)
+    if reference.digest is not None and reference.digest != resolved_digest:
+        # containerd resolves a digest reference to itself; anything else is not what was named.
+        raise InvalidReference(
+            f"{image} names {reference.digest}, but containerd resolved it to {resolved_digest}"
+        )
+    return replace(reference, digest=resolved_digest)
 
 
 def _rule_label(rule: PolicyRule) -> str:

@@ -261,3 +261,82 @@ def test_a_config_problem_met_during_a_lookup_is_a_denial() -> None:
         "SignatureValidationFailed: trustd: cannot read the Notary password file "
         "/etc/trustd/pw: Permission denied"
     )
+
+
+# -- containerd's image-verifier hook: a name already resolved to a digest ------------------------
+
+
+def test_resolved_tag_is_admitted_only_as_its_signed_digest() -> None:
+    policy, seen = engine({("example.com/app", "1"): GOOD})
+    admitted = policy.judge_resolved("example.com/app:1", GOOD)
+    assert (admitted.action, admitted.verdict, admitted.mode) == (
+        Action.VERIFY,
+        Verdict.ALLOW,
+        "enforce",
+    )
+    assert admitted.signed is not None and admitted.signed.digest == GOOD
+    assert admitted.pull_ref == f"example.com/app@{GOOD}"
+
+    swapped = policy.judge_resolved("example.com/app:1", OTHER)  # the tag was re-pushed
+    assert swapped.verdict is Verdict.DENY
+    assert swapped.reason == f"tag 1 of example.com/app is signed as {GOOD}, not {OTHER}"
+    assert swapped.message.startswith("SignatureValidationFailed: trustd: tag 1 of example.com")
+    assert seen == [admitted, swapped]
+
+
+def test_resolved_digest_reference_must_be_a_signed_target() -> None:
+    policy, _ = engine({("example.com/app", "1"): GOOD})
+    assert policy.judge_resolved(f"example.com/app@{GOOD}", GOOD).verdict is Verdict.ALLOW
+    unsigned = policy.judge_resolved(f"example.com/app@{OTHER}", OTHER)
+    assert unsigned.verdict is Verdict.DENY
+    assert unsigned.reason == f"{OTHER} is not a signed target of example.com/app"
+    loose = policy.judge_resolved(f"example.com/loose/app@{OTHER}", OTHER)
+    assert loose.verdict is Verdict.ALLOW and loose.signed is None
+
+
+def test_resolved_unsigned_tag_and_unreachable_notary() -> None:
+    policy, _ = engine({})
+    unsigned = policy.judge_resolved("example.com/app:1.1", GOOD)
+    assert (
+        unsigned.message
+        == "SignatureValidationFailed: trustd: tag 1.1 is not signed in example.com/app"
+    )
+    down, _ = engine({}, down=True)
+    unreachable = down.judge_resolved("example.com/app:1", GOOD)
+    assert unreachable.verdict is Verdict.DENY
+    assert unreachable.message.startswith("RegistryUnavailable: trustd: cannot reach notary")
+
+
+def test_resolved_audit_off_and_exempt_as_for_pulls() -> None:
+    policy, _ = engine({("example.com/audited/app", "2"): GOOD}, down=False)
+    audited = policy.judge_resolved("example.com/audited/app:2", OTHER)
+    assert audited.verdict is Verdict.AUDIT_FAIL and audited.allowed
+    assert audited.reason == f"tag 2 of example.com/audited/app is signed as {GOOD}, not {OTHER}"
+    down, _ = engine({}, down=True)
+    off = down.judge_resolved("example.com/open/app:1", OTHER)
+    assert (off.verdict, off.mode) == (Verdict.ALLOW, "off")
+    exempt = down.judge_resolved("registry.k8s.io/pause:3.9", OTHER)
+    assert (exempt.verdict, exempt.mode) == (Verdict.ALLOW, "exempt")
+
+
+@pytest.mark.parametrize(
+    ("image", "digest", "problem"),
+    [
+        ("example.com/app:1", "sha256:short", "invalid digest"),
+        ("example.com/app:1", "md5:" + "a" * 32, "invalid digest"),
+        ("Example.com/app:1", GOOD, "invalid image reference"),
+        (f"example.com/app@{GOOD}", OTHER, f"names {GOOD}, but containerd resolved it to {OTHER}"),
+    ],
+)
+def test_resolved_malformed_input_is_denied_not_raised(
+    image: str, digest: str, problem: str
+) -> None:
+    policy, seen = engine({("example.com/app", "1"): GOOD})
+    decision = policy.judge_resolved(image, digest)
+    assert (decision.verdict, decision.mode, decision.action) == (
+        Verdict.DENY,
+        "invalid",
+        Action.VERIFY,
+    )
+    assert problem in decision.reason
+    assert seen == [decision]
