@@ -46,6 +46,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/trustd/trustd.toml")
 DOCKER_HUB_NOTARY = "https://notary.docker.io"
 DEFAULT_ROLES = ("targets/releases", "targets")  # docker's search order with content trust
 MEBIBYTE = 1024 * 1024
+DEFAULT_VERIFIER_SOCKET = Path("/run/trustd/verify.sock")
 
 
 class Mode(StrEnum):
@@ -78,6 +79,8 @@ class ServerConfig:
     freshness_window: float = 1.0
     # Warn this many days before trust data or a root certificate expires (0: never warn).
     expiry_warning_days: int = 30
+    # Where containerd's image-verifier hook (trustd.verifier) asks the daemon; None: not served.
+    verifier_socket: Path | None = DEFAULT_VERIFIER_SOCKET
 
     @property
     def containerd_socket(self) -> Path:
@@ -381,6 +384,7 @@ def _parse_server(table: _Table) -> ServerConfig:
         "socket_mode",
         "freshness_window",
         "expiry_warning_days",
+        "verifier_socket",
     )
     default = ServerConfig()
     containerd = table.string("containerd", default.containerd)
@@ -396,8 +400,12 @@ def _parse_server(table: _Table) -> ServerConfig:
             "must be letters and digits separated by '.', '_' or '-', at most 76 characters "
             f"(got {_show(namespace)})",
         )
+    socket = table.path("socket", default.socket)
+    verifier_socket = _parse_verifier_socket(table)
+    if verifier_socket == socket:
+        raise table.error("verifier_socket", f"must not be server.socket ({socket})")
     return ServerConfig(
-        socket=table.path("socket", default.socket),
+        socket=socket,
         containerd=containerd,
         containerd_namespace=namespace,
         state_dir=table.path("state_dir", default.state_dir),
@@ -406,6 +414,7 @@ def _parse_server(table: _Table) -> ServerConfig:
         socket_mode=_parse_mode_bits(table, "socket_mode", default.socket_mode),
         freshness_window=_parse_freshness_window(table, default.freshness_window),
         expiry_warning_days=_parse_days(table, "expiry_warning_days", default.expiry_warning_days),
+        verifier_socket=verifier_socket,
     )
 
 
@@ -440,6 +449,11 @@ def _parse_days(table: _Table, key: str, default: int) -> int:
             "in days, not seconds)",
         )
     return value
+
+
+def _parse_verifier_socket(table: _Table) -> Path | None:
+    text = table.string("verifier_socket", str(DEFAULT_VERIFIER_SOCKET))
+    return table.context.resolve(text) if text else None
 
 
 _CONTAINERD_NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")

@@ -1,6 +1,7 @@
 """``trustd serve``: process life of the node service.
 
-Wires config, trust engine, policy, audit, metrics and the CRI shim together; talks to systemd
+Wires config, trust engine, policy, audit, metrics, the CRI shim and the socket containerd's image
+verifier asks (``server.verifier_socket``) together; talks to systemd
 (READY, RELOADING, STOPPING, STATUS, WATCHDOG); reloads the config on SIGHUP (a bad new config is
 refused and the old one stays in force); drains calls in flight on SIGTERM.
 
@@ -30,6 +31,7 @@ from trustd.metrics import Metrics
 from trustd.notary.client import TrustEngine
 from trustd.policy import Decision, PolicyEngine, Verdict
 from trustd.sdnotify import SystemdNotifier
+from trustd.verifier_service import VerifierSocketServer
 
 log = logging.getLogger("trustd")
 
@@ -87,6 +89,7 @@ class Daemon:
             config.server.containerd, namespace=config.server.containerd_namespace
         )
         self._server: RunningServer | None = None
+        self._verifier_server: VerifierSocketServer | None = None
         self._metrics_handle = None
 
     def start(self) -> None:
@@ -97,6 +100,17 @@ class Daemon:
             socket_mode=self.config.server.socket_mode,
             pull_timeout=self.config.server.pull_timeout,
         )
+        verifier_socket = self.config.server.verifier_socket
+        if verifier_socket is not None:
+            # The same PolicyEngine (and so the same cache and single flight) as the shim.
+            self._verifier_server = VerifierSocketServer(
+                verifier_socket, self.policy.judge_resolved
+            )
+            try:
+                self._verifier_server.start()
+            except BaseException:
+                self._server.stop(0)  # do not leave a CRI socket behind a failed start
+                raise
         if self.config.metrics.listen:
             self._metrics_handle = self.metrics.serve(self.config.metrics.listen)
         self.expiry.start(self.trust)
@@ -106,6 +120,8 @@ class Daemon:
             self.config.server.socket,
             self.config.server.containerd,
         )
+        if verifier_socket is not None:
+            log.info("answering containerd's image verifier on %s", verifier_socket)
         self.notifier.ready()
         self.notifier.status(self.counts.summary())
 
@@ -158,6 +174,8 @@ class Daemon:
         log.info("stopping: finishing calls in flight (up to %gs)", grace)
         if self._server is not None:
             self._server.stop(grace)
+        if self._verifier_server is not None:
+            self._verifier_server.stop()
         if self._metrics_handle is not None:
             self._metrics_handle.shutdown()
         self.expiry.stop()
@@ -178,7 +196,7 @@ def _audit_path(config: Config) -> Path | None:
 
 def _check_reloadable(running: Config, new: Config) -> None:
     """Settings that need a restart cannot change through a reload."""
-    for name in ("socket", "containerd", "containerd_namespace", "state_dir"):
+    for name in ("socket", "verifier_socket", "containerd", "containerd_namespace", "state_dir"):
         if getattr(running.server, name) != getattr(new.server, name):
             raise ConfigError(
                 f"{new.source}: server.{name}: changing it needs a restart "

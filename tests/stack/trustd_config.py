@@ -26,6 +26,7 @@ def trustd_config_text(
     policy: str = "",
     containerd_endpoint: str | None = None,
     socket: Path | None = None,
+    verifier_socket: Path | None = None,
     server: Mapping[str, str | int | float] | None = None,
     audit_file: Path | None = None,
     metrics_listen: str = "",
@@ -37,7 +38,9 @@ def trustd_config_text(
     ``notary_extra`` (TOML lines such as ``timeout = 5``) goes into every ``[[notary]]`` table.
     ``exempt`` entries (``repository[:tag pattern]``) are pulled without verification.
 
-    Audit goes to ``audit_file`` only (no stdout copy) and metrics are off unless asked for.
+    Audit goes to ``audit_file`` only (no stdout copy) and metrics are off unless asked for; so
+    is the daemon's verifier socket (its default, /run/trustd/verify.sock, is shared by the
+    machine).
     """
     # Top-level keys come before the first table, or TOML puts them into it.
     lines = [f"exempt = [{', '.join(toml_value(entry) for entry in exempt)}]", ""] if exempt else []
@@ -46,6 +49,7 @@ def trustd_config_text(
         lines.append(f"containerd = {toml_value(containerd_endpoint)}")
     if socket is not None:
         lines.append(f"socket = {toml_value(str(socket))}")
+    lines.append(f"verifier_socket = {toml_value(str(verifier_socket or ''))}")
     lines += [f"{key} = {toml_value(value)}" for key, value in (server or {}).items()]
     audit = toml_value(str(audit_file)) if audit_file is not None else '""'
     lines += ["", "[audit]", f"file = {audit}", "stdout = false"]

@@ -185,6 +185,7 @@ def test_empty_file_gives_production_defaults() -> None:
         pull_timeout=600.0,
         shutdown_grace=30.0,
         socket_mode=0o660,
+        verifier_socket=Path("/run/trustd/verify.sock"),
     )
     assert config.server.containerd_socket == Path("/run/containerd/containerd.sock")
     assert config.audit == AuditConfig(file=Path("/var/log/trustd/audit.log"), stdout=True)
@@ -196,6 +197,10 @@ def test_empty_file_gives_production_defaults() -> None:
     assert config.source == Path(SOURCE)
     pinning = config.pinning_for("docker.io/library/nginx")
     assert (pinning.root_key_ids, pinning.ca_file, pinning.allow_tofu) == ((), None, True)
+
+
+def test_an_empty_verifier_socket_disables_it() -> None:
+    assert parse('[server]\nverifier_socket = ""').server.verifier_socket is None
 
 
 def test_default_rule_enforces_docker_role_order() -> None:
@@ -258,6 +263,7 @@ state_dir = "/srv/trustd"
 pull_timeout = 120
 shutdown_grace = 0
 socket_mode = "0600"
+verifier_socket = "run/verify.sock"
 
 [audit]
 file = ""
@@ -318,6 +324,7 @@ def test_full_file(files: Path) -> None:
     assert config.server.pull_timeout == 120.0
     assert config.server.shutdown_grace == 0.0
     assert config.server.socket_mode == 0o600
+    assert config.server.verifier_socket == files / "run" / "verify.sock"
     assert config.audit == AuditConfig(file=None, stdout=False)
     assert config.metrics.address == ("::1", 9100)
 
@@ -532,6 +539,11 @@ def test_unknown_key_suggests_the_close_one() -> None:
         ("[server]\nexpiry_warning_days = 1.5", "must be a whole number of days (got 1.5)"),
         ("[server]\nexpiry_warning_days = true", "must be a whole number of days (got true)"),
         ("[server]\nexpiry_warning_days = '30'", 'must be a whole number of days (got "30")'),
+        ("[server]\nverifier_socket = 5", "server.verifier_socket: must be a string (got 5)"),
+        (
+            "[server]\nsocket = '/run/t.sock'\nverifier_socket = '/run/t.sock'",
+            "server.verifier_socket: must not be server.socket (/run/t.sock)",
+        ),
         ("[audit]\nstdout = 'yes'", 'audit.stdout: must be true or false (got "yes")'),
         ("[audit]\nfile = false", "audit.file: must be a string (got false)"),
         ("[metrics]\nlisten = '9879'", "metrics.listen: must be host:port"),

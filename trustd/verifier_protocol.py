@@ -1,0 +1,179 @@
+"""The wire format between containerd's image verifier (``trustd.verifier``) and the daemon.
+
+One question per connection on a unix socket: the verifier sends a request frame, the daemon
+answers with one frame and closes. A frame is a 4-byte big-endian length and that many bytes of
+UTF-8 JSON, one object:
+
+    request  {"name": "registry.example.com/app:1.4", "digest": "sha256:…"}
+    answer   {"allowed": true, "message": "trustd: signed by targets/releases as sha256:…"}
+
+Lengths are bounded on both sides, so neither end can be made to buffer without limit.
+
+This module is on the verifier's fast path, which runs once per pull on the node: it imports
+nothing beyond what the interpreter has loaded at start-up and C modules (``json`` alone costs
+more than the whole answer, because it compiles regular expressions at import).
+"""
+
+from __future__ import annotations
+
+import time
+
+# typing costs the fast path an import of re; type checkers treat this name as always true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Receiver(Protocol):
+        """What ``read_frame`` needs of a socket (``socket.socket`` and ``_socket.socket``)."""
+
+        def settimeout(self, seconds: float | None, /) -> None: ...
+
+        def recv(self, size: int, /) -> bytes: ...
+
+
+MAX_REQUEST_BYTES = 16 * 1024  # a name is at most ~400 characters
+MAX_ANSWER_BYTES = 64 * 1024
+_LENGTH_BYTES = 4
+
+
+class ProtocolError(Exception):
+    """A frame that is too long, cut short, or not the JSON object expected."""
+
+
+class AnswerTimeout(ProtocolError):
+    """The other end did not complete its frame before the deadline."""
+
+
+# --- JSON without importing json -----------------------------------------------------------------
+
+
+class _ScannerContext:
+    """The settings json.decoder.JSONDecoder would give the C scanner (strict, no hooks)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        raise ValueError(f"{name} is not JSON")
+
+
+def loads_object(data: bytes) -> dict[str, object]:
+    """One JSON object from ``data``; ProtocolError for anything else."""
+    try:
+        text = data.decode("utf-8").strip(" \t\r\n")
+    except UnicodeDecodeError as error:
+        raise ProtocolError(f"not UTF-8: {error.reason}") from None
+    try:
+        from _json import make_scanner  # CPython's C scanner: all of JSON, no regex compiling
+    except ImportError:  # pragma: no cover - other interpreters
+        import json
+
+        try:
+            value = json.loads(text)
+        except (ValueError, SystemError):
+            # The C scanner builds its errors from json.decoder, and fails oddly (SystemError on
+            # CPython 3.11) when that is not imported: let json itself say what is wrong.
+            value, end = _loads_with_json(text), len(text)
+    else:
+        try:
+            value, end = make_scanner(_ScannerContext())(text, 0)
+        except StopIteration as error:  # the scanner's "no value at this index"
+            raise ProtocolError(f"not JSON (at character {error.value})") from None
+        except (ValueError, SystemError):
+            # The C scanner builds its errors from json.decoder, and fails oddly (SystemError on
+            # CPython 3.11) when that is not imported: let json itself say what is wrong.
+            value, end = _loads_with_json(text), len(text)
+        if end != len(text):
+            raise ProtocolError(f"not one JSON value: extra data at character {end}")
+    if not isinstance(value, dict):
+        raise ProtocolError(f"not a JSON object: {type(value).__name__}")
+    return value
+
+
+def _loads_with_json(text: str) -> object:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ProtocolError(f"not JSON: {error}") from None
+
+
+def json_string(text: str) -> str:
+    """``text`` as a JSON string literal (ASCII, as json.dumps writes it)."""
+    try:
+        from _json import encode_basestring_ascii
+    except ImportError:  # pragma: no cover - other interpreters
+        import json
+
+        return json.dumps(text)
+    return str(encode_basestring_ascii(text))
+
+
+# --- frames --------------------------------------------------------------------------------------
+
+
+def frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(_LENGTH_BYTES, "big") + payload
+
+
+def request_frame(name: str, digest: str) -> bytes:
+    return frame(f'{{"name":{json_string(name)},"digest":{json_string(digest)}}}'.encode())
+
+
+def answer_frame(allowed: bool, message: str) -> bytes:
+    allowed_text = "true" if allowed else "false"
+    return frame(f'{{"allowed":{allowed_text},"message":{json_string(message)}}}'.encode())
+
+
+def read_frame(connection: Receiver, limit: int, deadline: float) -> bytes:
+    """The payload of one frame of at most ``limit`` bytes, read before ``deadline``
+    (``time.monotonic()``)."""
+    header = _read_exactly(connection, _LENGTH_BYTES, deadline)
+    length = int.from_bytes(header, "big")
+    if length > limit:
+        raise ProtocolError(f"frame of {length} bytes; at most {limit} are accepted")
+    return _read_exactly(connection, length, deadline)
+
+
+def parse_request(payload: bytes) -> tuple[str, str]:
+    """(name, digest) of a request; ProtocolError when either is missing or not a string."""
+    request = loads_object(payload)
+    name, digest = request.get("name"), request.get("digest")
+    if not isinstance(name, str) or not isinstance(digest, str):
+        raise ProtocolError('a request needs "name" and "digest" strings')
+    return name, digest
+
+
+def parse_answer(payload: bytes) -> tuple[bool, str]:
+    """(allowed, message) of an answer; ProtocolError when malformed."""
+    answer = loads_object(payload)
+    allowed, message = answer.get("allowed"), answer.get("message")
+    if not isinstance(allowed, bool) or not isinstance(message, str):
+        raise ProtocolError('an answer needs "allowed" (true or false) and a "message" string')
+    return allowed, message
+
+
+def _read_exactly(connection: Receiver, size: int, deadline: float) -> bytes:
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AnswerTimeout("no complete frame before the deadline")
+        connection.settimeout(left)
+        try:
+            chunk = connection.recv(min(remaining, 65536))
+        except TimeoutError:
+            raise AnswerTimeout("no complete frame before the deadline") from None
+        if not chunk:
+            raise ProtocolError(
+                f"connection closed {size - remaining} bytes into a {size}-byte read"
+            )
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)

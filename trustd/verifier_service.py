@@ -1,0 +1,179 @@
+"""The judgement behind containerd's image-verifier hook, in the daemon or in the verifier itself.
+
+``trustd.verifier`` (the program containerd runs per pull) asks the running daemon through
+``VerifierSocketServer``: one cache owner, whose single-flight refreshes serve the CRI shim and
+the verifier alike. When no daemon listens, the verifier calls ``judge_locally``: the same
+config, state directory (the store's per-repository lock serialises it with any other process)
+and audit log, in its own process.
+
+Either way the question goes to ``PolicyEngine.judge_resolved`` and the answer is
+``judgement_of(decision)``: whether containerd may go on, and the line it reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from trustd.policy import Decision, Verdict
+from trustd.verifier_protocol import (
+    MAX_REQUEST_BYTES,
+    ProtocolError,
+    answer_frame,
+    parse_request,
+    read_frame,
+)
+
+log = logging.getLogger(__name__)
+
+# How long one connection may take to send its request; the verifier sends it at once.
+REQUEST_TIMEOUT = 5.0
+
+
+def judgement_of(decision: Decision) -> tuple[bool, str]:
+    """(allowed, the first line of the verifier's stdout) for ``decision``."""
+    if decision.verdict is Verdict.DENY:
+        return False, decision.message  # the same text the shim's denial carries
+    if decision.verdict is Verdict.AUDIT_FAIL:
+        return True, f"trustd: admitted in audit mode ({decision.rule}): {decision.reason}"
+    return True, f"trustd: {decision.reason}"
+
+
+Judge = Callable[[str, str], Decision]
+
+
+class VerifierSocketServer:
+    """Answers verifier requests on a unix socket, each with ``judge(name, digest)``."""
+
+    def __init__(
+        self, path: Path, judge: Judge, *, mode: int = 0o600, max_workers: int = 8
+    ) -> None:
+        self.path = path
+        self._judge = judge
+        self._mode = mode
+        self._max_workers = max_workers
+        self._listener: socket.socket | None = None
+        self._accepting: threading.Thread | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            if not stat.S_ISSOCK(self.path.lstat().st_mode):
+                raise OSError(f"{self.path} exists and is not a socket; refusing to replace it")
+            self.path.unlink()  # a stale socket left by an earlier run
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(self.path))
+            # Before listen(): until then a connect() is refused, so no one can get in through a
+            # mode the umask left.
+            os.chmod(self.path, self._mode)
+            listener.listen(64)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self._executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="verify")
+        self._accepting = threading.Thread(
+            target=self._accept_loop, name="verify-accept", daemon=True
+        )
+        self._accepting.start()
+
+    def stop(self) -> None:
+        """Stop accepting; questions in flight are answered first (Notary timeouts bound them)."""
+        self._stopping.set()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() below
+            listener.close()
+        if self._accepting is not None:
+            self._accepting.join(timeout=5)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None and self._executor is not None
+        while not self._stopping.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                log.exception("verifier socket %s: accept failed", self.path)
+                time.sleep(0.1)  # e.g. out of file descriptors: do not spin
+                continue
+            try:
+                self._executor.submit(self._answer, connection)
+            except RuntimeError:  # the pool is shutting down
+                connection.close()
+                return
+
+    def _answer(self, connection: socket.socket) -> None:
+        with connection:
+            try:
+                payload = read_frame(
+                    connection, MAX_REQUEST_BYTES, time.monotonic() + REQUEST_TIMEOUT
+                )
+                name, digest = parse_request(payload)
+            except ProtocolError as error:
+                log.warning("verifier socket %s: bad request: %s", self.path, error)
+                self._send(connection, False, f"trustd: bad request to the daemon: {error}")
+                return
+            except OSError as error:
+                log.warning("verifier socket %s: %s", self.path, error)
+                return
+            try:
+                allowed, message = judgement_of(self._judge(name, digest))
+            except Exception:  # the policy never raises for bad input; this is a bug
+                log.exception("judging %s (%s) for containerd failed", name, digest)
+                allowed, message = False, "trustd: internal error in the daemon; see its log"
+            self._send(connection, allowed, message)
+
+    def _send(self, connection: socket.socket, allowed: bool, message: str) -> None:
+        try:
+            connection.settimeout(REQUEST_TIMEOUT)
+            connection.sendall(answer_frame(allowed, message))
+        except OSError as error:  # the verifier gave up (its own deadline) or was killed
+            log.warning("verifier socket %s: the answer was not delivered: %s", self.path, error)
+
+
+def judge_locally(config_path: Path, name: str, digest: str) -> tuple[bool, str]:
+    """The judgement of ``name`` resolved to ``digest`` in this process, as the daemon would
+    give it: same policy, same state directory, same audit log (never standard output, which
+    carries the judgement to containerd)."""
+    from trustd.audit import AuditLog
+    from trustd.config import load_config
+    from trustd.notary.client import TrustEngine
+    from trustd.policy import PolicyEngine
+
+    config = load_config(config_path)  # ConfigError: the caller reports it
+    trust = TrustEngine(config, config.server.state_dir)
+    policy = PolicyEngine(config, trust)
+    audit: AuditLog | None = None
+    if config.audit.file is not None:
+        try:
+            audit = AuditLog(config.audit.file, stdout=False)
+        except OSError as error:
+            # Auditing is best effort, as in the daemon's AuditLog: the judgement still counts.
+            log.error("cannot open the audit log %s: %s", config.audit.file, error)
+        else:
+            policy.add_observer(audit)
+    try:
+        return judgement_of(policy.judge_resolved(name, digest))
+    finally:
+        trust.close()
+        if audit is not None:
+            audit.close()
