@@ -29,6 +29,7 @@ import time
 
 from trustd.verifier_protocol import (
     MAX_ANSWER_BYTES,
+    AnswerTimeout,
     ProtocolError,
     loads_object,
     parse_answer,
@@ -252,7 +253,7 @@ def _ask_daemon(path: str, name: str, digest: str, deadline: float) -> tuple[boo
         try:
             connection.sendall(request_frame(name, digest))
             return parse_answer(read_frame(connection, MAX_ANSWER_BYTES, deadline))
-        except TimeoutError:
+        except (TimeoutError, AnswerTimeout):
             raise _DaemonFailed("did not answer before the deadline") from None
         except (ProtocolError, OSError) as error:
             raise _DaemonFailed(f"gave no usable answer ({error})") from None

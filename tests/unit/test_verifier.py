@@ -375,3 +375,28 @@ def test_where_the_verifier_looks_for_the_daemon(tmp_path: Path) -> None:
     assert _verifier_socket(str(config)) == "/x/v.sock"
     config.write_text('[server]\nverifier_socket = "/x/v.sock\n')  # broken: the daemon's default
     assert _verifier_socket(str(config)) == DEFAULT_VERIFIER_SOCKET
+
+
+def test_a_daemon_that_does_not_answer_in_time_blocks_with_trustds_reason(tmp_path: Path) -> None:
+    """A hung daemon: the verifier reports its own reason before containerd's timeout would."""
+    directory = _socket_dir()
+    path = directory / "verify.sock"
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(str(path))
+    silent.listen(8)  # accepts (in the kernel's backlog), never answers
+    try:
+        config = write_config(tmp_path, path)
+        started = time.monotonic()
+        run = run_verifier(
+            ["-name", "example.com/app:1", "-digest", GOOD, "--timeout", "1"], b"", config
+        )
+        assert time.monotonic() - started < 30
+    finally:
+        silent.close()
+        path.unlink()
+        directory.rmdir()
+    assert run.returncode == 2
+    assert run.stdout.decode() == (
+        f"trustd: image verifier: no judgement within 1s: the trustd daemon on {path} did not "
+        "answer before the deadline\n"
+    )
