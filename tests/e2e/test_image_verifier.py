@@ -10,108 +10,28 @@ config, state directory and audit log.
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.verifier_helpers import (
-    Daemon,
+    UNREACHABLE_REGISTRY,
+    Node,
+    PushImage,
     VerifierRun,
     descriptor_of,
-    install_verifier,
+    make_node,
     run_verifier,
     running_daemon,
-    short_directory,
+    signed_image,
+    unique_repo,
 )
-from tests.stack import NotaryServer, PushedImage, Registry, Stack, free_port
-from tests.stack.trustd_config import trustd_config_text
+from tests.stack import NotaryServer, Registry, Stack
 from trustd.config import load_config
 from trustd.notary.client import TrustEngine
-
-PushImage = Callable[..., PushedImage]
-UNREACHABLE_REGISTRY = "notary-down.test"
-
-
-def unique_repo(prefix: str) -> str:
-    return f"trustd-verifier/{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def signed_image(stack: Stack, push_image: PushImage, prefix: str, tag: str = "1.0") -> PushedImage:
-    image = push_image(unique_repo(prefix), tag, seed=uuid.uuid4().hex)
-    stack.sign(image)
-    return image
-
-
-@dataclass
-class Node:
-    """One node's trustd: config, the installed verifier, and the daemon if it runs."""
-
-    config: Path
-    verifier: Path
-    audit: Path
-    state_dir: Path
-    verifier_socket: Path
-    metrics_port: int
-    registry: Registry
-    unreachable_notary: str
-    daemon: Daemon | None = None
-
-    def judge(self, name: str, descriptor: dict[str, object], **options: object) -> VerifierRun:
-        run = run_verifier(self.verifier, name, descriptor, **options)  # type: ignore[arg-type]
-        assert "Traceback" not in run.stderr, run.stderr
-        assert run.stdout.count("\n") == 1, run.stdout  # one line: the reason containerd shows
-        assert run.judged_by_daemon == (self.daemon is not None), run.stderr
-        return run
-
-    def judge_pull(self, image: PushedImage) -> VerifierRun:
-        """Judge ``image.tagged`` as containerd would after resolving it in the registry now."""
-        return self.judge(image.tagged, descriptor_of(self.registry, image))
-
-    def audited(self, name: str) -> list[dict[str, object]]:
-        lines = [json.loads(line) for line in self.audit.read_text().splitlines()]
-        return [line for line in lines if line["image"] == name and line["action"] == "verify"]
-
-
-def make_node(directory: Path, registry: Registry, notary_server: NotaryServer) -> Node:
-    """A config for the test stack (plus a registry whose Notary is down, an audited and an
-    exempt pattern) and the verifier installed for it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    verifier_socket = short_directory("trustd-v-") / "verify.sock"
-    unreachable = f"https://127.0.0.1:{free_port()}"
-    port = free_port()
-    text = trustd_config_text(
-        state_dir=directory / "state",
-        notary=[
-            (registry.host, notary_server.url, notary_server.ca_file),
-            (UNREACHABLE_REGISTRY, unreachable, notary_server.ca_file),
-        ],
-        policy=f'[[policy]]\nmatch = "{registry.host}/trustd-verifier/audit-*"\nmode = "audit"\n',
-        socket=verifier_socket.parent / "cri.sock",
-        verifier_socket=verifier_socket,
-        # The verifier hook needs no containerd; the daemon's CRI side is not used here.
-        containerd_endpoint=f"unix://{verifier_socket.parent / 'no-containerd.sock'}",
-        audit_file=directory / "audit.log",
-        metrics_listen=f"127.0.0.1:{port}",
-        notary_extra="timeout = 5",
-    )
-    config = directory / "trustd.toml"
-    # exempt is a top-level key, so it goes before the first table.
-    config.write_text(f'exempt = ["{registry.host}/trustd-verifier/exempt-*:*"]\n{text}')
-    return Node(
-        config=config,
-        verifier=install_verifier(directory / "bin", config),
-        audit=directory / "audit.log",
-        state_dir=directory / "state",
-        verifier_socket=verifier_socket,
-        metrics_port=port,
-        registry=registry,
-        unreachable_notary=unreachable,
-    )
 
 
 @pytest.fixture(params=["daemon running", "daemon stopped"])

@@ -18,18 +18,23 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-from tests.stack import PushedImage, Registry, wait_for
+from tests.stack import NotaryServer, PushedImage, Registry, Stack, free_port, wait_for
+from tests.stack.trustd_config import trustd_config_text
 from trustd.verifier import DESCRIPTOR_MEDIA_TYPE, entry_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60.0
+UNREACHABLE_REGISTRY = "notary-down.test"  # a registry whose Notary server is down
+
+PushImage = Callable[..., PushedImage]
 
 
 def install_verifier(bin_dir: Path, config: Path) -> Path:
@@ -156,3 +161,80 @@ def running_daemon(config: Path, verifier_socket: Path, metrics_port: int) -> It
         yield daemon
     finally:
         daemon.stop()
+
+
+def unique_repo(prefix: str) -> str:
+    return f"trustd-verifier/{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def signed_image(stack: Stack, push_image: PushImage, prefix: str, tag: str = "1.0") -> PushedImage:
+    image = push_image(unique_repo(prefix), tag, seed=uuid.uuid4().hex)
+    stack.sign(image)
+    return image
+
+
+@dataclass
+class Node:
+    """One node's trustd: config, the installed verifier, and the daemon if it runs."""
+
+    config: Path
+    verifier: Path
+    audit: Path
+    state_dir: Path
+    verifier_socket: Path
+    metrics_port: int
+    registry: Registry
+    unreachable_notary: str
+    daemon: Daemon | None = None
+
+    def judge(self, name: str, descriptor: dict[str, object], **options: object) -> VerifierRun:
+        run = run_verifier(self.verifier, name, descriptor, **options)  # type: ignore[arg-type]
+        assert "Traceback" not in run.stderr, run.stderr
+        assert run.stdout.count("\n") == 1, run.stdout  # one line: the reason containerd shows
+        assert run.judged_by_daemon == (self.daemon is not None), run.stderr
+        return run
+
+    def judge_pull(self, image: PushedImage) -> VerifierRun:
+        """Judge ``image.tagged`` as containerd would after resolving it in the registry now."""
+        return self.judge(image.tagged, descriptor_of(self.registry, image))
+
+    def audited(self, name: str) -> list[dict[str, object]]:
+        lines = [json.loads(line) for line in self.audit.read_text().splitlines()]
+        return [line for line in lines if line["image"] == name and line["action"] == "verify"]
+
+
+def make_node(directory: Path, registry: Registry, notary_server: NotaryServer) -> Node:
+    """A config for the test stack (plus a registry whose Notary is down, an audited and an
+    exempt pattern) and the verifier installed for it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    verifier_socket = short_directory("trustd-v-") / "verify.sock"
+    unreachable = f"https://127.0.0.1:{free_port()}"
+    port = free_port()
+    text = trustd_config_text(
+        state_dir=directory / "state",
+        notary=[
+            (registry.host, notary_server.url, notary_server.ca_file),
+            (UNREACHABLE_REGISTRY, unreachable, notary_server.ca_file),
+        ],
+        policy=f'[[policy]]\nmatch = "{registry.host}/trustd-verifier/audit-*"\nmode = "audit"\n',
+        socket=verifier_socket.parent / "cri.sock",
+        verifier_socket=verifier_socket,
+        # The verifier hook needs no containerd; the daemon's CRI side is not used here.
+        containerd_endpoint=f"unix://{verifier_socket.parent / 'no-containerd.sock'}",
+        audit_file=directory / "audit.log",
+        metrics_listen=f"127.0.0.1:{port}",
+        notary_extra="timeout = 5",
+    )
+    config = directory / "trustd.toml"
+    # exempt is a top-level key, so it goes before the first table.
+    config.write_text(f'exempt = ["{registry.host}/trustd-verifier/exempt-*:*"]\n{text}')
+    return Node(
+        config=config,
+        verifier=install_verifier(directory / "bin", config),
+        audit=directory / "audit.log",
+        state_dir=directory / "state",
+        verifier_socket=verifier_socket,
+        metrics_port=port,
+        registry=registry,
+        unreachable_notary=unreachable,
+    )

@@ -1,4 +1,8 @@
-"""Debian's containerd with its CRI plugin on a private socket, root and state directory."""
+"""containerd with its CRI plugin on a private socket, root and state directory.
+
+Debian's containerd 1.6 by default (config version 2); ``program=`` a containerd 2.x binary
+writes the version 3 config instead, optionally with the image-verifier plugin's ``bin_dir``.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +57,21 @@ def hosts_toml(host: str) -> str:
     )
 
 
+def major_version(program: str) -> int:
+    """The major version ``program --version`` reports (``containerd … 1.6.20~ds1 …`` -> 1)."""
+    try:
+        output = subprocess.run(
+            [program, "--version"], capture_output=True, text=True, check=False, timeout=30
+        ).stdout.split()
+    except OSError as error:
+        raise StackError(f"cannot run {program} --version: {error}") from error
+    version = output[2] if len(output) > 2 else ""
+    major = version.removeprefix("v").split(".", 1)[0]
+    if not major.isdigit():
+        raise StackError(f"{program} --version says {' '.join(output)!r}; no version in it")
+    return int(major)
+
+
 class _ClassOrInstanceStart:
     """``Containerd.start(workdir, hosts)`` makes a daemon; ``daemon.start()`` starts it again.
 
@@ -76,6 +95,9 @@ class Containerd:
         snapshotter: str,
         socket_path: Path,
         sandbox_image: str | None = None,
+        program: str = "containerd",
+        config_version: int = 2,
+        verifier_bin_dir: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.snapshotter = snapshotter
@@ -87,9 +109,11 @@ class Containerd:
         self.state = workdir / "state"
         self.hosts_dir = workdir / "certs.d"
         self.config_path = workdir / "containerd.toml"
+        self.config_version = config_version
+        self.verifier_bin_dir = verifier_bin_dir
         self.process = ManagedProcess(
             "containerd",
-            ["containerd", "--config", str(self.config_path)],
+            [program, "--config", str(self.config_path)],
             log_path=workdir / "containerd.log",
             cwd=workdir,
         )
@@ -102,8 +126,13 @@ class Containerd:
         snapshotter: str | None = None,
         timeout: float = 30.0,
         sandbox_image: str | None = None,
+        program: str = "containerd",
+        verifier_bin_dir: Path | None = None,
     ) -> Containerd:
-        """Start containerd; ``sandbox_image`` names the pause image pods are built on."""
+        """Start containerd; ``sandbox_image`` names the pause image pods are built on.
+
+        A containerd 2.x (``program`` a path to one) gets a version 3 config, with
+        ``verifier_bin_dir`` as its image verifiers' ``bin_dir`` if given."""
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         if snapshotter is None:
@@ -113,7 +142,12 @@ class Containerd:
         socket_path = workdir / "containerd.sock"
         if len(str(socket_path)) > _MAX_SOCKET_PATH:
             socket_path = Path(tempfile.mkdtemp(prefix="trustd-ctrd-")) / "containerd.sock"
-        daemon = cls(workdir, snapshotter, socket_path, sandbox_image)
+        version = 3 if major_version(program) >= 2 else 2
+        if verifier_bin_dir is not None and version < 3:
+            raise StackError(f"{program} is containerd 1.x: it has no image-verifier plugin")
+        daemon = cls(
+            workdir, snapshotter, socket_path, sandbox_image, program, version, verifier_bin_dir
+        )
         daemon._write_config()
         for host in registry_hosts:
             daemon.add_registry_host(host)
@@ -133,8 +167,14 @@ class Containerd:
         return path
 
     def _write_config(self) -> None:
+        version_3 = self.config_version >= 3
+        lines = self._config_version_3() if version_3 else self._config_version_2()
+        self.config_path.write_text("\n".join(lines))
+
+    def _config_version_2(self) -> list[str]:
+        """containerd 1.6: the CRI plugin's settings all live under io.containerd.grpc.v1.cri."""
         cri = '[plugins."io.containerd.grpc.v1.cri"'
-        lines = [
+        return [
             "version = 2",
             f"root = {toml_value(str(self.root))}",
             f"state = {toml_value(str(self.state))}",
@@ -173,7 +213,61 @@ class Containerd:
             f"  config_path = {toml_value(str(self.hosts_dir))}",
             "",
         ]
-        self.config_path.write_text("\n".join(lines))
+
+    def _config_version_3(self) -> list[str]:
+        """containerd 2.x: the CRI plugin split into images and runtime plugins; the image
+        verifiers (if any) judge every pull made through the transfer service, which the CRI
+        plugin uses since 2.1 when its config allows (registry config_path does)."""
+        images = "[plugins.'io.containerd.cri.v1.images'"
+        runtime = "[plugins.'io.containerd.cri.v1.runtime'"
+        lines = [
+            "version = 3",
+            f"root = {toml_value(str(self.root))}",
+            f"state = {toml_value(str(self.state))}",
+            f"disabled_plugins = {json.dumps(list(_UNUSED_PLUGINS))}",
+            "",
+            "[grpc]",
+            f"  address = {toml_value(str(self.socket))}",
+            "",
+            "[plugins.'io.containerd.internal.v1.opt']",
+            f"  path = {toml_value(str(self.workdir / 'opt'))}",
+            "",
+            "[plugins.'io.containerd.grpc.v1.cri']",
+            "  disable_tcp_service = true",
+            '  stream_server_address = "127.0.0.1"',
+            '  stream_server_port = "0"',
+            "",
+            f"{images}]",
+            f"  snapshotter = {toml_value(self.snapshotter)}",
+            "",
+            f"{images}.registry]",
+            f"  config_path = {toml_value(str(self.hosts_dir))}",
+            "",
+        ]
+        if self.sandbox_image is not None:
+            lines += [
+                f"{images}.pinned_images]",
+                f"  sandbox = {toml_value(self.sandbox_image)}",
+                "",
+            ]
+        lines += [
+            f"{runtime}]",
+            "  restrict_oom_score_adj = true  # as in version 2, for runc without CAP_SYS_RESOURCE",
+            "",
+            f"{runtime}.cni]",
+            f"  bin_dirs = [{toml_value(str(self.workdir / 'cni' / 'bin'))}]",
+            f"  conf_dir = {toml_value(str(self.workdir / 'cni' / 'net.d'))}",
+            "",
+        ]
+        if self.verifier_bin_dir is not None:
+            lines += [
+                "[plugins.'io.containerd.image-verifier.v1.bindir']",
+                f"  bin_dir = {toml_value(str(self.verifier_bin_dir))}",
+                "  max_verifiers = 10",
+                '  per_verifier_timeout = "20s"',
+                "",
+            ]
+        return lines
 
     def start_again(self, timeout: float = 30.0) -> None:
         """Start the daemon with the same config, root and state (after ``stop``).
