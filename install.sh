@@ -10,10 +10,13 @@ SOURCE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly SOURCE
 readonly PYTHON=${PYTHON:-python3}
 readonly VENV_IN_UNIT=/opt/trustd/venv
+readonly CONFIG_IN_UNIT=/etc/trustd/trustd.toml
+readonly DEFAULT_VERIFIER_BIN_DIR=/opt/containerd/image-verifier/bin
 
 usage() {
     cat <<EOF
-Usage: $PROGRAM [--prefix DIR] [--no-systemctl] [--uninstall [--purge]]
+Usage: $PROGRAM [--prefix DIR] [--no-systemctl] [--containerd-verifier [BIN_DIR]]
+       [--uninstall [--purge]]
 
 Installs trustd into DIR/opt/trustd/venv (a Python virtual environment) with:
   DIR/etc/trustd/trustd.toml              config (an existing one is kept; the new one
@@ -21,17 +24,24 @@ Installs trustd into DIR/opt/trustd/venv (a Python virtual environment) with:
   DIR/etc/systemd/system/trustd.service   the unit
   DIR/etc/systemd/system/kubelet.service.d/20-trustd.conf
                                           orders kubelet after trustd
-  DIR/usr/share/trustd/                   kubelet config snippet, operations guide
+  DIR/usr/share/trustd/                   kubelet config snippet, operations and CRI guides
   DIR/var/lib/trustd, DIR/var/log/trustd  state and audit log directories
   DIR/usr/local/bin/trustd, trustctl      links into the virtual environment
 
 Options:
   --prefix DIR     install under DIR (default /). The virtual environment cannot be moved,
                    so the unit's ExecStart names DIR/opt/trustd/venv.
+  --containerd-verifier [BIN_DIR]
+                   also install trustd as containerd 2.x's image verifier: the file
+                   DIR/BIN_DIR/trustd (BIN_DIR default $DEFAULT_VERIFIER_BIN_DIR), which
+                   judges every pull containerd makes through its transfer service, with
+                   $CONFIG_IN_UNIT; prints the containerd config stanza that enables
+                   it. With --uninstall: remove it from BIN_DIR.
   --no-systemctl   never run systemctl. This is the default unless DIR is / and systemd is
                    running; then the installer runs 'systemctl daemon-reload' (and, with
                    --uninstall, 'systemctl disable --now trustd').
-  --uninstall      remove what the installer installed; the config, the trust data in
+  --uninstall      remove what the installer installed (also the containerd verifier in
+                   $DEFAULT_VERIFIER_BIN_DIR); the config, the trust data in
                    /var/lib/trustd and the audit logs stay.
   --purge          with --uninstall: remove the config, trust data and logs too.
   -h, --help       show this help.
@@ -50,6 +60,7 @@ prefix=/
 uninstall=false
 purge=false
 systemctl_allowed=true
+verifier_bin_dir=""
 while (($# > 0)); do
     case $1 in
     --prefix)
@@ -59,6 +70,20 @@ while (($# > 0)); do
         ;;
     --prefix=*)
         prefix=${1#--prefix=}
+        shift
+        ;;
+    --containerd-verifier)
+        verifier_bin_dir=$DEFAULT_VERIFIER_BIN_DIR
+        # The directory is optional: the next argument is it unless it is another option.
+        if (($# >= 2)) && [[ $2 != -* ]]; then
+            verifier_bin_dir=$2
+            shift
+        fi
+        shift
+        ;;
+    --containerd-verifier=*)
+        verifier_bin_dir=${1#--containerd-verifier=}
+        [[ -n $verifier_bin_dir ]] || die "--containerd-verifier= needs a directory"
         shift
         ;;
     --uninstall) uninstall=true && shift ;;
@@ -91,6 +116,16 @@ readonly BIN=$ROOT/usr/local/bin
 readonly STATE_DIR=$ROOT/var/lib/trustd
 readonly LOG_DIR=$ROOT/var/log/trustd
 readonly COMMANDS=(trustd trustctl)
+# containerd runs every file in its verifiers' bin_dir and names it in its messages
+# ("verifier trustd rejected image"); the marker tells our file from anyone else's.
+readonly VERIFIER_NAME=trustd
+readonly VERIFIER_MARKER="Installed by trustd's install.sh"
+VERIFIER=""
+if [[ -n $verifier_bin_dir ]]; then
+    [[ $verifier_bin_dir == /* ]] || die "--containerd-verifier needs an absolute directory"
+    VERIFIER=$ROOT${verifier_bin_dir%/}/$VERIFIER_NAME
+fi
+readonly VERIFIER
 
 # systemctl only acts on the running system: never for a staged tree or without systemd.
 use_systemctl=false
@@ -180,9 +215,12 @@ install_unit() {
     put_file "$unit" "$UNIT" 0644
     put_file "$SOURCE/systemd/kubelet-trustd.conf" "$KUBELET_DROP_IN" 0644
     put_file "$SOURCE/systemd/kubelet-config-trustd.yaml" "$SHARE/kubelet-config-trustd.yaml" 0644
-    if [[ -f $SOURCE/docs/operations.md ]]; then
-        put_file "$SOURCE/docs/operations.md" "$SHARE/operations.md" 0644
-    fi
+    local doc
+    for doc in operations.md cri.md; do
+        if [[ -f $SOURCE/docs/$doc ]]; then
+            put_file "$SOURCE/docs/$doc" "$SHARE/$doc" 0644
+        fi
+    done
 }
 
 install_directories() {
@@ -216,6 +254,50 @@ install_links() {
     done
 }
 
+# Before any work: a file in containerd's bin_dir that is not ours is not replaced.
+check_verifier() {
+    if [[ -n $VERIFIER && -e $VERIFIER ]] && ! grep -qF "$VERIFIER_MARKER" "$VERIFIER"; then
+        die "$VERIFIER exists and was not installed by trustd; move it away and run again"
+    fi
+}
+
+install_verifier() {
+    [[ -n $VERIFIER ]] || return 0
+    local script=$WORK/$VERIFIER_NAME
+    # The venv's own python writes the file: its site-packages go on the file's sys.path, so
+    # the verifier runs without the site module (-S), which every pull would otherwise pay for.
+    "$VENV/bin/python" - "$VENV/bin/python" "$CONFIG_IN_UNIT" "$script" <<'PYTHON' ||
+import sys
+import sysconfig
+
+from trustd.verifier import entry_script
+
+python, config, target = sys.argv[1:]
+paths = sysconfig.get_paths()
+import_paths = list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+with open(target, "w") as handle:
+    handle.write(entry_script(python, config, import_paths))
+PYTHON
+        die "could not write the containerd image verifier"
+    put_file "$script" "$VERIFIER" 0755
+    say "containerd 2.x runs it with this in its config (version 3), after a containerd restart:"
+    cat <<EOF
+[plugins.'io.containerd.image-verifier.v1.bindir']
+  bin_dir = "${VERIFIER%/*}"
+  max_verifiers = 10
+  per_verifier_timeout = "10s"
+EOF
+}
+
+remove_verifier() {
+    local verifier=${VERIFIER:-$ROOT$DEFAULT_VERIFIER_BIN_DIR/$VERIFIER_NAME}
+    # Only our own file: anything else in containerd's bin_dir is someone else's verifier.
+    if [[ -f $verifier ]] && grep -qF "$VERIFIER_MARKER" "$verifier"; then
+        remove_path "$verifier"
+        say "if nothing else is in ${verifier%/*}, remove the image-verifier stanza from containerd's config"
+    fi
+}
+
 daemon_reload() {
     if $use_systemctl; then
         systemctl daemon-reload
@@ -225,11 +307,13 @@ daemon_reload() {
 
 do_install() {
     check_links
+    check_verifier
     install_venv
     install_config
     install_unit
     install_directories
     install_links
+    install_verifier
     daemon_reload
     say "done. Next steps:"
     say "  edit $CONFIG, then check it: trustd check-config $CONFIG"
@@ -249,6 +333,7 @@ do_uninstall() {
     if $use_systemctl && systemctl cat trustd.service >/dev/null 2>&1; then
         systemctl disable --now trustd.service || say "warning: could not stop trustd.service"
     fi
+    remove_verifier
     remove_path "$UNIT"
     remove_path "$KUBELET_DROP_IN"
     rmdir "$KUBELET_DROP_IN_DIR" 2>/dev/null || true

@@ -219,3 +219,67 @@ def test_help() -> None:
     result = run_installer("-h")
     assert result.returncode == 0
     assert "--uninstall" in result.stdout
+
+
+VERIFIER_BIN_DIR = "opt/containerd/image-verifier/bin"
+
+
+def test_containerd_verifier_is_installed_runs_and_is_uninstalled(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "root")
+    verifier = tree.prefix / VERIFIER_BIN_DIR / "trustd"
+    neighbour = verifier.with_name("another-verifier")  # someone else's, in the same bin_dir
+    neighbour.parent.mkdir(parents=True)
+    neighbour.write_text("#!/bin/sh\nexit 0\n")
+
+    result = run_installer("--prefix", tree.prefix, "--containerd-verifier")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"installed: {verifier}" in result.stdout
+    assert "[plugins.'io.containerd.image-verifier.v1.bindir']" in result.stdout
+    assert f'bin_dir = "{verifier.parent}"' in result.stdout
+    assert mode(verifier) == 0o755
+    script = verifier.read_text()
+    assert script.startswith(f"#!{tree.venv}/bin/python -IS\n")
+    assert "'--config', '/etc/trustd/trustd.toml'" in script
+
+    # Run as containerd runs it (a later --config stands in for the node's): the verifier
+    # imports trustd from the virtual environment and judges, here with Notary unreachable.
+    config = tmp_path / "trustd.toml"
+    config.write_text(
+        f'[server]\nverifier_socket = ""\nstate_dir = "{tmp_path / "state"}"\n'
+        '[audit]\nfile = ""\n[[notary]]\nregistry = "a.test"\nurl = "https://127.0.0.1:1"\n'
+    )
+    digest = "sha256:" + "e" * 64
+    arguments = ["-name", "a.test/app:1", "-digest", digest]
+    arguments += ["-stdin-media-type", "application/vnd.oci.descriptor.v1+json"]
+    judged = subprocess.run(
+        [str(verifier), *arguments, "--config", str(config)],
+        input=f'{{"digest":"{digest}"}}\n'.encode(),
+        capture_output=True,
+        check=False,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert judged.returncode == 1, judged.stderr
+    assert judged.stdout.startswith(b"RegistryUnavailable: trustd: cannot reach notary at ")
+
+    again = run_installer("--prefix", tree.prefix, "--containerd-verifier")
+    assert again.returncode == 0, again.stderr
+    assert f"unchanged: {verifier}" in again.stdout
+
+    removed = run_installer("--prefix", tree.prefix, "--uninstall")
+    assert removed.returncode == 0, removed.stderr
+    assert not verifier.exists()
+    assert neighbour.exists()
+
+
+def test_containerd_verifier_never_replaces_someone_elses_file(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "root")
+    foreign = tree.prefix / "srv/verifiers/trustd"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("#!/bin/sh\nexit 0\n")
+    result = run_installer("--prefix", tree.prefix, "--containerd-verifier", "/srv/verifiers")
+    assert result.returncode != 0
+    assert "was not installed by trustd" in result.stderr
+    assert foreign.read_text() == "#!/bin/sh\nexit 0\n"
+    relative = run_installer("--prefix", tree.prefix, "--containerd-verifier", "verifiers")
+    assert "--containerd-verifier needs an absolute directory" in relative.stderr
