@@ -22,12 +22,15 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from bench.fixtures import SignedRef, fake_manifest, push_many, sign_images, signed_repositories
 from bench.shim import REPO_ROOT, Memory, ShimProcess, write_config
 from bench.stats import Summary, ratio
+from bench.verifier import TARGET_MS as VERIFIER_TARGET_MS
+from bench.verifier import measure_verifier
 from cri_shim.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from tests.stack import PushedImage, Stack
 from trustd.config import load_config
@@ -58,6 +61,8 @@ class Options:
     resolve_resign: int
     resolve_cold: int
     cli_runs: int
+    verifier_runs: int
+    verifier_cold_runs: int
     py_spy: Path | None
 
 
@@ -83,6 +88,12 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--resolve-cold", type=int, default=20)
     parser.add_argument("--cli-runs", type=int, default=20, help="`notary lookup` process runs")
     parser.add_argument(
+        "--verifier-runs", type=int, default=30, help="image verifier runs, daemon running"
+    )
+    parser.add_argument(
+        "--verifier-cold-runs", type=int, default=10, help="image verifier runs, no daemon"
+    )
+    parser.add_argument(
         "--py-spy",
         type=Path,
         metavar="DIR",
@@ -104,6 +115,8 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         resolve_resign=max(args.resolve_resign, 1),
         resolve_cold=max(args.resolve_cold, 1),
         cli_runs=max(args.cli_runs, 1),
+        verifier_runs=max(args.verifier_runs, 1),
+        verifier_cold_runs=max(args.verifier_cold_runs, 1),
         py_spy=args.py_spy,
     )
 
@@ -515,6 +528,51 @@ class Bench:
             )
         )
 
+    # -- containerd 2.x's image verifier --
+
+    def image_verifier(
+        self, workdir: Path, image: PushedImage, config_arguments: dict[str, Any]
+    ) -> None:
+        """The installed verifier file per judgement, with the daemon and without one
+        (``config_arguments``: the daemon's, for a config naming a socket nobody serves)."""
+        no_daemon_config = write_config(
+            workdir / "trustd-no-daemon.toml",
+            **{**config_arguments, "verifier_socket": workdir / "stopped.sock"},
+        )
+        log(
+            f"image verifier: {self.options.verifier_runs} runs asking the daemon, "
+            f"{self.options.verifier_cold_runs} without one"
+        )
+        measured = measure_verifier(
+            workdir,
+            self.config_path,
+            no_daemon_config,
+            image,
+            self.options.verifier_runs,
+            self.options.verifier_cold_runs,
+        )
+        floor = f"p50 {ms(measured.floor.p50)} `python -IS` doing nothing"
+        self.report.add(
+            Row(
+                f"image verifier per pull, daemon running (of {measured.daemon.count})",
+                latency(measured.daemon),
+                floor,
+                f"+{measured.daemon.p50 - measured.floor.p50:.1f} ms over the floor",
+                f"<= {VERIFIER_TARGET_MS:g} ms p50",
+                measured.daemon.p50 <= VERIFIER_TARGET_MS,
+            )
+        )
+        self.report.add(
+            Row(
+                f"image verifier per pull, no daemon (of {measured.no_daemon.count})",
+                latency(measured.no_daemon),
+                f"p50 {ms(measured.daemon.p50)} with the daemon",
+                times(ratio(measured.no_daemon.p50, measured.daemon.p50)),
+                "",
+                None,
+            )
+        )
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(argv)
@@ -540,16 +598,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         rss_refs = signed_repositories(stack, guns, "v1")
         log(f"fixtures ready after {time.monotonic() - started:.1f}s")
 
-        config_path = write_config(
-            workdir / "trustd.toml",
-            socket=workdir / "trustd.sock",
-            containerd_endpoint=stack.containerd.endpoint,
-            state_dir=workdir / "trustd-state",
-            audit_file=workdir / "audit.log",
-            registry=registry,
-            notary_url=stack.notary_server.url,
-            notary_ca=stack.notary_server.ca_file,
-        )
+        config_arguments: dict[str, Any] = {
+            "socket": workdir / "trustd.sock",
+            "containerd_endpoint": stack.containerd.endpoint,
+            "state_dir": workdir / "trustd-state",
+            "audit_file": workdir / "audit.log",
+            "registry": registry,
+            "notary_url": stack.notary_server.url,
+            "notary_ca": stack.notary_server.ca_file,
+            "verifier_socket": workdir / "verify.sock",
+        }
+        config_path = write_config(workdir / "trustd.toml", **config_arguments)
         shim = ShimProcess(options.shim, config_path, workdir / "trustd.sock", workdir / "shim.log")
         shim.wait_ready()
         at_start = shim.memory()
@@ -580,6 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signed = SignedRef(signed.gun, signed.tag, "sha256:" + _sha256(first))
         bench.resolution(workdir, signed)
         bench.memory(rss_refs, at_start)
+        bench.image_verifier(workdir, pull_images[0], config_arguments)
     finally:
         for client in clients:
             client.close()

@@ -36,6 +36,7 @@ def write_config(
     registry: str,
     notary_url: str,
     notary_ca: Path,
+    verifier_socket: Path | None = None,
 ) -> Path:
     """A trustd config for the bench: every repository of ``registry`` enforced (the default)."""
     text = trustd_config_text(
@@ -43,6 +44,7 @@ def write_config(
         notary=[(registry, notary_url, notary_ca)],
         containerd_endpoint=containerd_endpoint,
         socket=socket,
+        verifier_socket=verifier_socket,
         server={"pull_timeout": 120, "shutdown_grace": 2},
         audit_file=audit_file,
     )

@@ -216,8 +216,7 @@ def test_with_the_daemon_the_verifier_builds_no_engine(
         }
         assert {"trustd.verifier", "trustd.verifier_protocol"} <= imported
         assert not {m for m in imported if m.startswith(("trustd.notary", "trustd.policy"))}
-        # (tomllib is there because this config sets server.verifier_socket; most do not.)
-        assert not imported & {"json", "requests", "cryptography", "grpc", "logging"}
+        assert not imported & {"json", "tomllib", "requests", "cryptography", "grpc", "logging"}
         assert daemon.metric("trustd_cache_hits_total") >= 1.0
         assert (
             daemon.metric('trustd_decisions_total{action="verify",mode="enforce",verdict="allow"}')

@@ -330,7 +330,7 @@ def test_entry_script() -> None:
 
 
 def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
-    """With the daemon answering, the verifier process never loads the engine, nor json."""
+    """With the daemon answering, the verifier process never loads the trust engine."""
     server, _, _ = served
     config = write_config(tmp_path, server.path)
     # -I -S: neither the environment nor site's .pth files bring modules of their own.
@@ -355,9 +355,8 @@ def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
         "trustd.verifier",
         "trustd.verifier_protocol",
     }
-    assert "json" not in modules
-    # The TOML parser (and the re it needs) only because this config sets verifier_socket.
-    assert "tomllib" in modules
+    # Nor the TOML parser or re, whose imports would cost more than the daemon's answer.
+    assert not modules & {"json", "tomllib", "re", "socket", "typing", "dataclasses"}
 
 
 def test_where_the_verifier_looks_for_the_daemon(tmp_path: Path) -> None:
@@ -400,3 +399,45 @@ def test_a_daemon_that_does_not_answer_in_time_blocks_with_trustds_reason(tmp_pa
         f"trustd: image verifier: no judgement within 1s: the trustd daemon on {path} did not "
         "answer before the deadline\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", None),
+        ("[server]\nstate_dir = '/srv'\n", None),
+        ('[server]\nverifier_socket = "/x/v.sock"\n', "/x/v.sock"),
+        ("[server]\n  verifier_socket='/x/v.sock'   # the daemon's\n", "/x/v.sock"),
+        ('[ server ] # ours\nverifier_socket = ""\n[audit]\nfile = ""\n', ""),
+        ('# verifier_socket = "/not/this"\n[server]\nsocket = "/run/c.sock"\n', None),
+    ],
+)
+def test_the_plain_forms_of_verifier_socket_are_read_without_toml(
+    text: str, expected: str | None
+) -> None:
+    import tomllib
+
+    from trustd.verifier import _plainly_set_verifier_socket
+
+    assert _plainly_set_verifier_socket(text) == expected
+    assert tomllib.loads(text).get("server", {}).get("verifier_socket") == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'server.verifier_socket = "/x"\n',
+        '[server]\n"verifier_socket" = "/x"\n',
+        '[server]\nverifier_socket = "/x\\\\y"\n',
+        '[server]\nverifier_socket = """/x"""\n',
+        '[server]\n"verifier\\u005fsocket" = "/x"\n',
+        '[metrics]\nverifier_socket = "/x"\n',
+        '[server]\nverifier_socket = "/x"\nverifier_socket = "/y"\n',
+        '[server]\nverifier_socket = "/x" junk\n',
+        "[server]\nverifier_socket = 5\n",
+    ],
+)
+def test_other_forms_go_to_the_toml_parser(text: str) -> None:
+    from trustd.verifier import _UNSURE, _plainly_set_verifier_socket
+
+    assert _plainly_set_verifier_socket(text) is _UNSURE
