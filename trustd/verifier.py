@@ -289,7 +289,7 @@ def _ask_daemon(path: str, name: str, digest: str, deadline: float) -> tuple[boo
         except OSError as error:
             raise _DaemonAbsent(error.strerror or str(error)) from None
         try:
-            connection.sendall(request_frame(name, digest))
+            connection.sendall(request_frame(name, digest, _answer_budget(deadline)))
             return parse_answer(read_frame(connection, MAX_ANSWER_BYTES, deadline))
         except (TimeoutError, AnswerTimeout):
             raise _DaemonFailed("did not answer before the deadline") from None
@@ -297,6 +297,11 @@ def _ask_daemon(path: str, name: str, digest: str, deadline: float) -> tuple[boo
             raise _DaemonFailed(f"gave no usable answer ({error})") from None
     finally:
         connection.close()
+
+
+def _answer_budget(deadline: float) -> float:
+    """Seconds the judgement itself may take: what is left, less a margin to report it."""
+    return max(deadline - time.monotonic() - 0.5, 0.1)
 
 
 def _judge_locally(
@@ -317,7 +322,7 @@ def _judge_locally(
 
     def judge() -> None:
         try:
-            outcome.append(judge_locally(Path(config), name, digest))
+            outcome.append(judge_locally(Path(config), name, digest, _answer_budget(deadline)))
         except BaseException as error:  # reported by the main thread
             failure.append(error)
 

@@ -4,10 +4,13 @@ One question per connection on a unix socket: the verifier sends a request frame
 answers with one frame and closes. A frame is a 4-byte big-endian length and that many bytes of
 UTF-8 JSON, one object:
 
-    request  {"name": "registry.example.com/app:1.4", "digest": "sha256:…"}
+    request  {"name": "registry.example.com/app:1.4", "digest": "sha256:…", "timeout": 7.5}
     answer   {"allowed": true, "message": "trustd: signed by targets/releases as sha256:…"}
 
-Lengths are bounded on both sides, so neither end can be made to buffer without limit.
+``timeout`` (seconds, optional) is how long the verifier will wait: the daemon bounds its Notary
+requests by it, so that a slow Notary is reported with trustd's reason rather than as a verifier
+that timed out. Lengths are bounded on both sides, so neither end can be made to buffer without
+limit.
 
 This module is on the verifier's fast path, which runs once per pull on the node: it imports
 nothing beyond what the interpreter has loaded at start-up and C modules (``json`` alone costs
@@ -121,8 +124,11 @@ def frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(_LENGTH_BYTES, "big") + payload
 
 
-def request_frame(name: str, digest: str) -> bytes:
-    return frame(f'{{"name":{json_string(name)},"digest":{json_string(digest)}}}'.encode())
+def request_frame(name: str, digest: str, timeout: float | None = None) -> bytes:
+    fields = f'"name":{json_string(name)},"digest":{json_string(digest)}'
+    if timeout is not None:
+        fields += f',"timeout":{timeout:.3f}'
+    return frame(f"{{{fields}}}".encode())
 
 
 def answer_frame(allowed: bool, message: str) -> bytes:
@@ -140,13 +146,17 @@ def read_frame(connection: Receiver, limit: int, deadline: float) -> bytes:
     return _read_exactly(connection, length, deadline)
 
 
-def parse_request(payload: bytes) -> tuple[str, str]:
-    """(name, digest) of a request; ProtocolError when either is missing or not a string."""
+def parse_request(payload: bytes) -> tuple[str, str, float | None]:
+    """(name, digest, timeout) of a request; ProtocolError when malformed."""
     request = loads_object(payload)
-    name, digest = request.get("name"), request.get("digest")
+    name, digest, timeout = request.get("name"), request.get("digest"), request.get("timeout")
     if not isinstance(name, str) or not isinstance(digest, str):
         raise ProtocolError('a request needs "name" and "digest" strings')
-    return name, digest
+    if timeout is None:
+        return name, digest, None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ProtocolError('"timeout" must be a number of seconds above 0')
+    return name, digest, float(timeout)
 
 
 def parse_answer(payload: bytes) -> tuple[bool, str]:

@@ -47,11 +47,11 @@ def judgement_of(decision: Decision) -> tuple[bool, str]:
     return True, f"trustd: {decision.reason}"
 
 
-Judge = Callable[[str, str], Decision]
+Judge = Callable[[str, str, float | None], Decision]  # (name, digest, timeout)
 
 
 class VerifierSocketServer:
-    """Answers verifier requests on a unix socket, each with ``judge(name, digest)``."""
+    """Answers verifier requests on a unix socket, each with ``judge(name, digest, timeout)``."""
 
     def __init__(
         self, path: Path, judge: Judge, *, mode: int = 0o600, max_workers: int = 8
@@ -127,7 +127,7 @@ class VerifierSocketServer:
                 payload = read_frame(
                     connection, MAX_REQUEST_BYTES, time.monotonic() + REQUEST_TIMEOUT
                 )
-                name, digest = parse_request(payload)
+                name, digest, timeout = parse_request(payload)
             except ProtocolError as error:
                 log.warning("verifier socket %s: bad request: %s", self.path, error)
                 self._send(connection, False, f"trustd: bad request to the daemon: {error}")
@@ -136,7 +136,7 @@ class VerifierSocketServer:
                 log.warning("verifier socket %s: %s", self.path, error)
                 return
             try:
-                allowed, message = judgement_of(self._judge(name, digest))
+                allowed, message = judgement_of(self._judge(name, digest, timeout))
             except Exception:  # the policy never raises for bad input; this is a bug
                 log.exception("judging %s (%s) for containerd failed", name, digest)
                 allowed, message = False, "trustd: internal error in the daemon; see its log"
@@ -150,7 +150,9 @@ class VerifierSocketServer:
             log.warning("verifier socket %s: the answer was not delivered: %s", self.path, error)
 
 
-def judge_locally(config_path: Path, name: str, digest: str) -> tuple[bool, str]:
+def judge_locally(
+    config_path: Path, name: str, digest: str, timeout: float | None = None
+) -> tuple[bool, str]:
     """The judgement of ``name`` resolved to ``digest`` in this process, as the daemon would
     give it: same policy, same state directory, same audit log (never standard output, which
     carries the judgement to containerd)."""
@@ -172,7 +174,7 @@ def judge_locally(config_path: Path, name: str, digest: str) -> tuple[bool, str]
         else:
             policy.add_observer(audit)
     try:
-        return judgement_of(policy.judge_resolved(name, digest))
+        return judgement_of(policy.judge_resolved(name, digest, timeout))
     finally:
         trust.close()
         if audit is not None:

@@ -53,7 +53,9 @@ def _pipe_frames(data: bytes, limit: int, timeout: float = 2.0) -> bytes:
 def test_request_and_answer_round_trip() -> None:
     name = 'registry.example.com/app:1.4"\\\u00e9'
     payload = _pipe_frames(request_frame(name, GOOD), MAX_REQUEST_BYTES)
-    assert parse_request(payload) == (name, GOOD)
+    assert parse_request(payload) == (name, GOOD, None)
+    payload = _pipe_frames(request_frame(name, GOOD, 7.5), MAX_REQUEST_BYTES)
+    assert parse_request(payload) == (name, GOOD, 7.5)
     message = "SignatureValidationFailed: trustd: tag 1.1 is not signed in …"
     assert parse_answer(_pipe_frames(answer_frame(False, message), 1000)) == (False, message)
 
@@ -88,6 +90,8 @@ def test_a_frame_that_never_completes_times_out() -> None:
         (b'{"name": "a",', "not JSON"),
         (b'{"name": "\x01"}', "not JSON"),
         (b"\xff", "not UTF-8"),
+        (b'{"name": "a", "digest": "b", "timeout": 0}', '"timeout" must be a number'),
+        (b'{"name": "a", "digest": "b", "timeout": true}', '"timeout" must be a number'),
     ],
 )
 def test_malformed_requests(payload: bytes, problem: str) -> None:
