@@ -633,13 +633,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             rounds.append((chunk[0::2], chunk[1::2]))
         bench.parallel_pulls(rounds)
         bench.passthrough(pull_images[0].tagged)
+        bench.image_verifier(workdir, pull_images[0], config_arguments)
         signed = SignedRef(pull_images[0].repository, "resolve", "")
         first = fake_manifest("resolve-initial")
         stack.publisher.add(signed.gun, signed.tag, first, publish=True)
         signed = SignedRef(signed.gun, signed.tag, "sha256:" + _sha256(first))
         bench.resolution(workdir, signed)
         bench.memory(rss_refs, at_start)
-        bench.image_verifier(workdir, pull_images[0], config_arguments)
     finally:
         for client in clients:
             client.close()

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except NotJudged as error:
         _report(f"trustd: image verifier: {error}")
         return EXIT_NOT_JUDGED
+    except Exception as error:  # a bug: still one line for containerd, and the pull blocked
+        _report(f"trustd: image verifier: internal error: {type(error).__name__}: {error}")
+        return EXIT_NOT_JUDGED
     _report(message)
     _note(f"judged by {judged_by} in {(time.monotonic() - started) * 1000:.1f} ms")
     return EXIT_ALLOWED if allowed else EXIT_DENIED
@@ -108,7 +111,7 @@ def _parse_arguments(arguments: list[str]) -> dict[str, str]:
             )
         if not argument.startswith("-") or argument in ("-", "--"):
             raise NotJudged(f"unexpected argument {argument!r}")
-        flag, equals, value = argument.lstrip("-").partition("=")
+        flag, equals, value = argument.removeprefix("-").removeprefix("-").partition("=")
         key = _FLAGS.get(flag)
         if key is None:
             raise NotJudged(f"unknown flag {argument.partition('=')[0]!r}")
