@@ -29,7 +29,7 @@ from tests.e2e.verifier_helpers import (
     signed_image,
     unique_repo,
 )
-from tests.stack import NotaryServer, Registry, Stack
+from tests.stack import NotaryServer, Registry, Stack, free_port
 from trustd.config import load_config
 from trustd.notary.client import TrustEngine
 
@@ -184,6 +184,65 @@ def test_unknown_stdin_media_type_is_judged_from_the_arguments(
     assert "not understood; judging from -name and -digest" in good.stderr
     assert bad.first_line == (
         f"SignatureValidationFailed: trustd: tag 2.0 is not signed in {signed.repository}"
+    )
+
+
+@pytest.mark.parametrize("daemon_running", [False, True], ids=["daemon stopped", "daemon running"])
+def test_notary_outage_is_judged_as_the_rule_says(
+    stack: Stack,
+    push_image: PushImage,
+    tmp_path: Path,
+    registry: Registry,
+    notary_server: NotaryServer,
+    daemon_running: bool,
+) -> None:
+    """Notary down after this node verified the images: offline = "cached" (the default) judges
+    from the verified cache, offline = "deny" fails closed; a tag swap is still refused."""
+    online = make_node(tmp_path / "online", registry, notary_server)
+    tolerant = signed_image(stack, push_image, "outage")
+    strict = signed_image(stack, push_image, "strict-outage")
+    for image in (tolerant, strict):
+        assert online.judge_pull(image).status == 0
+    dead = f"https://127.0.0.1:{free_port()}"
+    offline = make_node(
+        tmp_path / "offline",
+        registry,
+        notary_server,
+        notary_url=dead,
+        state_dir=online.state_dir,
+        policy=(
+            f'[[policy]]\nmatch = "{registry.host}/trustd-verifier/strict-*"\noffline = "deny"\n'
+        ),
+    )
+    attacker = push_image(tolerant.repository.split("/", 1)[1], "2.0", seed=uuid.uuid4().hex)
+
+    def judge_all() -> list[VerifierRun]:
+        return [
+            offline.judge(tolerant.tagged, {"digest": tolerant.digest}),
+            offline.judge(f"{tolerant.repository}:{tolerant.tag}", {"digest": attacker.digest}),
+            offline.judge(strict.tagged, {"digest": strict.digest}),
+        ]
+
+    if daemon_running:
+        with running_daemon(
+            offline.config, offline.verifier_socket, offline.metrics_port
+        ) as daemon:
+            offline.daemon = daemon
+            cached, swapped, refused = judge_all()
+    else:
+        cached, swapped, refused = judge_all()
+
+    assert cached.status == 0, cached
+    assert cached.first_line.startswith(f"trustd: signed by targets as {tolerant.digest} (judged")
+    assert "from trust data cached on this node" in cached.first_line
+    assert swapped.status == 1
+    assert swapped.first_line.startswith(
+        f"SignatureValidationFailed: trustd: tag {tolerant.tag} of {tolerant.repository} is "
+        f"signed as {tolerant.digest}, not {attacker.digest}"
+    )
+    assert refused.status == 1
+    assert refused.first_line.startswith(
+        f"RegistryUnavailable: trustd: cannot reach notary at {dead}"
     )
 
 

@@ -203,20 +203,31 @@ class Node:
         return [line for line in lines if line["image"] == name and line["action"] == "verify"]
 
 
-def make_node(directory: Path, registry: Registry, notary_server: NotaryServer) -> Node:
+def make_node(
+    directory: Path,
+    registry: Registry,
+    notary_server: NotaryServer,
+    *,
+    notary_url: str | None = None,
+    state_dir: Path | None = None,
+    policy: str = "",
+) -> Node:
     """A config for the test stack (plus a registry whose Notary is down, an audited and an
-    exempt pattern) and the verifier installed for it."""
+    exempt pattern, then ``policy``) and the verifier installed for it. ``notary_url`` replaces
+    the registry's Notary (e.g. by one that is down); ``state_dir`` shares another node's."""
     directory.mkdir(parents=True, exist_ok=True)
+    state_dir = state_dir or directory / "state"
     verifier_socket = short_directory("trustd-v-") / "verify.sock"
     unreachable = f"https://127.0.0.1:{free_port()}"
     port = free_port()
     text = trustd_config_text(
-        state_dir=directory / "state",
+        state_dir=state_dir,
         notary=[
-            (registry.host, notary_server.url, notary_server.ca_file),
+            (registry.host, notary_url or notary_server.url, notary_server.ca_file),
             (UNREACHABLE_REGISTRY, unreachable, notary_server.ca_file),
         ],
-        policy=f'[[policy]]\nmatch = "{registry.host}/trustd-verifier/audit-*"\nmode = "audit"\n',
+        policy=f'[[policy]]\nmatch = "{registry.host}/trustd-verifier/audit-*"\nmode = "audit"\n'
+        + policy,
         socket=verifier_socket.parent / "cri.sock",
         verifier_socket=verifier_socket,
         # The verifier hook needs no containerd; the daemon's CRI side is not used here.
@@ -232,7 +243,7 @@ def make_node(directory: Path, registry: Registry, notary_server: NotaryServer) 
         config=config,
         verifier=install_verifier(directory / "bin", config),
         audit=directory / "audit.log",
-        state_dir=directory / "state",
+        state_dir=state_dir,
         verifier_socket=verifier_socket,
         metrics_port=port,
         registry=registry,
