@@ -139,7 +139,7 @@ def _timeout(text: str | None) -> float:
     except ValueError:
         seconds = -1.0
     if not 0 < seconds < 3600:
-        raise NotJudged(f"--timeout must be a number of seconds above 0 (got {text!r})")
+        raise NotJudged(f"--timeout must be a number of seconds from 0 to 3600 (got {text!r})")
     return seconds
 
 
@@ -174,7 +174,8 @@ def _check_descriptor(data: bytes, digest: str) -> None:
     if not isinstance(described, str):
         raise NotJudged('stdin is not an OCI descriptor: it has no "digest" string')
     if described != digest:
-        raise NotJudged(f"the descriptor on stdin is for {described}, but -digest is {digest}")
+        shown = described if len(described) <= 200 else described[:200] + "..."
+        raise NotJudged(f"the descriptor on stdin is for {shown}, but -digest is {digest}")
 
 
 # --- judging -------------------------------------------------------------------------------------
