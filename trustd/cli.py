@@ -305,7 +305,7 @@ def _expiring(args: argparse.Namespace) -> int:
                             "name": item.name,
                             "expires": format_time(item.expires),
                             "seconds_left": round(item.seconds_left(now)),
-                            "advice": _expiry_advice(item),
+                            "advice": item.owner_advice(),
                         }
                         for item in found
                     ],
@@ -316,23 +316,12 @@ def _expiring(args: argparse.Namespace) -> int:
         )
     else:
         for item in found:
-            print(f"{item.describe(now)}; {_expiry_advice(item)}")
+            print(f"{item.describe(now)}; {item.owner_advice()}")
         for gun, error in unreadable:
             print(f"cannot read the cached trust data of {gun}: {error}")
         if not found and not unreadable:
             print(f"nothing expires within {days} days ({len(guns)} repositories cached)")
     return EXIT_UNTRUSTED if found or unreadable else EXIT_OK
-
-
-def _expiry_advice(item: Expiry) -> str:
-    from trustd.notary.lifetime import ExpiryKind
-
-    if item.kind is ExpiryKind.CERTIFICATE:
-        return f"its owner must rotate the root key (notary key rotate {item.gun} root)"
-    return (
-        f"its owner must re-sign {item.name} "
-        f"(notary witness {item.gun} {item.name} && notary publish {item.gun})"
-    )
 
 
 # --- trustctl forget-root -------------------------------------------------------------------------

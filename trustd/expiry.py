@@ -20,7 +20,7 @@ from typing import Protocol
 
 from trustd.errors import TrustError
 from trustd.metrics import ExpiryGauges
-from trustd.notary.lifetime import Expiry, ExpiryKind, due, repository_expiries
+from trustd.notary.lifetime import Expiry, due, repository_expiries
 from trustd.notary.updater import VerifiedRepository, utc_now
 
 log = logging.getLogger("trustd.expiry")
@@ -126,14 +126,4 @@ class ExpiryWatch:
 
 
 def _advice(item: Expiry) -> str:
-    return f"{advice(item)}, or every pull of it fails"
-
-
-def advice(item: Expiry) -> str:
-    """What the repository's owner does about ``item``, with the notary CLI."""
-    if item.kind is ExpiryKind.CERTIFICATE:
-        return f"its owner must rotate the root key before then (notary key rotate {item.gun} root)"
-    return (
-        f"its owner must re-sign {item.name} before then "
-        f"(notary witness {item.gun} {item.name} && notary publish {item.gun})"
-    )
+    return f"{item.owner_advice()}, or every pull of it fails"

@@ -59,6 +59,18 @@ class Expiry:
         )
         return f"{what} of {self.gun} {self.when(now)}"
 
+    def owner_advice(self) -> str:
+        """What the repository's owner does about this, with the notary CLI."""
+        if self.kind is ExpiryKind.CERTIFICATE:
+            return (
+                "its owner must rotate the root key before then "
+                f"(notary key rotate {self.gun} root)"
+            )
+        return (
+            f"its owner must re-sign {self.name} before then "
+            f"(notary witness {self.gun} {self.name} && notary publish {self.gun})"
+        )
+
     def when(self, now: datetime) -> str:
         """``expires at 2029-11-22T13:05:13Z (in 1095 days)``, or ``expired at … (… ago)``."""
         left = self.seconds_left(now)
