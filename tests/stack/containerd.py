@@ -171,11 +171,13 @@ class Containerd:
         lines = self._config_version_3() if version_3 else self._config_version_2()
         self.config_path.write_text("\n".join(lines))
 
-    def _config_version_2(self) -> list[str]:
-        """containerd 1.6: the CRI plugin's settings all live under io.containerd.grpc.v1.cri."""
-        cri = '[plugins."io.containerd.grpc.v1.cri"'
+    def _config_head(self, version: int, quote: str) -> list[str]:
+        """What every config version starts with: where containerd keeps things and listens.
+
+        ``quote`` is how the version's examples quote plugin names (" in 2, ' in 3).
+        """
         return [
-            "version = 2",
+            f"version = {version}",
             f"root = {toml_value(str(self.root))}",
             f"state = {toml_value(str(self.state))}",
             f"disabled_plugins = {json.dumps(list(_UNUSED_PLUGINS))}",
@@ -183,9 +185,16 @@ class Containerd:
             "[grpc]",
             f"  address = {toml_value(str(self.socket))}",
             "",
-            '[plugins."io.containerd.internal.v1.opt"]',
+            f"[plugins.{quote}io.containerd.internal.v1.opt{quote}]",
             f"  path = {toml_value(str(self.workdir / 'opt'))}",
             "",
+        ]
+
+    def _config_version_2(self) -> list[str]:
+        """containerd 1.6: the CRI plugin's settings all live under io.containerd.grpc.v1.cri."""
+        cri = '[plugins."io.containerd.grpc.v1.cri"'
+        return [
+            *self._config_head(2, '"'),
             f"{cri}]",
             "  disable_tcp_service = true",
             '  stream_server_address = "127.0.0.1"',
@@ -221,17 +230,7 @@ class Containerd:
         images = "[plugins.'io.containerd.cri.v1.images'"
         runtime = "[plugins.'io.containerd.cri.v1.runtime'"
         lines = [
-            "version = 3",
-            f"root = {toml_value(str(self.root))}",
-            f"state = {toml_value(str(self.state))}",
-            f"disabled_plugins = {json.dumps(list(_UNUSED_PLUGINS))}",
-            "",
-            "[grpc]",
-            f"  address = {toml_value(str(self.socket))}",
-            "",
-            "[plugins.'io.containerd.internal.v1.opt']",
-            f"  path = {toml_value(str(self.workdir / 'opt'))}",
-            "",
+            *self._config_head(3, "'"),
             "[plugins.'io.containerd.grpc.v1.cri']",
             "  disable_tcp_service = true",
             '  stream_server_address = "127.0.0.1"',
