@@ -74,3 +74,36 @@ def signed_repositories(stack: Stack, guns: Sequence[str], tag: str) -> list[Sig
     with ThreadPoolExecutor(INIT_WORKERS) as pool:
         rest = list(pool.map(one, guns[1:]))
     return [first, *rest]
+
+
+def signed_samples(
+    stack: Stack, repo_prefix: str, count: int, tags: Sequence[str]
+) -> list[dict[str, PushedImage]]:
+    """``count`` repositories ``<repo_prefix>-NN``, each with one new image per tag, all signed.
+
+    One repository per sample lets each sample be the first lookup of its GUN in trustd's
+    freshness window, so that it pays the Notary round trip a lone pull pays.
+    """
+    jobs = [(f"{repo_prefix}-{index:02d}", tag) for index in range(count) for tag in tags]
+    if not jobs:
+        return []
+    with ThreadPoolExecutor(PUSH_WORKERS) as pool:
+        pushed = list(
+            pool.map(lambda job: stack.push_image(job[0], job[1], seed=f"{job[0]}-{job[1]}"), jobs)
+        )
+    samples: list[dict[str, PushedImage]] = [{} for _ in range(count)]
+    for index, image in enumerate(pushed):
+        samples[index // len(tags)][image.tag] = image
+    publisher = stack.publisher
+
+    def sign(sample: dict[str, PushedImage]) -> None:
+        gun = next(iter(sample.values())).repository
+        publisher.ensure_initialised(gun)
+        for image in sample.values():
+            publisher.add(gun, image.tag, image.manifest)
+        publisher.publish(gun)
+
+    sign(samples[0])  # the first init may create the root key the later ones reuse
+    with ThreadPoolExecutor(INIT_WORKERS) as pool:
+        list(pool.map(sign, samples[1:]))
+    return samples

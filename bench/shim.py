@@ -37,15 +37,22 @@ def write_config(
     notary_url: str,
     notary_ca: Path,
     verifier_socket: Path | None = None,
+    freshness_window: float | None = None,
 ) -> Path:
-    """A trustd config for the bench: every repository of ``registry`` enforced (the default)."""
+    """A trustd config for the bench: every repository of ``registry`` enforced (the default).
+
+    ``freshness_window`` None leaves trustd's default.
+    """
+    server: dict[str, str | int | float] = {"pull_timeout": 120, "shutdown_grace": 2}
+    if freshness_window is not None:
+        server["freshness_window"] = freshness_window
     text = trustd_config_text(
         state_dir=state_dir,
         notary=[(registry, notary_url, notary_ca)],
         containerd_endpoint=containerd_endpoint,
         socket=socket,
         verifier_socket=verifier_socket,
-        server={"pull_timeout": 120, "shutdown_grace": 2},
+        server=server,
         audit_file=audit_file,
     )
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -57,14 +57,20 @@ class NotaryServer:
         pki: TestPKI,
         auth: Mapping[str, Any] | None = None,
         timeout: float = 15.0,
+        log_level: str = "warn",
     ) -> NotaryServer:
+        """``log_level="info"`` logs one ``response completed`` line per request (the bench
+        counts trustd's requests from them, on the server's side)."""
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         cert_path, key_path = pki.issue_server_cert(f"notary-server-{port}")
         config_path = workdir / "notary-server.json"
         config_path.write_text(
-            json.dumps(server_config(port, cert_path, key_path, auth=auth), indent=2)
+            json.dumps(
+                server_config(port, cert_path, key_path, auth=auth, log_level=log_level),
+                indent=2,
+            )
         )
         process = ManagedProcess(
             "notary-server",
@@ -114,6 +120,10 @@ class NotaryServer:
                 f"notary-server refused the metadata of {gun} ({response.status_code}): "
                 f"{response.text.strip()}"
             )
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
 
     def stop(self) -> None:
         self.process.stop()

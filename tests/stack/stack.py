@@ -43,8 +43,9 @@ class Stack:
     registry; ``Stack.start`` starts everything at once.
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, notary_log_level: str = "warn") -> None:
         self.workdir = Path(workdir).resolve()
+        self.notary_log_level = notary_log_level
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._pki: TestPKI | None = None
         self._registry: Registry | None = None
@@ -53,8 +54,8 @@ class Stack:
         self._containerd: Containerd | None = None
 
     @classmethod
-    def start(cls, workdir: Path, containerd: bool = True) -> Stack:
-        stack = cls(workdir)
+    def start(cls, workdir: Path, containerd: bool = True, notary_log_level: str = "warn") -> Stack:
+        stack = cls(workdir, notary_log_level)
         try:
             _ = stack.registry, stack.notary_server, stack.publisher
             if containerd:
@@ -81,7 +82,9 @@ class Stack:
     def notary_server(self) -> NotaryServer:
         if self._notary_server is None:
             require_programs(*REQUIRED_PROGRAMS["notary_server"])
-            self._notary_server = NotaryServer.start(self.workdir / "notary-server", self.pki)
+            self._notary_server = NotaryServer.start(
+                self.workdir / "notary-server", self.pki, log_level=self.notary_log_level
+            )
         return self._notary_server
 
     @property
