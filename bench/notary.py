@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-TRUSTD_USER_AGENT = "trustd"
+from trustd.notary.transport import USER_AGENT as TRUSTD_USER_AGENT
+
 LOAD_USER_AGENT = "trustd-bench-load"
 # notary-server writes its line after the response; give it this long to reach the file.
 _LOG_SETTLE_SECONDS = 0.2

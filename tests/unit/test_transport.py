@@ -176,12 +176,18 @@ def test_environment_proxies_are_honoured_but_cannot_replace_the_ca(
     monkeypatch.delenv("no_proxy", raising=False)
     ca = tmp_path / "notary-ca.crt"
     client = transport("https://notary.example.com", ca_file=ca)
-    assert client._session.proxies.get("https") == "http://proxy.internal:3128"
-    assert client._verify == str(ca)
-    assert client._session.trust_env is False
+    assert client.proxy == "http://proxy.internal:3128"
+    assert client._ca_file == str(ca)
 
-    monkeypatch.setenv("NO_PROXY", "notary.example.com")
-    assert not transport("https://notary.example.com")._session.proxies
+    for exempting in ("notary.example.com", ".example.com", "example.com:443", "*"):
+        monkeypatch.setenv("NO_PROXY", exempting)
+        assert transport("https://notary.example.com").proxy is None, exempting
+    for not_exempting in ("other.example.com", "ample.com", "notary.example.com:8443"):
+        monkeypatch.setenv("NO_PROXY", not_exempting)
+        assert transport("https://notary.example.com").proxy is not None, not_exempting
+    monkeypatch.setenv("NO_PROXY", "10.0.0.0/8")
+    assert transport("https://10.1.2.3:4443").proxy is None
+    assert transport("https://192.168.1.1:4443").proxy is not None
 
 
 def test_client_certificate_is_presented_to_a_server_that_requires_one(tmp_path: Path) -> None:
