@@ -350,6 +350,18 @@ class Sample:
 
 
 @dataclass
+class Usage:
+    """What one phase cost trustd: Notary requests (counted by the server) and shim CPU time."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    cpu_seconds: float = 0.0
+
+    def cpu_per(self, events: int) -> str:
+        """The shim's CPU time per event: robust to a busy machine, unlike wall time."""
+        return f"CPU {self.cpu_seconds * 1000.0 / max(events, 1):.2f} ms"
+
+
+@dataclass
 class Bench:
     options: Options
     stack: Stack
@@ -370,12 +382,14 @@ class Bench:
             time.sleep(self.window + 0.1)
 
     @contextlib.contextmanager
-    def counting(self) -> Iterator[Counter[str]]:
-        """trustd's Notary requests made while the block runs (filled in when it ends)."""
-        counts: Counter[str] = Counter()
+    def counting(self) -> Iterator[Usage]:
+        """trustd's Notary requests and the shim's CPU time while the block runs."""
+        usage = Usage()
         mark = self.notary.mark()
-        yield counts
-        counts.update(self.notary.since(mark))
+        cpu = self.shim.cpu_seconds()
+        yield usage
+        usage.cpu_seconds = self.shim.cpu_seconds() - cpu
+        usage.requests.update(self.notary.since(mark))
 
     # -- pulls --
 
@@ -384,7 +398,7 @@ class Bench:
         self.outwait_window()
         trustd_times: list[float] = []
         direct_times: list[float] = []
-        with py_spy(self.options.py_spy, self.shim.pid, "pull"), self.counting() as requests:
+        with py_spy(self.options.py_spy, self.shim.pid, "pull"), self.counting() as usage:
             for index, sample in enumerate(samples):
                 order = [
                     (self.trustd, sample.trustd, trustd_times),
@@ -401,12 +415,12 @@ class Bench:
         self.report.add(
             Row(
                 f"pull, new signed image (median of {trustd.count})",
-                ms(trustd.p50),
+                f"{ms(trustd.p50)} ({usage.cpu_per(trustd.count)})",
                 f"{ms(direct.p50)} direct",
                 f"{times(factor)} ({delta(trustd.p50, direct.p50)})",
                 f"<= 1.10x (1.05x from {_LONG_PULL_MS:.0f} ms)",
                 factor <= limit,
-                per(requests, trustd.count, "pull"),
+                per(usage.requests, trustd.count, "pull"),
             )
         )
 
@@ -418,7 +432,7 @@ class Bench:
         with (
             py_spy(self.options.py_spy, self.shim.pid, "parallel-pull"),
             ThreadPoolExecutor(width) as pool,
-            self.counting() as requests,
+            self.counting() as usage,
         ):
             for index, (mine, theirs) in enumerate(rounds):
                 order = [(self.trustd, mine, trustd_walls), (self.direct, theirs, direct_walls)]
@@ -434,12 +448,12 @@ class Bench:
         self.report.add(
             Row(
                 f"{width} parallel pulls, wall (median of {trustd.count})",
-                ms(trustd.p50),
+                f"{ms(trustd.p50)} ({usage.cpu_per(len(rounds) * width)}/pull)",
                 f"{ms(direct.p50)} direct",
                 f"{times(factor)} ({delta(trustd.p50, direct.p50)})",
                 "<= 1.05x",
                 factor <= 1.05,
-                per(requests, len(rounds) * width, "pull"),
+                per(usage.requests, len(rounds) * width, "pull"),
             )
         )
 
@@ -449,7 +463,7 @@ class Bench:
         self.outwait_window()
         trustd_times: list[float] = []
         direct_times: list[float] = []
-        with py_spy(self.options.py_spy, self.shim.pid, "start"), self.counting() as requests:
+        with py_spy(self.options.py_spy, self.shim.pid, "start"), self.counting() as usage:
             for index, sample in enumerate(samples):
                 order = [
                     (self.trustd, sample.trustd, trustd_times),
@@ -462,17 +476,17 @@ class Bench:
         trustd = Summary.of(trustd_times)
         direct = Summary.of(direct_times)
         factor = ratio(trustd.p50, direct.p50)
-        self.requests_per_start = sum(requests.values()) / max(trustd.count, 1)
+        self.requests_per_start = sum(usage.requests.values()) / max(trustd.count, 1)
         limit = 1.05 if direct.p50 >= _LONG_PULL_MS else 1.10
         self.report.add(
             Row(
                 f"container start: ImageStatus, PullImage, ImageStatus (median of {trustd.count})",
-                ms(trustd.p50),
+                f"{ms(trustd.p50)} ({usage.cpu_per(trustd.count)})",
                 f"{ms(direct.p50)} direct",
                 f"{times(factor)} ({delta(trustd.p50, direct.p50)})",
                 "<= 1.10x (as pull), 1 request",
                 factor <= limit and self.requests_per_start <= 1.0,
-                per(requests, trustd.count, "start"),
+                per(usage.requests, trustd.count, "start"),
             )
         )
 
@@ -484,7 +498,7 @@ class Bench:
         log(f"ImageStatus, first in the window: {rounds} rounds over {len(samples)} GUNs")
         trustd_times: list[float] = []
         direct_times: list[float] = []
-        with self.counting() as requests:
+        with self.counting() as usage:
             for round_index in range(rounds):
                 self.outwait_window()
                 for index, sample in enumerate(samples):
@@ -502,12 +516,12 @@ class Bench:
         self.report.add(
             Row(
                 f"ImageStatus, first in the window (n={trustd.count})",
-                latency(trustd),
+                f"{latency(trustd)} ({usage.cpu_per(trustd.count)})",
                 f"{latency(direct)} direct",
                 f"{times(ratio(trustd.p50, direct.p50))} p50 ({delta(trustd.p50, direct.p50)})",
                 "",
                 None,
-                per(requests, trustd.count, "call"),
+                per(usage.requests, trustd.count, "call"),
             )
         )
 
@@ -518,7 +532,7 @@ class Bench:
         theirs: Callable[[], object],
         *,
         budget_ms: float | None,
-    ) -> tuple[Summary, Summary, Counter[str], float]:
+    ) -> tuple[Summary, Summary, Usage, float]:
         """Interleaved calls on both paths; a row with target ``+budget_ms`` p50 if given."""
         count = self.options.calls
         log(f"{name}: {count} calls per path, interleaved")
@@ -530,7 +544,7 @@ class Bench:
         started = time.monotonic()
         with (
             py_spy(self.options.py_spy, self.shim.pid, name.split()[0]),
-            self.counting() as requests,
+            self.counting() as usage,
         ):
             for index in range(count):
                 if index % 2:
@@ -546,23 +560,23 @@ class Bench:
             self.report.add(
                 Row(
                     name,
-                    latency(trustd),
+                    f"{latency(trustd)} ({usage.cpu_per(count)})",
                     f"{latency(direct)} direct",
                     f"{delta(trustd.p50, direct.p50)} p50 "
                     f"({times(ratio(trustd.p50, direct.p50))}), "
                     f"{delta(trustd.p99, direct.p99)} p99",
                     f"<= +{budget_ms:g} ms p50",
                     trustd.p50 - direct.p50 <= budget_ms,
-                    per(requests, count, "call"),
+                    per(usage.requests, count, "call"),
                 )
             )
-        return trustd, direct, requests, elapsed
+        return trustd, direct, usage, elapsed
 
     def status_in_window(self, image: str) -> None:
         """ImageStatus repeated on one tag: all but one call per window answered from memory."""
         assert self.direct.status(image).HasField("image"), image
         assert self.trustd.status(image).HasField("image"), image
-        trustd, direct, requests, elapsed = self.compare_calls(
+        trustd, direct, usage, elapsed = self.compare_calls(
             "ImageStatus, inside the window",
             lambda: self.trustd.status(image),
             lambda: self.direct.status(image),
@@ -573,12 +587,12 @@ class Bench:
         self.report.add(
             Row(
                 f"ImageStatus, inside the window ({trustd.count} calls, {elapsed:.1f}s)",
-                latency(trustd),
+                f"{latency(trustd)} ({usage.cpu_per(trustd.count)})",
                 f"{latency(direct)} direct",
                 f"{times(ratio(trustd.p50, direct.p50))} p50 ({delta(trustd.p50, direct.p50)})",
                 f"<= 1 Notary request per {self.window:g}s",
-                sum(requests.values()) <= allowed,
-                per(requests, trustd.count, "call"),
+                sum(usage.requests.values()) <= allowed,
+                per(usage.requests, trustd.count, "call"),
             )
         )
 

@@ -134,6 +134,12 @@ class ShimProcess:
     def memory(self) -> Memory:
         return memory_of(self.pid)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the shim process so far (all its threads)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # Fields 14 and 15 of stat(5) (utime, stime), counted after the ")" of the name.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

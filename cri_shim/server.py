@@ -16,6 +16,8 @@ import contextlib
 import logging
 import os
 import stat
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from typing import Protocol
 
 import grpc
 
-from cri_shim.containerd import ContainerdClient, forwardable_metadata
+from cri_shim.containerd import ContainerdClient, Metadata, forwardable_metadata
 from cri_shim.gen.cri.runtime.v1 import api_pb2
 from trustd.errors import InvalidReference
 from trustd.notary.transport import Credentials
@@ -41,8 +43,9 @@ IMAGE_STATUS = f"/{SERVICE}/ImageStatus"
 # Server-streaming methods of the ImageService; everything else in the CRI is unary.
 STREAMING_METHODS = frozenset({f"/{SERVICE}/StreamImages"})
 
-# Longest wait, after tagging a pull, for containerd's CRI plugin to show the tag (seconds).
-TAG_VISIBLE_WAIT = 5.0
+# How long (seconds) the shim remembers a tag it just created: containerd's CRI plugin learns
+# of the tag from an event, a moment after the pull has returned.
+RECENT_TAG_SECONDS = 5.0
 
 
 class Admission(Protocol):
@@ -99,6 +102,35 @@ def _abort_with_upstream(context: grpc.ServicerContext, error: grpc.RpcError) ->
     context.abort(code, details or "")
 
 
+class RecentTags:
+    """Tags this shim pointed at a pinned pull in the last few seconds, with the pinned name.
+
+    The pull returns once the tag is written, without waiting for containerd's CRI plugin to
+    show it (that wait was one more containerd round trip per pull). An ImageStatus arriving
+    before the plugin has caught up (no tag yet, or a moved tag still showing the image it
+    pointed at before) asks for the pinned name the pull itself created.
+    """
+
+    def __init__(self, seconds: float = RECENT_TAG_SECONDS) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._tags: dict[str, tuple[str, float]] = {}  # tag -> (pinned name, expiry)
+
+    def add(self, tag: str, pinned: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for name in [name for name, (_, expiry) in self._tags.items() if expiry <= now]:
+                del self._tags[name]
+            self._tags[tag] = (pinned, now + self.seconds)
+
+    def pinned(self, tag: str) -> str | None:
+        with self._lock:
+            entry = self._tags.get(tag)
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        return entry[0]
+
+
 class ImageService:
     """Handlers for the two methods trustd decides; everything else is forwarded."""
 
@@ -108,6 +140,7 @@ class ImageService:
         self.admission = admission
         self.containerd = containerd
         self.pull_timeout = pull_timeout
+        self.recent_tags = RecentTags()
 
     def pull_image(
         self, request: api_pb2.PullImageRequest, context: grpc.ServicerContext
@@ -129,18 +162,7 @@ class ImageService:
             tag = _tag_to_apply(decision)
             if tag is not None:
                 self.containerd.tag_image(tag, decision.pull_ref, _timeout(context))
-                # kubelet asks ImageStatus of the tag right after the pull (for the image
-                # user), and trustd reports the tag only once it shows the signed digest: wait
-                # for that digest, not just the tag, which may still show the image it pointed
-                # at before. Bounded: the pull succeeded and a later ImageStatus sees the move.
-                wait = TAG_VISIBLE_WAIT
-                remaining = _timeout(context)
-                if remaining is not None:
-                    wait = min(wait, remaining)
-                if not self.containerd.await_cri_tag(
-                    tag, wait, metadata, repo_digest=decision.pull_ref
-                ):
-                    log.warning("containerd's CRI plugin does not show %s yet", tag)
+                self.recent_tags.add(tag, decision.pull_ref)
             elif decision.mode == "audit" and decision.signed is not None:
                 # Audit mode pulled what was asked; tell the policy what arrived.
                 status = self.containerd.image_status(
@@ -174,6 +196,7 @@ class ImageService:
             upstream.image.image = str(decision.reference)
         try:
             response = self.containerd.image_status(upstream, _timeout(context), metadata)
+            response = self._just_tagged(decision, response, context, metadata) or response
         except grpc.RpcError as error:
             _abort_with_upstream(context, error)
         if not response.HasField("image"):
@@ -184,6 +207,25 @@ class ImageService:
             log.info("%s; reporting it absent", checked.reason)
             return api_pb2.ImageStatusResponse()
         return response
+
+    def _just_tagged(
+        self,
+        decision: Decision,
+        shown: api_pb2.ImageStatusResponse,
+        context: grpc.ServicerContext,
+        metadata: Metadata,
+    ) -> api_pb2.ImageStatusResponse | None:
+        """Status of the pinned pull behind a tag this shim wrote moments ago, when containerd's
+        CRI plugin has not caught up with it: it does not show the tag yet, or still shows the
+        image the tag pointed at before it moved. None when ``shown`` stands."""
+        pinned = decision.pull_ref
+        if pinned is None or (shown.HasField("image") and pinned in shown.image.repo_digests):
+            return None
+        tag = _tag_to_apply(decision)
+        if tag is None or self.recent_tags.pinned(tag) != pinned:
+            return None  # not written here lately, or re-signed since: containerd's answer stands
+        request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=pinned))
+        return self.containerd.image_status(request, _timeout(context), metadata)
 
 
 def _tag_to_apply(decision: Decision) -> str | None:
@@ -265,6 +307,7 @@ class RunningServer:
     server: grpc.Server
     socket: Path
     executor: futures.ThreadPoolExecutor
+    service: ImageService
 
     def stop(self, grace: float | None) -> None:
         self.server.stop(grace).wait()
@@ -291,12 +334,13 @@ def serve(
             raise OSError(f"{socket} exists and is not a socket; refusing to replace it")
         socket.unlink()  # a stale socket left by an earlier run
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cri")
+    service = ImageService(admission, containerd, pull_timeout)
     server = grpc.server(
         executor,
-        handlers=[_Handlers(ImageService(admission, containerd, pull_timeout))],
+        handlers=[_Handlers(service)],
         options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
     )
-    running = RunningServer(server, socket, executor)
+    running = RunningServer(server, socket, executor, service)
     try:
         server.add_insecure_port(f"unix://{socket}")
         server.start()

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cri_shim.gen.containerd.services.images.v1 import images_pb2, images_pb2_grpc
 from cri_shim.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from cri_shim.server import credentials_from
 from tests.e2e.cri_helpers import (
@@ -117,6 +118,44 @@ def test_signed_tag_is_pulled_as_the_signed_digest_and_tagged(
     [decision] = [d for d in shim.decisions_for(image.tagged) if d.action == "pull"]
     assert decision.verdict is Verdict.ALLOW
     assert decision.pull_ref == image.by_digest
+
+
+def test_a_tag_just_written_is_found_before_the_cri_plugin_shows_it(
+    stack: Stack, push_image: PushImage, shim: Shim
+) -> None:
+    """The pull does not wait for containerd's CRI plugin to learn of the tag (an event it
+    handles a moment later); kubelet's ImageStatus right after the pull must find the image."""
+    image = signed_image(stack, push_image, "lagging")
+    image_ref = shim.pull(image.tagged)
+    # What a lagging plugin looks like: the tag record gone from the CRI plugin's view.
+    images = images_pb2_grpc.ImagesStub(shim.direct_channel)
+    images.Delete(
+        images_pb2.DeleteImageRequest(name=image.tagged, sync=True),
+        metadata=[("containerd-namespace", "k8s.io")],
+        timeout=TIMEOUT,
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while shim.direct_status(image.tagged).HasField("image"):
+        assert time.monotonic() < deadline, "the CRI plugin kept showing the deleted tag"
+        time.sleep(0.01)
+
+    status = shim.status(image.tagged)
+    assert status.HasField("image")
+    assert status.image.id == image_ref
+    assert image.by_digest in status.image.repo_digests
+
+    # Only for a tag the shim wrote moments ago: later, an absent tag is absent.
+    shim.server.service.recent_tags.seconds = 0.0
+    shim.pull(image.tagged)
+    images.Delete(
+        images_pb2.DeleteImageRequest(name=image.tagged, sync=True),
+        metadata=[("containerd-namespace", "k8s.io")],
+        timeout=TIMEOUT,
+    )
+    while shim.direct_status(image.tagged).HasField("image"):
+        assert time.monotonic() < deadline, "the CRI plugin kept showing the deleted tag"
+        time.sleep(0.01)
+    assert not shim.status(image.tagged).HasField("image")
 
 
 def test_image_status_of_a_signed_digest_reference(
