@@ -10,13 +10,16 @@ being served (``call_deadline``): a flaky Notary should cost a retry, not a deni
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.client
 import ipaddress
 import json
 import logging
 import os
 import random
 import re
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -25,19 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import SplitResult, quote, urlencode, urlsplit
 
-# urllib3 directly, not requests on top of it: a GET costs half as much (a warm lookup is mostly
-# this GET) and `trustctl` starts ~50 ms sooner without requests' imports.
-import urllib3
-from urllib3.exceptions import (
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ProxyError,
-    SSLError,
-)
-from urllib3.exceptions import TimeoutError as HTTPTimeout
-
 from trustd.errors import AuthenticationFailed, MetadataTooLarge, NotaryUnavailable
+from trustd.notary.http import ConnectionPool, Response, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +105,6 @@ class _Token:
     expires_at: float
 
 
-Response = urllib3.BaseHTTPResponse
-
-
 class NotaryTransport:
     """Fetches metadata files of any GUN from one Notary server over keep-alive connections."""
 
@@ -127,39 +116,42 @@ class NotaryTransport:
         # Only the configured CA is loaded when there is one: nothing in the environment
         # (REQUESTS_CA_BUNDLE, SSL_CERT_FILE) can replace it. Without one, the system's CAs.
         self._ca_file = str(endpoint.ca_file) if endpoint.ca_file else None
-        self._http = self._manager(self._ca_file)
-        self._system_http: urllib3.PoolManager | None = None  # token realms on other hosts
+        self._http: ConnectionPool | None = None
+        self._system_http: ConnectionPool | None = None  # token realms on other hosts
         self._lock = threading.Lock()
         self._tokens: dict[tuple[str, str], _Token] = {}
         self._tokens_lock = threading.Lock()
 
-    def _manager(self, ca_file: str | None) -> urllib3.PoolManager:
-        options: dict[str, object] = {
-            "num_pools": 4,
-            "maxsize": self._pool_size,
-            "block": False,
-            "retries": False,
-            "cert_reqs": "CERT_REQUIRED",
-            "ca_certs": ca_file,
-        }
-        if self.endpoint.client_cert and self.endpoint.client_key:
-            options["cert_file"] = str(self.endpoint.client_cert)
-            options["key_file"] = str(self.endpoint.client_key)
-        if self.proxy:
-            return urllib3.ProxyManager(self.proxy, **options)  # type: ignore[arg-type]
-        return urllib3.PoolManager(**options)  # type: ignore[arg-type]
-
-    def _system_manager(self) -> urllib3.PoolManager:
+    def _pool(self, system_ca: bool) -> ConnectionPool:
+        """The connections for the Notary server's CA, or for the system's CAs (made on first use:
+        a config problem in the TLS files surfaces as a failed lookup, naming the server)."""
         with self._lock:
-            if self._system_http is None:
-                self._system_http = self._manager(None)
-            return self._system_http
+            pool = self._system_http if system_ca else self._http
+            if pool is None:
+                endpoint = self.endpoint
+                context = tls_context(
+                    None if system_ca else self._ca_file,
+                    str(endpoint.client_cert) if endpoint.client_cert else None,
+                    str(endpoint.client_key) if endpoint.client_key else None,
+                )
+                pool = ConnectionPool(
+                    context,
+                    proxy=self.proxy,
+                    max_idle_per_origin=self._pool_size,
+                    user_agent=USER_AGENT,
+                )
+                if system_ca:
+                    self._system_http = pool
+                else:
+                    self._http = pool
+            return pool
 
     def close(self) -> None:
-        self._http.clear()
         with self._lock:
-            if self._system_http is not None:
-                self._system_http.clear()
+            pools = [pool for pool in (self._http, self._system_http) if pool is not None]
+            self._http = self._system_http = None
+        for pool in pools:
+            pool.close()
 
     def url_for(self, gun: str, name: str) -> str:
         return f"{self.endpoint.base_url}/v2/{quote(gun, safe='/:')}/_trust/tuf/{name}.json"
@@ -268,36 +260,24 @@ class NotaryTransport:
         body: str | None,
         system_ca: bool,
     ) -> Response:
-        manager = self._system_manager() if system_ca else self._http
         try:
-            return manager.urlopen(
-                method,
-                url,
-                body=body,
-                headers={"User-Agent": USER_AGENT, **headers},
-                timeout=urllib3.Timeout(connect=timeout, read=timeout),
-                redirect=False,
-                retries=False,
-                preload_content=False,
+            return self._pool(system_ca).request(
+                method, url, headers=headers, body=body, timeout=timeout
             )
-        except SSLError as error:
+        except ssl.SSLError as error:  # an OSError too, so first
             # A TLS failure is configuration or an attack, not a blip: never retried.
             raise NotaryUnavailable(
                 f"TLS failure talking to {where}: {_short_reason(error)}"
             ) from None
-        except NewConnectionError as error:  # a ConnectTimeoutError too, so before HTTPTimeout
-            raise _Transient(
-                NotaryUnavailable(f"cannot reach {where}: {_short_reason(error)}")
-            ) from None
-        except HTTPTimeout:
+        except TimeoutError:
             raise _Transient(
                 NotaryUnavailable(f"{where} did not answer within {timeout:g}s")
             ) from None
-        except (ProtocolError, ProxyError) as error:  # reset, closed early, proxy failed
+        except OSError as error:  # refused, reset, unreachable, unknown host, proxy refused
             raise _Transient(
                 NotaryUnavailable(f"cannot reach {where}: {_short_reason(error)}")
             ) from None
-        except (HTTPError, OSError) as error:
+        except (http.client.HTTPException, ValueError) as error:  # not HTTP, or not a URL
             raise NotaryUnavailable(f"cannot reach {where}: {_short_reason(error)}") from None
 
     def _read_capped(self, response: Response, max_bytes: int, what: str) -> bytes:
@@ -312,7 +292,7 @@ class NotaryTransport:
                     raise MetadataTooLarge(
                         f"{what} from {self.endpoint.base_url} exceeds the {max_bytes}-byte limit"
                     )
-        except (HTTPError, OSError) as error:
+        except (OSError, http.client.HTTPException) as error:
             raise NotaryUnavailable(
                 f"reading {what} from {self.endpoint.base_url} failed: {_short_reason(error)}"
             ) from None
@@ -370,8 +350,8 @@ class NotaryTransport:
                 params["account"] = credentials.username
             headers: dict[str, str] = {}
             if credentials:
-                basic = f"{credentials.username}:{credentials.password}"
-                headers = urllib3.make_headers(basic_auth=basic)
+                basic = f"{credentials.username}:{credentials.password}".encode()
+                headers = {"Authorization": "Basic " + base64.b64encode(basic).decode()}
             separator = "&" if realm_parts.query else "?"
             response = self._request(
                 "GET",
@@ -422,9 +402,7 @@ class _Transient(Exception):
 
 def _finish(response: Response, complete: bool) -> None:
     """Give the connection back to the pool; one whose body was not read to the end is closed."""
-    if not complete:
-        response.close()
-    response.release_conn()
+    response.finish(complete)
 
 
 _DEFAULT_PORTS = {"https": 443, "http": 80}
