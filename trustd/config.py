@@ -16,8 +16,6 @@ bundles, client certificates, password files) must exist when it is loaded.
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import json
 import os
 import re
@@ -508,6 +506,8 @@ def _listen_problem(listen: str) -> str | None:
     if host.startswith("["):
         if not host.endswith("]"):
             return "IPv6 address must be in brackets, e.g. [::1]:9879"
+        import ipaddress  # only for this check; `trustctl` starts quicker without it
+
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
@@ -796,6 +796,8 @@ class _Table:
     def allow(self, *keys: str) -> None:
         for key in self.data:
             if key not in keys:
+                import difflib  # only for this message; `trustctl` starts quicker without it
+
                 close = difflib.get_close_matches(key, keys, n=1)
                 hint = f'; did you mean "{close[0]}"?' if close else ""
                 raise self.error(key, f"unknown key (known: {', '.join(keys)}){hint}")

@@ -20,8 +20,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,6 +118,8 @@ class MetadataStore:
         directory = self._gun_dir(gun)
         if not directory.is_dir():
             return False
+        import shutil  # here, not at the top: `trustctl` starts quicker without it
+
         shutil.rmtree(directory)
         return True
 
@@ -158,6 +158,8 @@ class MetadataStore:
         target = self.path(gun, role)
         if target.exists() and target.read_bytes() == data:
             return
+        import tempfile  # here: a warm lookup saves nothing, and `trustctl` starts quicker
+
         descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
         try:
             with os.fdopen(descriptor, "wb") as handle:
