@@ -18,15 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from trustd.config import Config, PolicyRule, load_config
 from trustd.errors import ConfigError, InvalidReference, NotaryUnavailable, TrustError
-from trustd.notary.client import TrustEngine
-from trustd.notary.resolution import RepositoryReport, inspect_repository
-from trustd.notary.transport import Credentials
-from trustd.policy import verify_reference
 from trustd.reference import parse_reference
 
 if TYPE_CHECKING:
+    # The trust engine (cryptography, TLS) is imported by the commands that use it, so that
+    # `trustd check-config` and `--help` do not pay for it.
+    from trustd.notary.client import TrustEngine
     from trustd.notary.lifetime import Expiry
     from trustd.notary.metadata import Root
+    from trustd.notary.resolution import RepositoryReport
+    from trustd.notary.transport import Credentials
     from trustd.notary.updater import VerifiedRepository
 
 DEFAULT_CONFIG = Path("/etc/trustd/trustd.toml")
@@ -66,10 +67,14 @@ def _credentials(args: argparse.Namespace) -> Credentials | None:
     password = os.environ.get("TRUSTCTL_PASSWORD", "")
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
+    from trustd.notary.transport import Credentials
+
     return Credentials(username=args.username, password=password)
 
 
 def _engine(config: Config, state_dir: str | None) -> TrustEngine:
+    from trustd.notary.client import TrustEngine
+
     return TrustEngine(config, Path(state_dir) if state_dir else config.server.state_dir)
 
 
@@ -77,6 +82,8 @@ def _engine(config: Config, state_dir: str | None) -> TrustEngine:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from trustd.policy import verify_reference
+
     config = load_config(_config_path(args.config))
     reference = parse_reference(args.reference)
     rule = config.rule_for(reference.repository)
@@ -110,6 +117,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from trustd.notary.resolution import inspect_repository
+
     config = load_config(_config_path(args.config))
     reference = parse_reference(args.reference)
     engine = _engine(config, args.state_dir)
