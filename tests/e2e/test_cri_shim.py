@@ -158,6 +158,27 @@ def test_a_tag_just_written_is_found_before_the_cri_plugin_shows_it(
     assert not shim.status(image.tagged).HasField("image")
 
 
+def test_a_moved_tag_is_found_before_the_cri_plugin_shows_the_move(
+    stack: Stack, push_image: PushImage, shim: Shim
+) -> None:
+    """After a re-signed tag is pulled, the CRI plugin may still show the image the tag pointed
+    at before for a moment; ImageStatus right after the pull must report the signed one."""
+    before = signed_image(stack, push_image, "moving")
+    shim.pull(before.tagged)
+    after = push_image(before.repository.split("/", 1)[1], before.tag, seed=uuid.uuid4().hex)
+    stack.sign(after)
+    shim.trust.updater.forget_recent()  # the re-sign is seen now, not a freshness window later
+    image_ref = shim.pull(after.tagged)
+    # What a lagging plugin looks like: the tag still showing the image it pointed at before.
+    shim.containerd.tag_image(before.tagged, before.by_digest, TIMEOUT)
+    shim.await_cri_tag(before.tagged, repo_digest=before.by_digest)
+
+    status = shim.status(after.tagged)
+    assert status.HasField("image")
+    assert status.image.id == image_ref
+    assert after.by_digest in status.image.repo_digests
+
+
 def test_image_status_of_a_signed_digest_reference(
     stack: Stack, push_image: PushImage, shim: Shim
 ) -> None:
