@@ -10,29 +10,26 @@ being served (``call_deadline``): a flaky Notary should cost a retry, not a deni
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import http.client
-import ipaddress
 import json
 import logging
-import os
+import random
 import re
-import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import SplitResult, quote, urlencode, urlsplit
+from urllib.parse import quote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
 
 from trustd.errors import AuthenticationFailed, MetadataTooLarge, NotaryUnavailable
-from trustd.notary.http import ConnectionPool, Response, tls_context
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "trustd"  # the bench counts trustd's requests in notary-server's log by it
 _CHUNK = 64 * 1024
 _TOKEN_RESPONSE_LIMIT = 1024 * 1024
 _DEFAULT_TOKEN_LIFETIME = 60.0
@@ -105,52 +102,29 @@ class _Token:
 
 
 class NotaryTransport:
-    """Fetches metadata files of any GUN from one Notary server over keep-alive connections."""
+    """Fetches metadata files of any GUN from one Notary server over one keep-alive session."""
 
     def __init__(self, endpoint: NotaryEndpoint, *, pool_size: int = 32) -> None:
         self.endpoint = endpoint
-        self._pool_size = pool_size
-        # The environment is read once, here, and only for proxies (HTTPS_PROXY, NO_PROXY).
-        self.proxy = environment_proxy(endpoint.base_url)
-        # Only the configured CA is loaded when there is one: nothing in the environment
-        # (REQUESTS_CA_BUNDLE, SSL_CERT_FILE) can replace it. Without one, the system's CAs.
-        self._ca_file = str(endpoint.ca_file) if endpoint.ca_file else None
-        self._http: ConnectionPool | None = None
-        self._system_http: ConnectionPool | None = None  # token realms on other hosts
-        self._lock = threading.Lock()
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._session.headers["User-Agent"] = "trustd"
+        if endpoint.client_cert and endpoint.client_key:
+            self._session.cert = (str(endpoint.client_cert), str(endpoint.client_key))
+        # The environment is read once, here: requests would otherwise scan it for proxies on
+        # every request (a quarter of a warm lookup), and would let REQUESTS_CA_BUNDLE replace
+        # the configured CA. Proxy variables (HTTPS_PROXY, NO_PROXY) are still honoured.
+        self._session.trust_env = False
+        self._session.proxies = requests.utils.get_environ_proxies(endpoint.base_url)
+        # Passed with each request, so nothing can override the configured CA.
+        self._verify: str | bool = str(endpoint.ca_file) if endpoint.ca_file else True
         self._tokens: dict[tuple[str, str], _Token] = {}
         self._tokens_lock = threading.Lock()
 
-    def _pool(self, system_ca: bool) -> ConnectionPool:
-        """The connections for the Notary server's CA, or for the system's CAs (made on first use:
-        a config problem in the TLS files surfaces as a failed lookup, naming the server)."""
-        with self._lock:
-            pool = self._system_http if system_ca else self._http
-            if pool is None:
-                endpoint = self.endpoint
-                context = tls_context(
-                    None if system_ca else self._ca_file,
-                    str(endpoint.client_cert) if endpoint.client_cert else None,
-                    str(endpoint.client_key) if endpoint.client_key else None,
-                )
-                pool = ConnectionPool(
-                    context,
-                    proxy=self.proxy,
-                    max_idle_per_origin=self._pool_size,
-                    user_agent=USER_AGENT,
-                )
-                if system_ca:
-                    self._system_http = pool
-                else:
-                    self._http = pool
-            return pool
-
     def close(self) -> None:
-        with self._lock:
-            pools = [pool for pool in (self._http, self._system_http) if pool is not None]
-            self._http = self._system_http = None
-        for pool in pools:
-            pool.close()
+        self._session.close()
 
     def url_for(self, gun: str, name: str) -> str:
         return f"{self.endpoint.base_url}/v2/{quote(gun, safe='/:')}/_trust/tuf/{name}.json"
@@ -163,11 +137,10 @@ class NotaryTransport:
         credentials = credentials or self.endpoint.default_credentials
         token = self._cached_token(gun, credentials)
         response = self._get(url, token, gun)
-        complete = False
         try:
-            if response.status == 401:
+            if response.status_code == 401:
                 challenge = parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
-                _finish(response, complete=False)
+                response.close()
                 if challenge is None:
                     raise AuthenticationFailed(
                         f"notary at {self.endpoint.base_url} requires authentication for {gun} "
@@ -175,45 +148,37 @@ class NotaryTransport:
                     )
                 token = self._obtain_token(gun, challenge, credentials)
                 response = self._get(url, token, gun)
-                if response.status in (401, 403):
+                if response.status_code in (401, 403):
                     raise AuthenticationFailed(
                         f"notary at {self.endpoint.base_url} refused access to {gun} "
                         f"with the token issued by {challenge.get('realm', '?')}"
                     )
-            if response.status == 404:
+            if response.status_code == 404:
                 raise NotFound(url)
-            if response.status == 403:
+            if response.status_code == 403:
                 raise AuthenticationFailed(
                     f"notary at {self.endpoint.base_url} denied access to {gun} (HTTP 403)"
                 )
-            if response.status != 200:
+            if response.status_code != 200:
                 raise NotaryUnavailable(
-                    f"notary at {self.endpoint.base_url} answered HTTP {response.status} "
+                    f"notary at {self.endpoint.base_url} answered HTTP {response.status_code} "
                     f"for {name}.json of {gun}"
                 )
-            data = self._read_capped(response, max_bytes, f"{name}.json for {gun}")
-            complete = True
-            return data
+            return self._read_capped(response, max_bytes, f"{name}.json for {gun}")
         finally:
-            _finish(response, complete)
+            response.close()
 
     # --- HTTP ------------------------------------------------------------------------------------
 
-    def _get(self, url: str, token: str | None, gun: str | None) -> Response:
+    def _get(self, url: str, token: str | None, gun: str | None) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return self._request("GET", url, service="notary", gun=gun, headers=headers)
+        return self._request(
+            "GET", url, service="notary", gun=gun, headers=headers, verify=self._verify
+        )
 
     def _request(
-        self,
-        method: str,
-        url: str,
-        *,
-        service: str,
-        gun: str | None,
-        headers: Mapping[str, str] | None = None,
-        body: str | None = None,
-        system_ca: bool = False,
-    ) -> Response:
+        self, method: str, url: str, *, service: str, gun: str | None, **kwargs: object
+    ) -> requests.Response:
         """One request, retried on transient failures; the errors name the service and GUN."""
         # Only the origin: a URL's path and query can carry a token or an account name.
         where = f"{service} at {_origin(url)}" + (f" for {gun}" if gun else "")
@@ -224,17 +189,13 @@ class NotaryTransport:
             if deadline is not None:
                 timeout = max(min(timeout, deadline - time.monotonic()), 0.001)
             try:
-                response = self._attempt(
-                    method, url, timeout, where, headers or {}, body, system_ca
-                )
+                response = self._attempt(method, url, timeout, where, kwargs)
             except _Transient as failure:
                 problem = failure.error
             else:
-                if response.status not in _RETRYABLE_STATUS:
+                if response.status_code not in _RETRYABLE_STATUS:
                     return response
                 problem = None
-            import random  # only when a request failed; `trustctl` starts quicker without it
-
             backoff = _FIRST_BACKOFF * 2**attempt * random.uniform(1.0, 1.5)
             retry = attempt < self.endpoint.retries and (
                 deadline is None or time.monotonic() + backoff < deadline
@@ -244,56 +205,54 @@ class NotaryTransport:
                     return response  # the caller reports the status
                 raise problem
             if problem is None:
-                log.info("%s answered HTTP %d; retrying", where, response.status)
-                _finish(response, complete=False)
+                log.info("%s answered HTTP %d; retrying", where, response.status_code)
+                response.close()
             else:
                 log.info("%s; retrying", problem)
             attempt += 1
             time.sleep(backoff)
 
     def _attempt(
-        self,
-        method: str,
-        url: str,
-        timeout: float,
-        where: str,
-        headers: Mapping[str, str],
-        body: str | None,
-        system_ca: bool,
-    ) -> Response:
+        self, method: str, url: str, timeout: float, where: str, kwargs: dict[str, object]
+    ) -> requests.Response:
         try:
-            return self._pool(system_ca).request(
-                method, url, headers=headers, body=body, timeout=timeout
+            return self._session.request(
+                method,
+                url,
+                stream=True,
+                timeout=(timeout, timeout),
+                allow_redirects=False,
+                **kwargs,  # type: ignore[arg-type]
             )
-        except ssl.SSLError as error:  # an OSError too, so first
+        except requests.exceptions.SSLError as error:
             # A TLS failure is configuration or an attack, not a blip: never retried.
             raise NotaryUnavailable(
                 f"TLS failure talking to {where}: {_short_reason(error)}"
             ) from None
-        except TimeoutError:
+        except requests.exceptions.Timeout:
             raise _Transient(
                 NotaryUnavailable(f"{where} did not answer within {timeout:g}s")
             ) from None
-        except OSError as error:  # refused, reset, unreachable, unknown host, proxy refused
+        except requests.exceptions.ConnectionError as error:
             raise _Transient(
                 NotaryUnavailable(f"cannot reach {where}: {_short_reason(error)}")
             ) from None
-        except (http.client.HTTPException, ValueError) as error:  # not HTTP, or not a URL
+        except requests.exceptions.RequestException as error:
             raise NotaryUnavailable(f"cannot reach {where}: {_short_reason(error)}") from None
 
-    def _read_capped(self, response: Response, max_bytes: int, what: str) -> bytes:
+    def _read_capped(self, response: requests.Response, max_bytes: int, what: str) -> bytes:
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             raise MetadataTooLarge(f"{what} is {declared} bytes, over the {max_bytes}-byte limit")
         received = bytearray()
         try:
-            for chunk in response.stream(_CHUNK):
+            for chunk in response.iter_content(_CHUNK):
                 received += chunk
                 if len(received) > max_bytes:
                     raise MetadataTooLarge(
                         f"{what} from {self.endpoint.base_url} exceeds the {max_bytes}-byte limit"
                     )
-        except (OSError, http.client.HTTPException) as error:
+        except requests.exceptions.RequestException as error:
             raise NotaryUnavailable(
                 f"reading {what} from {self.endpoint.base_url} failed: {_short_reason(error)}"
             ) from None
@@ -330,6 +289,7 @@ class NotaryTransport:
         # usually listen there on another port); any other host is checked against the
         # system's CAs.
         same_host = realm_parts.hostname == urlsplit(self.endpoint.base_url).hostname
+        verify = self._verify if same_host else True
         if credentials and credentials.identity_token:
             form = {
                 "grant_type": "refresh_token",
@@ -338,45 +298,34 @@ class NotaryTransport:
                 **params,
             }
             response = self._request(
-                "POST",
-                realm,
-                service="token service",
-                gun=gun,
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
-                body=urlencode(form),
-                system_ca=not same_host,
+                "POST", realm, service="token service", gun=gun, data=form, verify=verify
             )
         else:
             if credentials and credentials.username:
                 params["account"] = credentials.username
-            headers: dict[str, str] = {}
-            if credentials:
-                basic = f"{credentials.username}:{credentials.password}".encode()
-                headers = {"Authorization": "Basic " + base64.b64encode(basic).decode()}
-            separator = "&" if realm_parts.query else "?"
+            auth = (credentials.username, credentials.password) if credentials else None
             response = self._request(
                 "GET",
-                f"{realm}{separator}{urlencode(params)}",
+                realm,
                 service="token service",
                 gun=gun,
-                headers=headers,
-                system_ca=not same_host,
+                params=params,
+                auth=auth,
+                verify=verify,
             )
-        complete = False
         try:
-            if response.status in (401, 403):
+            if response.status_code in (401, 403):
                 who = f"user {credentials.username!r}" if credentials else "anonymous access"
                 raise AuthenticationFailed(
-                    f"token service {realm} refused {who} for {gun} (HTTP {response.status})"
+                    f"token service {realm} refused {who} for {gun} (HTTP {response.status_code})"
                 )
-            if response.status != 200:
+            if response.status_code != 200:
                 raise NotaryUnavailable(
-                    f"token service {realm} answered HTTP {response.status} for {gun}"
+                    f"token service {realm} answered HTTP {response.status_code} for {gun}"
                 )
             body = self._read_capped(response, _TOKEN_RESPONSE_LIMIT, "token response")
-            complete = True
         finally:
-            _finish(response, complete)
+            response.close()
         try:
             document = json.loads(body)
             value = document.get("token") or document.get("access_token")
@@ -399,54 +348,6 @@ class _Transient(Exception):
     def __init__(self, error: NotaryUnavailable) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def _finish(response: Response, complete: bool) -> None:
-    """Give the connection back to the pool; one whose body was not read to the end is closed."""
-    response.finish(complete)
-
-
-_DEFAULT_PORTS = {"https": 443, "http": 80}
-
-
-def environment_proxy(url: str) -> str | None:
-    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``ALL_PROXY``), unless
-    ``NO_PROXY`` exempts its host (names with their subdomains, addresses and CIDR ranges)."""
-    parts = urlsplit(url)
-    proxy = _environment(f"{parts.scheme}_proxy") or _environment("all_proxy")
-    if not proxy or _bypasses_proxy(parts, _environment("no_proxy")):
-        return None
-    return proxy
-
-
-def _environment(name: str) -> str:
-    # As curl and urllib read them: the lower-case name first. (urllib.request is not imported
-    # for this: it costs `trustctl` several milliseconds of start-up.)
-    return os.environ.get(name) or os.environ.get(name.upper()) or ""
-
-
-def _bypasses_proxy(parts: SplitResult, no_proxy: str) -> bool:
-    host = (parts.hostname or "").lower()
-    entries = [entry.lower() for entry in no_proxy.replace(" ", "").split(",") if entry]
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    for entry in entries:
-        if entry == "*":
-            return True
-        name, _, port = entry.partition(":") if entry.count(":") == 1 else (entry, "", "")
-        if port and port != str(parts.port or _DEFAULT_PORTS.get(parts.scheme)):
-            continue
-        if address is not None:
-            try:
-                if address in ipaddress.ip_network(name, strict=False):
-                    return True
-            except ValueError:
-                continue
-        elif host == name.lstrip(".") or host.endswith("." + name.lstrip(".")):
-            return True
-    return False
 
 
 def _credential_key(credentials: Credentials | None) -> str:
