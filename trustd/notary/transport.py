@@ -30,6 +30,7 @@ from trustd.errors import AuthenticationFailed, MetadataTooLarge, NotaryUnavaila
 
 log = logging.getLogger(__name__)
 
+USER_AGENT = "trustd"  # the bench counts trustd's requests in notary-server's log by it
 _CHUNK = 64 * 1024
 _TOKEN_RESPONSE_LIMIT = 1024 * 1024
 _DEFAULT_TOKEN_LIFETIME = 60.0
@@ -110,7 +111,7 @@ class NotaryTransport:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
-        self._session.headers["User-Agent"] = "trustd"
+        self._session.headers["User-Agent"] = USER_AGENT
         if endpoint.client_cert and endpoint.client_key:
             self._session.cert = (str(endpoint.client_cert), str(endpoint.client_key))
         # The environment is read once, here: requests would otherwise scan it for proxies on
