@@ -393,23 +393,29 @@ class Bench:
 
     # -- pulls --
 
+    def interleaved(
+        self, samples: Sequence[Sample], action: Callable[[Any, str], object]
+    ) -> tuple[Summary, Summary]:
+        """Time ``action(client, tag)`` per sample through trustd and direct containerd,
+        alternating which goes first so neither always meets a warmer cache."""
+        trustd_times: list[float] = []
+        direct_times: list[float] = []
+        for index, sample in enumerate(samples):
+            order = [
+                (self.trustd, sample.trustd, trustd_times),
+                (self.direct, sample.direct, direct_times),
+            ]
+            if index % 2:
+                order.reverse()
+            for client, image, sink in order:
+                sink.append(timed(lambda c=client, i=image: action(c, i.tagged)))
+        return Summary.of(trustd_times), Summary.of(direct_times)
+
     def sequential_pulls(self, samples: Sequence[Sample]) -> None:
         log(f"sequential pulls: {len(samples)} new images per path, interleaved")
         self.outwait_window()
-        trustd_times: list[float] = []
-        direct_times: list[float] = []
         with py_spy(self.options.py_spy, self.shim.pid, "pull"), self.counting() as usage:
-            for index, sample in enumerate(samples):
-                order = [
-                    (self.trustd, sample.trustd, trustd_times),
-                    (self.direct, sample.direct, direct_times),
-                ]
-                if index % 2:
-                    order.reverse()
-                for client, image, sink in order:
-                    sink.append(timed(lambda c=client, i=image: c.pull(i.tagged)))
-        trustd = Summary.of(trustd_times)
-        direct = Summary.of(direct_times)
+            trustd, direct = self.interleaved(samples, lambda client, image: client.pull(image))
         factor = ratio(trustd.p50, direct.p50)
         limit = 1.05 if direct.p50 >= _LONG_PULL_MS else 1.10
         self.report.add(
@@ -461,20 +467,10 @@ class Bench:
         """kubelet's three image calls for one container start, each start in its own GUN."""
         log(f"container starts (ImageStatus, PullImage, ImageStatus): {len(samples)} per path")
         self.outwait_window()
-        trustd_times: list[float] = []
-        direct_times: list[float] = []
         with py_spy(self.options.py_spy, self.shim.pid, "start"), self.counting() as usage:
-            for index, sample in enumerate(samples):
-                order = [
-                    (self.trustd, sample.trustd, trustd_times),
-                    (self.direct, sample.direct, direct_times),
-                ]
-                if index % 2:
-                    order.reverse()
-                for client, image, sink in order:
-                    sink.append(timed(lambda c=client, i=image: c.start_container(i.tagged)))
-        trustd = Summary.of(trustd_times)
-        direct = Summary.of(direct_times)
+            trustd, direct = self.interleaved(
+                samples, lambda client, image: client.start_container(image)
+            )
         factor = ratio(trustd.p50, direct.p50)
         self.requests_per_start = sum(usage.requests.values()) / max(trustd.count, 1)
         limit = 1.05 if direct.p50 >= _LONG_PULL_MS else 1.10
