@@ -228,11 +228,11 @@ class Config:
     def freshness_window(self) -> float:
         return self.server.freshness_window
 
-    def is_exempt(self, reference: Reference) -> str | None:
-        """The ``exempt`` pattern that matches ``reference``, if any."""
-        for exemption in self.exempt:
+    def exemption_for(self, reference: Reference) -> tuple[int, str] | None:
+        """The first ``exempt`` pattern that matches ``reference``: (its index, its text)."""
+        for index, exemption in enumerate(self.exempt):
             if exemption.matches(reference):
-                return exemption.text
+                return index, exemption.text
         return None
 
     def rule_for(self, repository: str) -> PolicyRule:

@@ -193,21 +193,20 @@ class PolicyEngine:
         credentials: Credentials | None,
         action: Action,
     ) -> Decision:
-        config = self._config
-        exemption = config.is_exempt(reference)
-        if exemption is not None:
+        matched = policy_match(self._config, reference)
+        if matched.rule is None:
             return Decision(
                 image,
                 action,
                 Verdict.ALLOW,
                 "exempt",
-                f"exempt by pattern {exemption!r}",
+                f"exempt by pattern {matched.exemption!r}",
                 reference=reference,
                 pull_ref=str(reference),
-                rule=f"exempt {exemption!r}",
+                rule=f"exempt {matched.exemption!r}",
             )
 
-        rule = config.rule_for(reference.repository)
+        rule = matched.rule
         rule_name = _rule_label(rule)
         if rule.mode == "off":
             return Decision(
@@ -283,7 +282,7 @@ class PolicyEngine:
 
 @dataclass(frozen=True)
 class PolicyMatch:
-    """Which entry of the config applies to a reference: an exemption, or a rule (dry runs)."""
+    """Which entry of the config applies to a reference: an exemption, or a rule."""
 
     exemption: str | None = None  # the ``exempt`` pattern, when exempt
     exemption_index: int | None = None
@@ -298,10 +297,12 @@ class PolicyMatch:
 
 
 def policy_match(config: Config, reference: Reference) -> PolicyMatch:
-    """The exemption or rule ``PolicyEngine.decide`` applies to ``reference``, in the same order."""
-    for index, exemption in enumerate(config.exempt):
-        if exemption.matches(reference):
-            return PolicyMatch(exemption=exemption.text, exemption_index=index)
+    """The exemption or rule that applies to ``reference``: what ``PolicyEngine`` decides by and
+    what ``trustctl explain`` shows."""
+    exemption = config.exemption_for(reference)
+    if exemption is not None:
+        index, text = exemption
+        return PolicyMatch(exemption=text, exemption_index=index)
     return PolicyMatch(rule=config.rule_for(reference.repository))
 
 

@@ -370,17 +370,17 @@ def test_rules_apply_first_match_first(files: Path) -> None:
 def test_exemptions(files: Path) -> None:
     config = parse(FULL, base_dir=files)
     pause = parse_reference("registry.k8s.io/pause:3.9")
-    assert config.is_exempt(pause) == "registry.k8s.io/pause:3.*"
-    assert config.is_exempt(parse_reference("registry.k8s.io/pause:latest")) is None
+    assert config.exemption_for(pause)[1] == "registry.k8s.io/pause:3.*"
+    assert config.exemption_for(parse_reference("registry.k8s.io/pause:latest")) is None
     # a tag pattern never exempts a digest reference: it has no tag to match
     digest = "sha256:" + "0" * 64
-    assert config.is_exempt(parse_reference(f"registry.k8s.io/pause@{digest}")) is None
-    assert config.is_exempt(parse_reference(f"registry.k8s.io/pause:3.9@{digest}")) is not None
+    assert config.exemption_for(parse_reference(f"registry.k8s.io/pause@{digest}")) is None
+    assert config.exemption_for(parse_reference(f"registry.k8s.io/pause:3.9@{digest}")) is not None
     # without a tag pattern every tag and digest of the matching repositories is exempt
     tools = parse_reference(f"localhost:5000/tools/a/b@{digest}")
-    assert config.is_exempt(tools) == "localhost:5000/tools/**"
-    assert config.is_exempt(parse_reference("localhost:5000/other")) is None
-    assert config.is_exempt(parse_reference("registry.k8s.io/pause2:3.9")) is None
+    assert config.exemption_for(tools)[1] == "localhost:5000/tools/**"
+    assert config.exemption_for(parse_reference("localhost:5000/other")) is None
+    assert config.exemption_for(parse_reference("registry.k8s.io/pause2:3.9")) is None
 
 
 def test_pinning_precedence(files: Path) -> None:
@@ -435,7 +435,7 @@ def test_example_file_parses(tmp_path: Path) -> None:
     config = load_config(tmp_path / "trustd.toml")
     assert config.source == tmp_path / "trustd.toml"
     assert config.notary_for("registry.example.com").ca == tmp_path / "certs" / "notary-ca.crt"
-    assert config.is_exempt(parse_reference("registry.k8s.io/pause:3.10")) is not None
+    assert config.exemption_for(parse_reference("registry.k8s.io/pause:3.10")) is not None
     assert config.rule_for("registry.example.com/prod/web").mode == Mode.ENFORCE
     assert config.rule_for("registry.example.com/staging/web").mode == Mode.AUDIT
     assert config.rule_for("registry.k8s.io/kube-proxy").mode == Mode.OFF
