@@ -133,11 +133,7 @@ class TrustEngine:
         """
         notary = self._settings.notary_for(registry)
         transport = self._transport(notary)
-        limits = SizeLimits(
-            root=notary.root_max_bytes,
-            timestamp=notary.timestamp_max_bytes,
-            other=notary.max_metadata_bytes,
-        )
+        limits = _size_limits(notary)
         pinning = self._pinning(gun)
         try:
             repository = self.updater.refresh(
@@ -217,11 +213,7 @@ class TrustEngine:
         instead of the cached one; (root trusted before, root trusted now). Raises (and changes
         nothing) if the served root is not signed so."""
         notary = self._settings.notary_for(registry)
-        limits = SizeLimits(
-            root=notary.root_max_bytes,
-            timestamp=notary.timestamp_max_bytes,
-            other=notary.max_metadata_bytes,
-        )
+        limits = _size_limits(notary)
         pinning = TrustPinning(pinned_key_ids=tuple(key_ids), allow_tofu=False)
         return self.updater.replace_root(gun, self._transport(notary), pinning, limits)
 
@@ -269,6 +261,14 @@ class TrustEngine:
             ca_certificates=certificates,
             allow_tofu=rule.allow_tofu,
         )
+
+
+def _size_limits(notary: NotarySettings) -> SizeLimits:
+    return SizeLimits(
+        root=notary.root_max_bytes,
+        timestamp=notary.timestamp_max_bytes,
+        other=notary.max_metadata_bytes,
+    )
 
 
 def _configured_credentials(notary: NotarySettings) -> Credentials | None:

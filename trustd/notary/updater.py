@@ -215,10 +215,17 @@ class Updater:
                 del self._recent[stale]
         self._recent[gun] = (result, now)
 
-    def forget_recent(self) -> None:
-        """Drop every result held for the freshness window (the config changed)."""
+    def forget_recent(self, gun: str | None = None) -> None:
+        """Drop the result held for the freshness window for ``gun`` (every GUN's if None).
+
+        After a config change, or after this process forgot or re-pinned ``gun``: another
+        process (the daemon) keeps its own result for at most the window.
+        """
         with self._lock:
-            self._recent.clear()
+            if gun is None:
+                self._recent.clear()
+            else:
+                self._recent.pop(gun, None)
 
     def _recent_result(self, gun: str) -> VerifiedRepository | None:
         if self.freshness_window <= 0:
@@ -270,7 +277,7 @@ class Updater:
             old = _cached_root(self.store, gun)
             self.store.forget(gun)
             self._keep_set(gun, None)
-            self._forget_recent(gun)
+            self.forget_recent(gun)
         return old
 
     def replace_root(
@@ -295,14 +302,8 @@ class Updater:
             self.store.forget(gun)
             self.store.save(gun, "root", data)
             self._keep_set(gun, None)
-            self._forget_recent(gun)
+            self.forget_recent(gun)
         return old, trusted.root
-
-    def _forget_recent(self, gun: str) -> None:
-        # A process holding a result for the freshness window (another one, e.g. the daemon,
-        # keeps its own for at most that long) must not answer from the forgotten root.
-        with self._lock:
-            self._recent.pop(gun, None)
 
     # The trusted set of a GUN is only touched by the single refresh in flight for that GUN,
     # which holds the GUN's cross-process lock.
