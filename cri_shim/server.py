@@ -15,7 +15,6 @@ import binascii
 import contextlib
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ from cri_shim.gen.cri.runtime.v1 import api_pb2
 from trustd.errors import InvalidReference
 from trustd.notary.transport import Credentials
 from trustd.policy import Action, Decision
+from trustd.unix_socket import prepare_socket_path
 
 log = logging.getLogger(__name__)
 
@@ -328,11 +328,7 @@ def serve(
     max_workers: int = 64,
 ) -> RunningServer:
     """Start serving the ImageService on the unix socket ``socket``."""
-    socket.parent.mkdir(parents=True, exist_ok=True)
-    if socket.exists() or socket.is_symlink():
-        if not stat.S_ISSOCK(socket.lstat().st_mode):
-            raise OSError(f"{socket} exists and is not a socket; refusing to replace it")
-        socket.unlink()  # a stale socket left by an earlier run
+    prepare_socket_path(socket)
     executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cri")
     service = ImageService(admission, containerd, pull_timeout)
     server = grpc.server(

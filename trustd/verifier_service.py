@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from trustd.policy import Decision, Verdict
+from trustd.unix_socket import prepare_socket_path
 from trustd.verifier_protocol import (
     MAX_REQUEST_BYTES,
     ProtocolError,
@@ -66,11 +66,7 @@ class VerifierSocketServer:
         self._stopping = threading.Event()
 
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
-            if not stat.S_ISSOCK(self.path.lstat().st_mode):
-                raise OSError(f"{self.path} exists and is not a socket; refusing to replace it")
-            self.path.unlink()  # a stale socket left by an earlier run
+        prepare_socket_path(self.path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(self.path))
