@@ -445,3 +445,11 @@ def test_other_forms_go_to_the_toml_parser(text: str) -> None:
     from trustd.verifier import _UNSURE, _plainly_set_verifier_socket
 
     assert _plainly_set_verifier_socket(text) is _UNSURE
+
+
+def test_the_fast_path_defaults_are_the_configs() -> None:
+    # The verifier repeats them so its fast path never imports trustd.config.
+    from trustd import config, verifier
+
+    assert verifier.DEFAULT_VERIFIER_SOCKET == str(config.DEFAULT_VERIFIER_SOCKET)
+    assert verifier.DEFAULT_CONFIG == str(config.DEFAULT_CONFIG_PATH)
