@@ -451,5 +451,5 @@ def test_the_fast_path_defaults_are_the_configs() -> None:
     # The verifier repeats them so its fast path never imports trustd.config.
     from trustd import config, verifier
 
-    assert verifier.DEFAULT_VERIFIER_SOCKET == str(config.DEFAULT_VERIFIER_SOCKET)
-    assert verifier.DEFAULT_CONFIG == str(config.DEFAULT_CONFIG_PATH)
+    assert str(config.DEFAULT_VERIFIER_SOCKET) == verifier.DEFAULT_VERIFIER_SOCKET
+    assert str(config.DEFAULT_CONFIG_PATH) == verifier.DEFAULT_CONFIG
