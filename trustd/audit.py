@@ -102,7 +102,7 @@ def audit_record(decision: Decision, now: datetime | None = None) -> dict[str, A
     reference = decision.reference
     signed = decision.signed
     return {
-        "time": _rfc3339_millis(now),
+        "time": rfc3339_millis(now),
         "action": str(decision.action),
         "image": _clean(decision.image),
         "reference": str(reference) if reference is not None else None,
@@ -125,7 +125,8 @@ def audit_record(decision: Decision, now: datetime | None = None) -> dict[str, A
     }
 
 
-def _rfc3339_millis(moment: datetime) -> str:
+def rfc3339_millis(moment: datetime) -> str:
+    """UTC, millisecond precision, ``Z``: the time format of every audit record."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

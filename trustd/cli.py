@@ -452,6 +452,7 @@ def _forget_record(
     import pwd
     from datetime import UTC, datetime
 
+    from trustd.audit import rfc3339_millis
     from trustd.notary.lifetime import root_keys
 
     def keys(root: Root | None) -> list[dict[str, str]] | None:
@@ -465,7 +466,7 @@ def _forget_record(
     except KeyError:
         user = None
     record = {
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": rfc3339_millis(datetime.now(UTC)),
         "action": "forget-root",
         "gun": gun,
         "pattern": pattern,
