@@ -25,7 +25,8 @@ from trustd.errors import (
     ThresholdNotMet,
     TrustError,
 )
-from trustd.notary.keys import PublicKey, canonical_key_id
+from trustd.notary.keys import PublicKey
+from trustd.notary.lifetime import root_keys
 from trustd.notary.metadata import (
     DelegatedRole,
     FileMeta,
@@ -400,11 +401,7 @@ class TrustedSet:
 
 def root_key_ids(root: Root) -> tuple[tuple[str, str], ...]:
     """The root role's keys as (ID in root.json, canonical ID), in the root's order."""
-    return tuple(
-        (key_id, canonical_key_id(root.keys[key_id]))
-        for key_id in root.roles["root"].keyids
-        if key_id in root.keys
-    )
+    return tuple((key.key_id, key.canonical_id) for key in root_keys(root))
 
 
 def _parent_of(role: str) -> str | None:
