@@ -26,9 +26,6 @@ from pathlib import Path
 import pytest
 import requests
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.attacks import resign
@@ -135,33 +132,19 @@ def owner(notary_server: NotaryServer, pki: TestPKI, directory: Path) -> NotaryP
 # --- expiry -------------------------------------------------------------------------------------
 
 
-def short_lived_root(directory: Path, gun: str, passphrase: str, days: int) -> tuple[Path, Path]:
+def short_lived_root(
+    pki: TestPKI, directory: Path, gun: str, passphrase: str, days: int
+) -> tuple[Path, Path]:
     """A self-signed root certificate (CN = GUN) valid for ``days``, and its key encrypted for
     ``notary init --rootkey`` (PBES2 with HMAC-SHA1, the only PRF notary reads)."""
     directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gun)])
-    now = utc_now()
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "root.crt", directory / "root.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    plain = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    cert_path, plain_key_path = pki.self_signed_cert(gun, days=days, file_stem="short-lived-root")
+    key_path = directory / "root.key"
     encrypt = ["openssl", "pkcs8", "-topk8", "-v2", "aes256", "-v2prf", "hmacWithSHA1"]
     key_path.write_bytes(
         subprocess.run(
             [*encrypt, "-passout", f"pass:{passphrase}"],
-            input=plain,
+            input=plain_key_path.read_bytes(),
             capture_output=True,
             check=True,
             timeout=30,
@@ -196,7 +179,7 @@ def test_expiring_delegation_and_root_certificate(
     image = push_image("lifetime/expiry", "v1")
     gun = image.repository
     publisher = owner(notary_server, pki, tmp_path / "owner")
-    cert, key = short_lived_root(tmp_path / "root", gun, publisher.passphrase, days=10)
+    cert, key = short_lived_root(pki, tmp_path / "root", gun, publisher.passphrase, days=10)
     publisher.run("init", gun, "--rootkey", str(key), "--rootcert", str(cert))
     publisher.rotate_key(gun, "snapshot", server_managed=True)
     publisher.publish(gun)
