@@ -143,7 +143,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         "--py-spy",
         type=Path,
         metavar="DIR",
-        help="record a py-spy flame graph of the shim process per phase into DIR",
+        help="record the shim process with py-spy per phase into DIR (collapsed stacks)",
     )
     args = parser.parse_args(argv)
     return Options(
@@ -319,9 +319,13 @@ def py_spy(directory: Path | None, pid: int, name: str) -> Iterator[None]:
         yield
         return
     directory.mkdir(parents=True, exist_ok=True)
-    output = directory / f"{name}.svg"
+    # Collapsed stacks (text): readable as they are, and what flame graph tools take. Only the
+    # thread holding the GIL is sampled: the stacks show where the shim spends Python CPU, not
+    # where its threads wait.
+    output = directory / f"{name}.folded"
     recorder = subprocess.Popen(
-        [program, "record", "--pid", str(pid), "--rate", "250", "--output", str(output)],
+        [program, "record", "--pid", str(pid), "--rate", "1000", "--gil", "--format", "raw"]
+        + ["--nonblocking", "--output", str(output)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -335,7 +339,7 @@ def py_spy(directory: Path | None, pid: int, name: str) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             recorder.kill()
             recorder.wait(5)
-        log(f"py-spy flame graph of {name}: {output}")
+        log(f"py-spy stacks of {name}: {output}")
 
 
 # --- phases --------------------------------------------------------------------------------------
