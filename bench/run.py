@@ -324,8 +324,10 @@ def py_spy(directory: Path | None, pid: int, name: str) -> Iterator[None]:
     # where its threads wait.
     output = directory / f"{name}.folded"
     recorder = subprocess.Popen(
-        [program, "record", "--pid", str(pid), "--rate", "1000", "--gil", "--format", "raw"]
-        + ["--nonblocking", "--output", str(output)],
+        [
+            *(program, "record", "--pid", str(pid), "--rate", "1000", "--gil"),
+            *("--format", "raw", "--nonblocking", "--output", str(output)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -619,6 +621,55 @@ class Bench:
             budget_ms=0.3,
         )
         self.compare_calls("ImageFsInfo", self.trustd.fs_info, self.direct.fs_info, budget_ms=0.3)
+        self.relay_floor()
+
+    def relay_floor(self) -> None:
+        """ImageFsInfo through a bare Python gRPC relay (bench/relay.py), trustd and direct
+        containerd, interleaved: how much of the passthrough overhead any Python hop costs."""
+        directory = self.config_path.parent
+        relay = ShimProcess(
+            "relay",
+            self.config_path,
+            directory / "relay.sock",
+            directory / "relay.log",
+            upstream=self.stack.containerd.endpoint,
+        )
+        client: Cri | None = None
+        try:
+            relay.wait_ready()
+            client = Cri(directory / "relay.sock")
+            paths = {"relay": client.fs_info, "trustd": self.trustd.fs_info}
+            paths["direct"] = self.direct.fs_info
+            count = self.options.calls
+            log(f"ImageFsInfo through a bare Python relay: {count} calls per path, interleaved")
+            for call in paths.values():
+                for _ in range(5):
+                    call()
+            samples: dict[str, list[float]] = {name: [] for name in paths}
+            names = list(paths)
+            cpu = relay.cpu_seconds()
+            for index in range(count):
+                turn = index % len(names)
+                for name in names[turn:] + names[:turn]:
+                    samples[name].append(timed(paths[name]))
+            relay_cpu_ms = (relay.cpu_seconds() - cpu) * 1000.0 / count
+        finally:
+            if client is not None:
+                client.close()
+            relay.stop()
+        floor, trustd, direct = (Summary.of(samples[name]) for name in names)
+        self.report.add(
+            Row(
+                "ImageFsInfo, bare Python gRPC relay (the floor of a Python hop)",
+                f"{latency(floor)} (CPU {relay_cpu_ms:.2f} ms)",
+                f"{latency(direct)} direct",
+                f"{delta(floor.p50, direct.p50)} p50; trustd {delta(trustd.p50, direct.p50)} "
+                "in the same calls",
+                "",
+                None,
+                "",
+            )
+        )
 
     # -- Notary at cluster scale --
 

@@ -79,8 +79,11 @@ def memory_of(pid: int) -> Memory:
 class ShimProcess:
     """The process serving trustd's CRI socket."""
 
-    def __init__(self, mode: str, config: Path, socket: Path, log: Path) -> None:
-        if mode not in ("daemon", "host"):
+    def __init__(
+        self, mode: str, config: Path, socket: Path, log: Path, upstream: str | None = None
+    ) -> None:
+        """``mode`` "relay" runs bench/relay.py to ``upstream`` instead of trustd."""
+        if mode not in ("daemon", "host", "relay"):
             raise ValueError(f"unknown shim mode {mode!r}")
         self.mode = mode
         self.config = config
@@ -89,6 +92,9 @@ class ShimProcess:
         self._log_file = log.open("ab")
         if mode == "daemon":
             command = [sys.executable, "-m", "trustd", "serve", "--config", str(config)]
+        elif mode == "relay":
+            assert upstream is not None, "a relay needs its upstream"
+            command = [sys.executable, "-m", "bench.relay", str(socket), upstream]
         else:
             command = [sys.executable, "-m", "bench.host", str(config)]
         environment = dict(os.environ)

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import grpc
 
-from cri_shim.containerd import ContainerdClient, Metadata, forwardable_metadata
+from cri_shim.containerd import ContainerdClient, forwardable_metadata
 from cri_shim.gen.cri.runtime.v1 import api_pb2
 from trustd.errors import InvalidReference
 from trustd.notary.transport import Credentials
@@ -46,6 +46,8 @@ STREAMING_METHODS = frozenset({f"/{SERVICE}/StreamImages"})
 # How long (seconds) the shim remembers a tag it just created: containerd's CRI plugin learns
 # of the tag from an event, a moment after the pull has returned.
 RECENT_TAG_SECONDS = 5.0
+# A tag write runs after its pull has returned, so no caller's deadline bounds it.
+TAG_TIMEOUT = 30.0
 
 
 class Admission(Protocol):
@@ -105,10 +107,11 @@ def _abort_with_upstream(context: grpc.ServicerContext, error: grpc.RpcError) ->
 class RecentTags:
     """Tags this shim pointed at a pinned pull in the last few seconds, with the pinned name.
 
-    The pull returns once the tag is written, without waiting for containerd's CRI plugin to
-    show it (that wait was one more containerd round trip per pull). An ImageStatus arriving
-    before the plugin has caught up (no tag yet, or a moved tag still showing the image it
-    pointed at before) asks for the pinned name the pull itself created.
+    The pull returns as soon as containerd has the pinned image; the tag is written behind it
+    (``TagWriter``), and containerd's CRI plugin learns of the tag from an event a moment later
+    still. An ImageStatus for such a tag asks for the pinned name the pull itself created: the
+    same image, whatever containerd shows under the tag yet (nothing, or the image a moved tag
+    pointed at before).
     """
 
     def __init__(self, seconds: float = RECENT_TAG_SECONDS) -> None:
@@ -131,6 +134,39 @@ class RecentTags:
         return entry[0]
 
 
+class TagWriter:
+    """Writes tags for finished pulls on one thread of its own, in the order the pulls finished.
+
+    containerd's images Get and Create for the tag cost a pull about 2 ms; kubelet does not
+    need them before the pull returns (its next ImageStatus is answered through RecentTags),
+    so the pull does not wait. One thread keeps the order: a tag re-pointed by a later pull
+    never ends on the earlier digest. A failed write is logged; the tag is then written by
+    the next pull of it (kubelet pulls again when the tag is not found).
+    """
+
+    def __init__(self, containerd: ContainerdClient, timeout: float = TAG_TIMEOUT) -> None:
+        self._containerd = containerd
+        self._timeout = timeout
+        self._executor = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tag")
+
+    def submit(self, tag: str, pinned: str) -> futures.Future[None]:
+        return self._executor.submit(self._write, tag, pinned)
+
+    def _write(self, tag: str, pinned: str) -> None:
+        try:
+            self._containerd.tag_image(tag, pinned, self._timeout)
+        except grpc.RpcError as error:
+            log.warning("could not point %s at %s in containerd: %s", tag, pinned, error)
+
+    def drain(self) -> None:
+        """Return once the tags of every pull answered so far are written (or failed)."""
+        self._executor.submit(lambda: None).result()
+
+    def close(self) -> None:
+        """Write what is queued, then stop."""
+        self._executor.shutdown(wait=True)
+
+
 class ImageService:
     """Handlers for the two methods trustd decides; everything else is forwarded."""
 
@@ -141,6 +177,7 @@ class ImageService:
         self.containerd = containerd
         self.pull_timeout = pull_timeout
         self.recent_tags = RecentTags()
+        self.tag_writer = TagWriter(containerd)
 
     def pull_image(
         self, request: api_pb2.PullImageRequest, context: grpc.ServicerContext
@@ -161,8 +198,8 @@ class ImageService:
             response = self.containerd.pull_image(upstream, timeout, metadata)
             tag = _tag_to_apply(decision)
             if tag is not None:
-                self.containerd.tag_image(tag, decision.pull_ref, _timeout(context))
                 self.recent_tags.add(tag, decision.pull_ref)
+                self.tag_writer.submit(tag, decision.pull_ref)
             elif decision.mode == "audit" and decision.signed is not None:
                 # Audit mode pulled what was asked; tell the policy what arrived.
                 status = self.containerd.image_status(
@@ -190,13 +227,13 @@ class ImageService:
         upstream = request
         if decision.reference is not None:
             # Ask for the name trustd verified (kubelet may send "nginx:1.25"), which is the
-            # normalised name containerd stores and trustd tags.
+            # normalised name containerd stores and trustd tags; for a tag this shim pointed at
+            # that very pull moments ago, the pull's own pinned name (see RecentTags).
             upstream = api_pb2.ImageStatusRequest()
             upstream.CopyFrom(request)
-            upstream.image.image = str(decision.reference)
+            upstream.image.image = self._recently_pinned(decision) or str(decision.reference)
         try:
             response = self.containerd.image_status(upstream, _timeout(context), metadata)
-            response = self._just_tagged(decision, response, context, metadata) or response
         except grpc.RpcError as error:
             _abort_with_upstream(context, error)
         if not response.HasField("image"):
@@ -208,24 +245,14 @@ class ImageService:
             return api_pb2.ImageStatusResponse()
         return response
 
-    def _just_tagged(
-        self,
-        decision: Decision,
-        shown: api_pb2.ImageStatusResponse,
-        context: grpc.ServicerContext,
-        metadata: Metadata,
-    ) -> api_pb2.ImageStatusResponse | None:
-        """Status of the pinned pull behind a tag this shim wrote moments ago, when containerd's
-        CRI plugin has not caught up with it: it does not show the tag yet, or still shows the
-        image the tag pointed at before it moved. None when ``shown`` stands."""
-        pinned = decision.pull_ref
-        if pinned is None or (shown.HasField("image") and pinned in shown.image.repo_digests):
-            return None
+    def _recently_pinned(self, decision: Decision) -> str | None:
+        """The pinned name behind the decision's tag, if this shim tagged that pull lately."""
         tag = _tag_to_apply(decision)
-        if tag is None or self.recent_tags.pinned(tag) != pinned:
-            return None  # not written here lately, or re-signed since: containerd's answer stands
-        request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=pinned))
-        return self.containerd.image_status(request, _timeout(context), metadata)
+        if tag is None or decision.pull_ref is None:
+            return None
+        if self.recent_tags.pinned(tag) != decision.pull_ref:
+            return None  # not tagged here lately, or re-signed since: ask for the tag
+        return decision.pull_ref
 
 
 def _tag_to_apply(decision: Decision) -> str | None:
@@ -311,6 +338,7 @@ class RunningServer:
 
     def stop(self, grace: float | None) -> None:
         self.server.stop(grace).wait()
+        self.service.tag_writer.close()  # the tags of pulls already answered
         # grpc never shuts down the pool it was given: without this every stopped server
         # would keep its handler threads for the life of the process.
         self.executor.shutdown(wait=True)

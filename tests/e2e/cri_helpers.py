@@ -108,7 +108,10 @@ class Shim:
         assert shown, f"CRI never showed {name}" + (f" as {repo_digest}" if repo_digest else "")
 
     def manifest_digest_of(self, name: str) -> str | None:
-        """The manifest digest containerd's image record ``name`` points at, if there is one."""
+        """The manifest digest containerd's image record ``name`` points at, if there is one,
+        once the tags of the pulls the shim has answered are written (they are written behind
+        the pull's answer)."""
+        self.server.service.tag_writer.drain()
         record = self.containerd.get_image(name, TIMEOUT)
         return None if record is None else record.target.digest
 

@@ -108,6 +108,7 @@ def test_signed_tag_is_pulled_as_the_signed_digest_and_tagged(
     # The tag containerd holds points at exactly the signed manifest.
     assert shim.manifest_digest_of(image.tagged) == image.digest
     assert shim.manifest_digest_of(image.by_digest) == image.digest
+    shim.await_cri_tag(image.tagged)  # the CRI plugin learns of the tag from an event
     status = shim.status(image.tagged)
     assert status.HasField("image")
     assert status.image.id == image_ref
@@ -127,6 +128,7 @@ def test_a_tag_just_written_is_found_before_the_cri_plugin_shows_it(
     handles a moment later); kubelet's ImageStatus right after the pull must find the image."""
     image = signed_image(stack, push_image, "lagging")
     image_ref = shim.pull(image.tagged)
+    shim.await_cri_tag(image.tagged)
     # What a lagging plugin looks like: the tag record gone from the CRI plugin's view.
     images = images_pb2_grpc.ImagesStub(shim.direct_channel)
     images.Delete(
@@ -147,6 +149,7 @@ def test_a_tag_just_written_is_found_before_the_cri_plugin_shows_it(
     # Only for a tag the shim wrote moments ago: later, an absent tag is absent.
     shim.server.service.recent_tags.seconds = 0.0
     shim.pull(image.tagged)
+    shim.await_cri_tag(image.tagged)
     images.Delete(
         images_pb2.DeleteImageRequest(name=image.tagged, sync=True),
         metadata=[("containerd-namespace", "k8s.io")],
@@ -169,6 +172,7 @@ def test_a_moved_tag_is_found_before_the_cri_plugin_shows_the_move(
     stack.sign(after)
     shim.trust.updater.forget_recent()  # the re-sign is seen now, not a freshness window later
     image_ref = shim.pull(after.tagged)
+    shim.await_cri_tag(after.tagged, repo_digest=after.by_digest)
     # What a lagging plugin looks like: the tag still showing the image it pointed at before.
     shim.containerd.tag_image(before.tagged, before.by_digest, TIMEOUT)
     shim.await_cri_tag(before.tagged, repo_digest=before.by_digest)

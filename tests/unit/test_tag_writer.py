@@ -1,0 +1,75 @@
+"""TagWriter: tags written behind the pull's answer, in order, never lost at shutdown."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+
+from cri_shim.server import TagWriter
+
+
+class _Failure(grpc.RpcError):
+    def __str__(self) -> str:
+        return "containerd said no"
+
+
+class RecordingContainerd:
+    """Records tag writes; the first may be held until the test lets it go."""
+
+    def __init__(self, fail_for: str | None = None) -> None:
+        self.written: list[tuple[str, str]] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.fail_for = fail_for
+
+    def tag_image(self, tag_ref: str, source_ref: str, timeout: float | None) -> None:
+        assert timeout is not None and timeout > 0
+        self.release.wait(10)
+        if tag_ref == self.fail_for:
+            raise _Failure()
+        self.written.append((tag_ref, source_ref))
+
+
+def test_tags_are_written_in_the_order_the_pulls_finished() -> None:
+    containerd = RecordingContainerd()
+    containerd.release.clear()  # hold the first write, so the others queue behind it
+    writer = TagWriter(containerd)  # type: ignore[arg-type]
+    writer.submit("reg/app:1", "reg/app@sha256:aa")
+    writer.submit("reg/app:1", "reg/app@sha256:bb")
+    writer.submit("reg/other:2", "reg/other@sha256:cc")
+    assert containerd.written == []
+    containerd.release.set()
+    writer.drain()
+    # A tag re-pointed by a later pull ends on the later digest.
+    assert containerd.written == [
+        ("reg/app:1", "reg/app@sha256:aa"),
+        ("reg/app:1", "reg/app@sha256:bb"),
+        ("reg/other:2", "reg/other@sha256:cc"),
+    ]
+    writer.close()
+
+
+def test_close_writes_what_is_queued() -> None:
+    containerd = RecordingContainerd()
+    containerd.release.clear()
+    writer = TagWriter(containerd)  # type: ignore[arg-type]
+    for number in range(5):
+        writer.submit(f"reg/app:{number}", f"reg/app@sha256:{number}")
+    threading.Timer(0.05, containerd.release.set).start()
+    writer.close()
+    assert [tag for tag, _ in containerd.written] == [f"reg/app:{n}" for n in range(5)]
+
+
+def test_a_failed_write_is_logged_and_the_next_still_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    containerd = RecordingContainerd(fail_for="reg/app:bad")
+    writer = TagWriter(containerd)  # type: ignore[arg-type]
+    writer.submit("reg/app:bad", "reg/app@sha256:aa")
+    writer.submit("reg/app:good", "reg/app@sha256:bb")
+    writer.close()
+    assert containerd.written == [("reg/app:good", "reg/app@sha256:bb")]
+    assert "could not point reg/app:bad at reg/app@sha256:aa" in caplog.text
+    assert "containerd said no" in caplog.text
