@@ -30,6 +30,7 @@ from cri_shim.gen.cri.runtime.v1 import api_pb2
 from trustd.errors import InvalidReference
 from trustd.notary.transport import Credentials
 from trustd.policy import Action, Decision
+from trustd.reference import parse_reference
 from trustd.unix_socket import prepare_socket_path
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,54 @@ class TagWriter:
         self._executor.shutdown(wait=True)
 
 
+class Lookahead:
+    """Verified lookups started behind an answer, for the pull that is about to ask.
+
+    kubelet follows an absent ImageStatus with a PullImage of the same image at once; the
+    lookup made here (the decision is audited as any ImageStatus decision) is the one that pull
+    joins or finds fresh. Bounded: when ``limit`` lookups are pending, more are skipped (each
+    pull still makes its own), so a flood of ImageStatus calls cannot queue without end.
+    """
+
+    def __init__(self, admission: Admission, *, limit: int = 64, timeout: float = 30.0) -> None:
+        self._admission = admission
+        self._timeout = timeout
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._pending: set[futures.Future[None]] = set()
+        self._executor = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="lookahead")
+
+    def submit(self, image: str) -> None:
+        with self._lock:
+            if len(self._pending) >= self._limit:
+                return
+            try:
+                future = self._executor.submit(self._look_up, image)
+            except RuntimeError:  # shutting down
+                return
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: futures.Future[None]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def _look_up(self, image: str) -> None:
+        try:
+            self._admission.decide(image, None, Action.STATUS, self._timeout)
+        except Exception:  # the policy never raises for bad input; this is a bug
+            log.exception("looking %s up ahead of its pull failed", image)
+
+    def drain(self) -> None:
+        """Return once every lookup submitted so far has finished."""
+        with self._lock:
+            pending = list(self._pending)
+        futures.wait(pending)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
 class ImageService:
     """Handlers for the two methods trustd decides; everything else is forwarded."""
 
@@ -178,6 +227,7 @@ class ImageService:
         self.pull_timeout = pull_timeout
         self.recent_tags = RecentTags()
         self.tag_writer = TagWriter(containerd)
+        self.lookahead = Lookahead(admission)
 
     def pull_image(
         self, request: api_pb2.PullImageRequest, context: grpc.ServicerContext
@@ -217,25 +267,53 @@ class ImageService:
         self, request: api_pb2.ImageStatusRequest, context: grpc.ServicerContext
     ) -> api_pb2.ImageStatusResponse:
         metadata = forwardable_metadata(context.invocation_metadata())
-        decision = self.admission.decide(
-            request.image.image, None, Action.STATUS, _timeout(context)
-        )
-        if not decision.allowed:
-            # Reported absent, kubelet pulls, and that pull is verified (and denied, with a
-            # reason, if it still fails). A present-but-unverified image never runs.
-            return api_pb2.ImageStatusResponse()
+        name = _normalised(request.image.image)
+        if name is not None and self.recent_tags.pinned(name) is None:
+            # containerd first: an image it does not hold is absent whatever Notary says, and
+            # kubelet's pull follows at once. That pull's verified lookup starts now, behind
+            # the answer, and the pull joins it (single flight, freshness window).
+            try:
+                response = self.containerd.image_status(
+                    _status_request(request, name), _timeout(context), metadata
+                )
+            except grpc.RpcError as error:
+                _abort_with_upstream(context, error)
+            if not response.HasField("image"):
+                self.lookahead.submit(request.image.image)
+                return response
+            decision = self.admission.decide(
+                request.image.image, None, Action.STATUS, _timeout(context)
+            )
+            if not decision.allowed:
+                # A present-but-unverified image never runs: reported absent, kubelet pulls,
+                # and that pull is verified (and denied, with a reason, if it still fails).
+                return api_pb2.ImageStatusResponse()
+            if decision.reference is not None and str(decision.reference) == name:
+                return self._checked(decision, response)
+        else:
+            decision = self.admission.decide(
+                request.image.image, None, Action.STATUS, _timeout(context)
+            )
+            if not decision.allowed:
+                return api_pb2.ImageStatusResponse()
         upstream = request
         if decision.reference is not None:
             # Ask for the name trustd verified (kubelet may send "nginx:1.25"), which is the
             # normalised name containerd stores and trustd tags; for a tag this shim pointed at
             # that very pull moments ago, the pull's own pinned name (see RecentTags).
-            upstream = api_pb2.ImageStatusRequest()
-            upstream.CopyFrom(request)
-            upstream.image.image = self._recently_pinned(decision) or str(decision.reference)
+            upstream = _status_request(
+                request, self._recently_pinned(decision) or str(decision.reference)
+            )
         try:
             response = self.containerd.image_status(upstream, _timeout(context), metadata)
         except grpc.RpcError as error:
             _abort_with_upstream(context, error)
+        return self._checked(decision, response)
+
+    def _checked(
+        self, decision: Decision, response: api_pb2.ImageStatusResponse
+    ) -> api_pb2.ImageStatusResponse:
+        """containerd's answer if the image it holds is the signed one, else absent."""
         if not response.HasField("image"):
             return response
         checked = self.admission.check_local_image(decision, list(response.image.repo_digests))
@@ -253,6 +331,22 @@ class ImageService:
         if self.recent_tags.pinned(tag) != decision.pull_ref:
             return None  # not tagged here lately, or re-signed since: ask for the tag
         return decision.pull_ref
+
+
+def _normalised(image: str) -> str | None:
+    """The name containerd stores ``image`` under (``nginx:1.25`` is
+    ``docker.io/library/nginx:1.25``); None for a reference the policy must word the error of."""
+    try:
+        return str(parse_reference(image))
+    except InvalidReference:
+        return None
+
+
+def _status_request(request: api_pb2.ImageStatusRequest, name: str) -> api_pb2.ImageStatusRequest:
+    upstream = api_pb2.ImageStatusRequest()
+    upstream.CopyFrom(request)
+    upstream.image.image = name
+    return upstream
 
 
 def _tag_to_apply(decision: Decision) -> str | None:
@@ -339,6 +433,7 @@ class RunningServer:
     def stop(self, grace: float | None) -> None:
         self.server.stop(grace).wait()
         self.service.tag_writer.close()  # the tags of pulls already answered
+        self.service.lookahead.close()
         # grpc never shuts down the pool it was given: without this every stopped server
         # would keep its handler threads for the life of the process.
         self.executor.shutdown(wait=True)

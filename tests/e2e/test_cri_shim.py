@@ -183,6 +183,29 @@ def test_a_moved_tag_is_found_before_the_cri_plugin_shows_the_move(
     assert after.by_digest in status.image.repo_digests
 
 
+def test_image_status_of_an_absent_image_looks_it_up_behind_the_answer(
+    stack: Stack, push_image: PushImage, registry: Registry, shim: Shim
+) -> None:
+    """Absent is absent whatever Notary says: containerd is asked first, and the verified
+    lookup kubelet's pull needs next is made behind the answer, audited as the status decision."""
+    signed = signed_image(stack, push_image, "ahead")
+    unsigned = push_image(unique_repo("ahead-unsigned"), "1.0", seed=uuid.uuid4().hex)
+
+    assert not shim.status(signed.tagged).HasField("image")
+    assert not shim.status(unsigned.tagged).HasField("image")
+    shim.server.service.lookahead.drain()
+    [ahead] = shim.decisions_for(signed.tagged)
+    assert (ahead.action, ahead.verdict) == ("status", Verdict.ALLOW)
+    assert ahead.pull_ref == signed.by_digest
+    [refused] = shim.decisions_for(unsigned.tagged)
+    assert (refused.action, refused.verdict) == ("status", Verdict.DENY)
+    assert "no trust data" in refused.reason
+
+    shim.pull(signed.tagged)
+    assert shim.status(signed.tagged).HasField("image")
+    assert [d.action for d in shim.decisions_for(signed.tagged)] == ["status", "pull", "status"]
+
+
 def test_image_status_of_a_signed_digest_reference(
     stack: Stack, push_image: PushImage, shim: Shim
 ) -> None:

@@ -1,4 +1,5 @@
-"""TagWriter: tags written behind the pull's answer, in order, never lost at shutdown."""
+"""Work the shim does behind an answer: tag writes (TagWriter), lookups ahead of a pull
+(Lookahead)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import threading
 import grpc
 import pytest
 
-from cri_shim.server import TagWriter
+from cri_shim.server import Lookahead, TagWriter
+from trustd.policy import Action
 
 
 class _Failure(grpc.RpcError):
@@ -73,3 +75,38 @@ def test_a_failed_write_is_logged_and_the_next_still_written(
     assert containerd.written == [("reg/app:good", "reg/app@sha256:bb")]
     assert "could not point reg/app:bad at reg/app@sha256:aa" in caplog.text
     assert "containerd said no" in caplog.text
+
+
+class HeldAdmission:
+    """Records the images it is asked about; holds every answer until released."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, Action]] = []
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+
+    def decide(
+        self, image: str, credentials: object, action: Action, timeout: float | None
+    ) -> None:
+        assert credentials is None and timeout is not None and timeout > 0
+        with self._lock:
+            self.asked.append((image, action))
+        self.release.wait(10)
+
+
+def test_lookahead_decides_behind_the_answer_and_is_bounded() -> None:
+    admission = HeldAdmission()
+    lookahead = Lookahead(admission, limit=3)  # type: ignore[arg-type]
+    for number in range(5):
+        lookahead.submit(f"reg/app:{number}")
+    admission.release.set()
+    lookahead.drain()
+    # Three were pending when the fourth and fifth came: those two were skipped (their pulls
+    # make their own lookups), never queued without end.
+    assert sorted(admission.asked) == [(f"reg/app:{n}", Action.STATUS) for n in range(3)]
+    lookahead.submit("reg/app:later")  # room again once the first ones finished
+    lookahead.drain()
+    assert ("reg/app:later", Action.STATUS) in admission.asked
+    lookahead.close()
+    lookahead.submit("reg/app:closed")  # after close: skipped, no error
+    assert ("reg/app:closed", Action.STATUS) not in admission.asked
