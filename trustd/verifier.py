@@ -27,19 +27,16 @@ import os
 import sys
 import time
 
-from trustd.verifier_protocol import (
-    MAX_ANSWER_BYTES,
-    AnswerTimeout,
-    ProtocolError,
-    loads_object,
-    parse_answer,
-    read_frame,
-    request_frame,
+from trustd.daemon_socket import (
+    DEFAULT_CONFIG,
+    DaemonAbsent,
+    DaemonFailed,
+    ask_daemon,
+    verifier_socket,
 )
+from trustd.verifier_protocol import ProtocolError, loads_object, parse_answer, request_frame
 
 DESCRIPTOR_MEDIA_TYPE = "application/vnd.oci.descriptor.v1+json"
-DEFAULT_CONFIG = "/etc/trustd/trustd.toml"
-DEFAULT_VERIFIER_SOCKET = "/run/trustd/verify.sock"  # trustd.config.DEFAULT_VERIFIER_SOCKET
 # Below containerd's usual per_verifier_timeout ("10s" in its docs), so that a slow judgement
 # is reported with trustd's reason rather than as containerd's timeout.
 DEFAULT_TIMEOUT = 8.0
@@ -185,14 +182,14 @@ def _judge(
     config: str, name: str, digest: str, deadline: float, timeout: float
 ) -> tuple[bool, str, str]:
     """(allowed, message, who judged): the daemon if it listens, else this process."""
-    socket_path = _verifier_socket(config)
+    socket_path = verifier_socket(config)
     if socket_path is not None:
         try:
             allowed, message = _ask_daemon(socket_path, name, digest, deadline)
             return allowed, message, f"the trustd daemon on {socket_path}"
-        except _DaemonAbsent as error:
+        except DaemonAbsent as error:
             _note(f"no daemon on {socket_path} ({error}); judging in this process")
-        except _DaemonFailed as error:
+        except DaemonFailed as error:
             if time.monotonic() >= deadline:
                 raise NotJudged(
                     f"no judgement within {timeout:g}s: the trustd daemon on {socket_path} {error}"
@@ -202,105 +199,9 @@ def _judge(
     return allowed, message, "this process (no daemon)"
 
 
-def _verifier_socket(config: str) -> str | None:
-    """``server.verifier_socket`` of the config; None when it is "" (not served). The default
-    when the file is unreadable or invalid: the daemon may run with an earlier version of it."""
-    try:
-        with open(config, "rb") as handle:
-            text = handle.read().decode("utf-8")
-    except (OSError, UnicodeDecodeError):
-        return DEFAULT_VERIFIER_SOCKET
-    value = _plainly_set_verifier_socket(text)
-    if value is _UNSURE:
-        # Anything but the plain forms: the TOML parser decides (about 15 ms on a slow node,
-        # most of it compiling the regular expressions tomllib and re build on import).
-        import tomllib
-
-        try:
-            server = tomllib.loads(text).get("server", {})
-        except tomllib.TOMLDecodeError:
-            return DEFAULT_VERIFIER_SOCKET
-        value = server.get("verifier_socket") if isinstance(server, dict) else None
-    if not isinstance(value, str):
-        return DEFAULT_VERIFIER_SOCKET
-    if not value:
-        return None
-    # Relative paths are relative to the config file, as in trustd.config.
-    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config)), value))
-
-
-_UNSURE = object()
-
-
-def _plainly_set_verifier_socket(text: str) -> str | object | None:
-    """The key as almost every config has it, read without a TOML parser: absent (None), or one
-    ``verifier_socket = "PATH"`` (or ``'PATH'``) line in ``[server]``, with at most a comment
-    after it. Any other form - dotted or quoted keys, escapes, multi-line strings, the key in
-    another table or twice - is ``_UNSURE``, for the TOML parser."""
-    if "\\u" in text or "\\U" in text or '"""' in text or "'''" in text:
-        return _UNSURE  # could spell the key, or hide lines inside a string
-    if "verifier_socket" not in text:
-        return None
-    table = ""
-    found: str | None = None
-    for raw_line in text.splitlines():
-        line = raw_line.strip()
-        if line.startswith("#"):
-            continue
-        if line.startswith("["):
-            table = "".join(line.split("#", 1)[0].split())
-            continue
-        if "verifier_socket" not in line:
-            continue
-        if table != "[server]" or found is not None or not line.startswith("verifier_socket"):
-            return _UNSURE
-        rest = line.removeprefix("verifier_socket").lstrip()
-        if not rest.startswith("="):
-            return _UNSURE
-        rest = rest[1:].lstrip()
-        quote = rest[:1]
-        closing = rest.find(quote, 1) if quote in ('"', "'") else -1
-        if closing < 0:
-            return _UNSURE
-        value, after = rest[1:closing], rest[closing + 1 :].strip()
-        if "\\" in value or (after and not after.startswith("#")):
-            return _UNSURE
-        found = value
-    return found
-
-
-class _DaemonAbsent(Exception):
-    """Nothing answers on the socket: the daemon is stopped (or not installed)."""
-
-
-class _DaemonFailed(Exception):
-    """The daemon took the question but gave no usable answer."""
-
-
 def _ask_daemon(path: str, name: str, digest: str, deadline: float) -> tuple[bool, str]:
-    # _socket, not socket: the module's enums cost the fast path more than the daemon's answer.
-    import _socket
-
-    connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        connection.settimeout(max(deadline - time.monotonic(), 0.001))
-        try:
-            connection.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as error:
-            raise _DaemonAbsent(error.strerror or str(error)) from None
-        except TimeoutError:
-            raise _DaemonFailed("accepted no connection before the deadline") from None
-        except OSError as error:
-            raise _DaemonAbsent(error.strerror or str(error)) from None
-        try:
-            connection.sendall(request_frame(name, digest, _answer_budget(deadline)))
-            return parse_answer(read_frame(connection, MAX_ANSWER_BYTES, deadline))
-        except (TimeoutError, AnswerTimeout):
-            raise _DaemonFailed("did not answer before the deadline") from None
-        except (ProtocolError, OSError) as error:
-            raise _DaemonFailed(f"gave no usable answer ({error})") from None
-    finally:
-        connection.close()
+    request = request_frame(name, digest, _answer_budget(deadline))
+    return ask_daemon(path, request, deadline, parse_answer)
 
 
 def _answer_budget(deadline: float) -> float:

@@ -357,6 +357,7 @@ def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
     assert {m for m in modules if m.startswith("trustd")} == {
         "trustd",
         "trustd.verifier",
+        "trustd.daemon_socket",
         "trustd.verifier_protocol",
     }
     # Nor the TOML parser or re, whose imports would cost more than the daemon's answer.
@@ -364,20 +365,20 @@ def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
 
 
 def test_where_the_verifier_looks_for_the_daemon(tmp_path: Path) -> None:
-    from trustd.verifier import DEFAULT_VERIFIER_SOCKET, _verifier_socket
+    from trustd.daemon_socket import DEFAULT_VERIFIER_SOCKET, verifier_socket
 
     config = tmp_path / "trustd.toml"
-    assert _verifier_socket(str(config)) == DEFAULT_VERIFIER_SOCKET  # no file (yet)
+    assert verifier_socket(str(config)) == DEFAULT_VERIFIER_SOCKET  # no file (yet)
     config.write_text('[server]\nstate_dir = "/srv/trustd"\n')
-    assert _verifier_socket(str(config)) == DEFAULT_VERIFIER_SOCKET
+    assert verifier_socket(str(config)) == DEFAULT_VERIFIER_SOCKET
     config.write_text('[server]\nverifier_socket = ""\n')
-    assert _verifier_socket(str(config)) is None  # not served: judge in this process
+    assert verifier_socket(str(config)) is None  # not served: judge in this process
     config.write_text('[server]\n"verifier_socket" = "run/v.sock"\n')
-    assert _verifier_socket(str(config)) == str(tmp_path / "run" / "v.sock")
+    assert verifier_socket(str(config)) == str(tmp_path / "run" / "v.sock")
     config.write_text('server.verifier_socket = "/x/v.sock"\n')
-    assert _verifier_socket(str(config)) == "/x/v.sock"
+    assert verifier_socket(str(config)) == "/x/v.sock"
     config.write_text('[server]\nverifier_socket = "/x/v.sock\n')  # broken: the daemon's default
-    assert _verifier_socket(str(config)) == DEFAULT_VERIFIER_SOCKET
+    assert verifier_socket(str(config)) == DEFAULT_VERIFIER_SOCKET
 
 
 def test_a_daemon_that_does_not_answer_in_time_blocks_with_trustds_reason(tmp_path: Path) -> None:
@@ -421,9 +422,9 @@ def test_the_plain_forms_of_verifier_socket_are_read_without_toml(
 ) -> None:
     import tomllib
 
-    from trustd.verifier import _plainly_set_verifier_socket
+    from trustd.daemon_socket import plainly_set_verifier_socket
 
-    assert _plainly_set_verifier_socket(text) == expected
+    assert plainly_set_verifier_socket(text) == expected
     assert tomllib.loads(text).get("server", {}).get("verifier_socket") == expected
 
 
@@ -442,14 +443,14 @@ def test_the_plain_forms_of_verifier_socket_are_read_without_toml(
     ],
 )
 def test_other_forms_go_to_the_toml_parser(text: str) -> None:
-    from trustd.verifier import _UNSURE, _plainly_set_verifier_socket
+    from trustd.daemon_socket import UNSURE, plainly_set_verifier_socket
 
-    assert _plainly_set_verifier_socket(text) is _UNSURE
+    assert plainly_set_verifier_socket(text) is UNSURE
 
 
 def test_the_fast_path_defaults_are_the_configs() -> None:
-    # The verifier repeats them so its fast path never imports trustd.config.
-    from trustd import config, verifier
+    # The fast paths repeat them so that they never import trustd.config.
+    from trustd import config, daemon_socket
 
-    assert str(config.DEFAULT_VERIFIER_SOCKET) == verifier.DEFAULT_VERIFIER_SOCKET
-    assert str(config.DEFAULT_CONFIG_PATH) == verifier.DEFAULT_CONFIG
+    assert str(config.DEFAULT_VERIFIER_SOCKET) == daemon_socket.DEFAULT_VERIFIER_SOCKET
+    assert str(config.DEFAULT_CONFIG_PATH) == daemon_socket.DEFAULT_CONFIG
