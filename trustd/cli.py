@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustd.config import Config, PolicyRule, load_config
-from trustd.errors import ConfigError, InvalidReference, NotaryUnavailable, TrustError
+from trustd.errors import ConfigError, InvalidReference, TrustError
+from trustd.queries import EXIT_OK, EXIT_UNTRUSTED, EXIT_USAGE, status_for
 from trustd.reference import parse_reference
 
 if TYPE_CHECKING:
@@ -31,11 +32,6 @@ if TYPE_CHECKING:
     from trustd.notary.updater import VerifiedRepository
 
 DEFAULT_CONFIG = Path("/etc/trustd/trustd.toml")
-
-EXIT_OK = 0
-EXIT_UNTRUSTED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
 
 
 def _config_path(argument: str | None) -> Path:
@@ -51,14 +47,6 @@ def _add_config_option(parser: argparse.ArgumentParser) -> None:
 def _fail(message: str, status: int) -> int:
     print(f"trustctl: {message}", file=sys.stderr)
     return status
-
-
-def _status_for(error: Exception) -> int:
-    if isinstance(error, NotaryUnavailable):
-        return EXIT_UNAVAILABLE
-    if isinstance(error, InvalidReference | ConfigError):
-        return EXIT_USAGE
-    return EXIT_UNTRUSTED
 
 
 def _credentials(args: argparse.Namespace) -> Credentials | None:
@@ -82,38 +70,19 @@ def _engine(config: Config, state_dir: str | None) -> TrustEngine:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from trustd.policy import verify_reference
+    """In this process (the ``trustctl`` program asks the daemon first: trustd.ctl); the answer
+    is made by the same function as the daemon's."""
+    from trustd.queries import verify_answer
 
     config = load_config(_config_path(args.config))
-    reference = parse_reference(args.reference)
-    rule = config.rule_for(reference.repository)
     engine = _engine(config, args.state_dir)
     try:
-        # trustctl answers "is this signed?", so a digest is checked whatever the rule allows.
-        signed = verify_reference(
-            engine, reference, rule, _credentials(args), require_signed_digests=True
-        )
-        assert signed is not None
+        answer = verify_answer(engine, config, args.reference, _credentials(args), args.json)
     finally:
         engine.close()
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "reference": str(reference),
-                    "gun": reference.repository,
-                    "tag": signed.name,
-                    "digest": signed.digest,
-                    "size": signed.size,
-                    "role": signed.role,
-                    "pinned": reference.pinned(signed.digest),
-                },
-                indent=2,
-            )
-        )
-    else:
-        print(f"{reference.pinned(signed.digest)}\tsize {signed.size}\tsigned by {signed.role}")
-    return EXIT_OK
+    sys.stdout.write(answer.stdout)
+    sys.stderr.write(answer.stderr)
+    return answer.status
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -537,7 +506,7 @@ def _explain(args: argparse.Namespace) -> int:
         print(_format_explanation(explanation, rule))
     if decision.verdict is not Verdict.DENY:
         return EXIT_OK
-    return _status_for(decision.error) if decision.error is not None else EXIT_UNTRUSTED
+    return status_for(decision.error) if decision.error is not None else EXIT_UNTRUSTED
 
 
 def _outage_policy(config: Config, rule: PolicyRule | None) -> dict[str, object] | None:
@@ -669,6 +638,12 @@ def trustctl_main(argv: Sequence[str] | None = None) -> int:
         _add_credential_options(command)
         _add_config_option(command)
         command.set_defaults(handler=handler)
+        if name == "verify":
+            # The trustctl program asks the running daemon unless told otherwise (trustd.ctl);
+            # here, in trustctl_main, verify always judges in this process.
+            command.add_argument(
+                "--local", action="store_true", help="judge in this process, not via the daemon"
+            )
 
     expiring = commands.add_parser(
         "expiring",
@@ -709,7 +684,7 @@ def trustctl_main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.handler(args)
     except (TrustError, InvalidReference, ConfigError) as error:
-        return _fail(str(error), _status_for(error))
+        return _fail(str(error), status_for(error))
     return status
 
 

@@ -1,0 +1,84 @@
+"""trustctl's answers, made alike in its own process and in the daemon.
+
+``trustctl verify`` prints what ``verify_answer`` returns, whether it judges in its own process
+(``trustd.cli``: ``--local``, or no daemon to ask) or the daemon answers it on its verifier
+socket (``trustd.ctl`` asks, ``trustd.daemon`` answers with its own config and trust engine).
+One function makes both answers, so they cannot drift apart.
+
+Exit statuses: 0 success; 1 the image is not trusted; 2 bad usage, reference or config;
+3 the Notary server could not be reached.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, NamedTuple
+
+from trustd.errors import ConfigError, InvalidReference, NotaryUnavailable, TrustError
+from trustd.reference import parse_reference
+
+if TYPE_CHECKING:
+    from trustd.config import Config
+    from trustd.notary.client import TrustEngine
+    from trustd.notary.transport import Credentials
+
+EXIT_OK = 0
+EXIT_UNTRUSTED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+class VerifyAnswer(NamedTuple):
+    """What ``trustctl verify`` prints and how it exits."""
+
+    status: int
+    stdout: str
+    stderr: str
+
+
+def status_for(error: Exception) -> int:
+    if isinstance(error, NotaryUnavailable):
+        return EXIT_UNAVAILABLE
+    if isinstance(error, InvalidReference | ConfigError):
+        return EXIT_USAGE
+    return EXIT_UNTRUSTED
+
+
+def failure(error: Exception) -> VerifyAnswer:
+    """The one stderr line trustctl gives for ``error``, and its exit status."""
+    return VerifyAnswer(status_for(error), "", f"trustctl: {error}\n")
+
+
+def verify_answer(
+    engine: TrustEngine,
+    config: Config,
+    image: str,
+    credentials: Credentials | None,
+    as_json: bool,
+) -> VerifyAnswer:
+    """``trustctl verify IMAGE [--json]`` under ``config``, with ``engine`` (left open: the
+    daemon's serves on): the signed digest of ``image`` as typed, or why it is not trusted."""
+    # The trust engine's modules (cryptography, TLS) load with the first command that needs them.
+    from trustd.policy import verify_reference
+
+    try:
+        reference = parse_reference(image)
+        rule = config.rule_for(reference.repository)
+        # trustctl answers "is this signed?", so a digest is checked whatever the rule allows.
+        signed = verify_reference(engine, reference, rule, credentials, require_signed_digests=True)
+    except (TrustError, InvalidReference, ConfigError) as error:
+        return failure(error)
+    assert signed is not None
+    if as_json:
+        document = {
+            "reference": str(reference),
+            "gun": reference.repository,
+            "tag": signed.name,
+            "digest": signed.digest,
+            "size": signed.size,
+            "role": signed.role,
+            "pinned": reference.pinned(signed.digest),
+        }
+        return VerifyAnswer(EXIT_OK, json.dumps(document, indent=2) + "\n", "")
+    line = f"{reference.pinned(signed.digest)}\tsize {signed.size}\tsigned by {signed.role}\n"
+    return VerifyAnswer(EXIT_OK, line, "")
