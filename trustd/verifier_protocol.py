@@ -1,16 +1,25 @@
-"""The wire format between containerd's image verifier (``trustd.verifier``) and the daemon.
+"""The wire format between the daemon and the programs that ask it: containerd's image verifier
+(``trustd.verifier``) and ``trustctl verify`` (``trustd.ctl``).
 
-One question per connection on a unix socket: the verifier sends a request frame, the daemon
+One question per connection on a unix socket: the client sends a request frame, the daemon
 answers with one frame and closes. A frame is a 4-byte big-endian length and that many bytes of
-UTF-8 JSON, one object:
+UTF-8 JSON, one object. The image verifier asks whether containerd may pull what it resolved:
 
     request  {"name": "registry.example.com/app:1.4", "digest": "sha256:…", "timeout": 7.5}
     answer   {"allowed": true, "message": "trustd: signed by targets/releases as sha256:…"}
 
-``timeout`` (seconds, optional) is how long the verifier will wait: the daemon bounds its Notary
-requests by it, so that a slow Notary is reported with trustd's reason rather than as a verifier
+trustctl asks for what ``trustctl verify IMAGE [--json]`` prints, as typed (a request with a
+``"verify"`` key is this kind):
+
+    request  {"verify": "registry.example.com/app:1.4", "json": false, "timeout": 59.5}
+    answer   {"status": 0, "stdout": "registry.example.com/app:1.4@sha256:…\tsize …\n",
+              "stderr": ""}
+
+``timeout`` (seconds, optional) is how long the client will wait: the daemon bounds its Notary
+requests by it, so that a slow Notary is reported with trustd's reason rather than as a client
 that timed out. Lengths are bounded on both sides, so neither end can be made to buffer without
-limit.
+limit. A daemon that predates a kind of request answers it as a bad request, in the verifier's
+shape, which the newer client recognises as "not understood".
 
 This module is on the verifier's fast path, which runs once per pull on the node: it imports
 nothing beyond what the interpreter has loaded at start-up and C modules (``json`` alone costs
@@ -36,7 +45,7 @@ if TYPE_CHECKING:
 
 MAX_REQUEST_BYTES = 16 * 1024  # a name is at most ~400 characters
 MAX_ANSWER_BYTES = 64 * 1024
-_LENGTH_BYTES = 4
+HEADER_BYTES = 4  # the big-endian length before each payload
 
 
 class ProtocolError(Exception):
@@ -45,6 +54,35 @@ class ProtocolError(Exception):
 
 class AnswerTimeout(ProtocolError):
     """The other end did not complete its frame before the deadline."""
+
+
+class QueryError(ProtocolError):
+    """A trustctl query (a request with a ``"verify"`` key) that is malformed: answered in the
+    query's shape, not the image verifier's."""
+
+
+class VerifyQuery:
+    """trustctl's ``verify IMAGE [--json]`` asked of the daemon: the image as typed."""
+
+    # A plain class: dataclasses would cost the fast path imports of inspect and re.
+    __slots__ = ("as_json", "image", "timeout")
+
+    def __init__(self, image: str, as_json: bool, timeout: float | None = None) -> None:
+        self.image = image
+        self.as_json = as_json
+        self.timeout = timeout
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, VerifyQuery):
+            return NotImplemented
+        return (self.image, self.as_json, self.timeout) == (
+            other.image,
+            other.as_json,
+            other.timeout,
+        )
+
+    def __repr__(self) -> str:
+        return f"VerifyQuery({self.image!r}, as_json={self.as_json}, timeout={self.timeout})"
 
 
 # --- JSON without importing json -----------------------------------------------------------------
@@ -121,7 +159,7 @@ def json_string(text: str) -> str:
 
 
 def frame(payload: bytes) -> bytes:
-    return len(payload).to_bytes(_LENGTH_BYTES, "big") + payload
+    return len(payload).to_bytes(HEADER_BYTES, "big") + payload
 
 
 def request_frame(name: str, digest: str, timeout: float | None = None) -> bytes:
@@ -136,10 +174,23 @@ def answer_frame(allowed: bool, message: str) -> bytes:
     return frame(f'{{"allowed":{allowed_text},"message":{json_string(message)}}}'.encode())
 
 
+def query_frame(image: str, as_json: bool, timeout: float | None = None) -> bytes:
+    json_text = "true" if as_json else "false"
+    fields = f'"verify":{json_string(image)},"json":{json_text}'
+    if timeout is not None:
+        fields += f',"timeout":{timeout:.3f}'
+    return frame(f"{{{fields}}}".encode())
+
+
+def query_answer_frame(status: int, stdout: str, stderr: str) -> bytes:
+    fields = f'"status":{int(status)},"stdout":{json_string(stdout)},"stderr":{json_string(stderr)}'
+    return frame(f"{{{fields}}}".encode())
+
+
 def read_frame(connection: Receiver, limit: int, deadline: float) -> bytes:
     """The payload of one frame of at most ``limit`` bytes, read before ``deadline``
     (``time.monotonic()``)."""
-    header = _read_exactly(connection, _LENGTH_BYTES, deadline)
+    header = _read_exactly(connection, HEADER_BYTES, deadline)
     length = int.from_bytes(header, "big")
     if length > limit:
         raise ProtocolError(f"frame of {length} bytes; at most {limit} are accepted")
@@ -147,16 +198,38 @@ def read_frame(connection: Receiver, limit: int, deadline: float) -> bytes:
 
 
 def parse_request(payload: bytes) -> tuple[str, str, float | None]:
-    """(name, digest, timeout) of a request; ProtocolError when malformed."""
+    """(name, digest, timeout) of an image verifier's request; ProtocolError when malformed."""
+    return _verifier_request(loads_object(payload))
+
+
+def parse_any_request(payload: bytes) -> tuple[str, str, float | None] | VerifyQuery:
+    """An image verifier's request as ``parse_request`` gives it, or a trustctl query;
+    QueryError for a malformed query, ProtocolError for anything else malformed."""
     request = loads_object(payload)
-    name, digest, timeout = request.get("name"), request.get("digest"), request.get("timeout")
+    if "verify" not in request:
+        return _verifier_request(request)
+    image, as_json = request["verify"], request.get("json", False)
+    if not isinstance(image, str):
+        raise QueryError('"verify" must be the image as a string')
+    if not isinstance(as_json, bool):
+        raise QueryError('"json" must be true or false')
+    return VerifyQuery(image, as_json, _timeout(request, QueryError))
+
+
+def _verifier_request(request: dict[str, object]) -> tuple[str, str, float | None]:
+    name, digest = request.get("name"), request.get("digest")
     if not isinstance(name, str) or not isinstance(digest, str):
         raise ProtocolError('a request needs "name" and "digest" strings')
+    return name, digest, _timeout(request, ProtocolError)
+
+
+def _timeout(request: dict[str, object], error: type[ProtocolError]) -> float | None:
+    timeout = request.get("timeout")
     if timeout is None:
-        return name, digest, None
+        return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise ProtocolError('"timeout" must be a number of seconds above 0')
-    return name, digest, float(timeout)
+        raise error('"timeout" must be a number of seconds above 0')
+    return float(timeout)
 
 
 def parse_answer(payload: bytes) -> tuple[bool, str]:
@@ -166,6 +239,21 @@ def parse_answer(payload: bytes) -> tuple[bool, str]:
     if not isinstance(allowed, bool) or not isinstance(message, str):
         raise ProtocolError('an answer needs "allowed" (true or false) and a "message" string')
     return allowed, message
+
+
+def parse_query_answer(payload: bytes) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of the answer to a trustctl query; ProtocolError when
+    malformed, or when it is an image verifier's answer (a daemon that predates queries)."""
+    answer = loads_object(payload)
+    status, stdout, stderr = answer.get("status"), answer.get("stdout"), answer.get("stderr")
+    if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 255:
+        message = answer.get("message")
+        if "allowed" in answer and isinstance(message, str):
+            raise ProtocolError(f"not a query answer: {message}")
+        raise ProtocolError('a query answer needs "status", an exit status from 0 to 255')
+    if not isinstance(stdout, str) or not isinstance(stderr, str):
+        raise ProtocolError('a query answer needs "stdout" and "stderr" strings')
+    return status, stdout, stderr
 
 
 def _read_exactly(connection: Receiver, size: int, deadline: float) -> bytes:

@@ -8,6 +8,10 @@ and audit log, in its own process.
 
 Either way the question goes to ``PolicyEngine.judge_resolved`` and the answer is
 ``judgement_of(decision)``: whether containerd may go on, and the line it reports.
+
+The same socket answers ``trustctl verify`` (``trustd.ctl``) when the daemon gives the server a
+query handler: what the command prints and its exit status, not a decision (nothing is pulled,
+nothing audited).
 """
 
 from __future__ import annotations
@@ -23,12 +27,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from trustd.policy import Decision, Verdict
+from trustd.queries import EXIT_UNTRUSTED, EXIT_USAGE
 from trustd.unix_socket import prepare_socket_path
 from trustd.verifier_protocol import (
     MAX_REQUEST_BYTES,
     ProtocolError,
+    QueryError,
+    VerifyQuery,
     answer_frame,
-    parse_request,
+    parse_any_request,
+    query_answer_frame,
     read_frame,
 )
 
@@ -48,16 +56,27 @@ def judgement_of(decision: Decision) -> tuple[bool, str]:
 
 
 Judge = Callable[[str, str, float | None], Decision]  # (name, digest, timeout)
+# trustctl's query -> (exit status, stdout, stderr), e.g. a trustd.queries.VerifyAnswer.
+QueryHandler = Callable[[VerifyQuery], tuple[int, str, str]]
 
 
 class VerifierSocketServer:
-    """Answers verifier requests on a unix socket, each with ``judge(name, digest, timeout)``."""
+    """Answers verifier requests on a unix socket, each with ``judge(name, digest, timeout)``,
+    and trustctl's queries with ``query(query)`` if given (else as bad requests, as a daemon that
+    predates them did)."""
 
     def __init__(
-        self, path: Path, judge: Judge, *, mode: int = 0o600, max_workers: int = 8
+        self,
+        path: Path,
+        judge: Judge,
+        *,
+        query: QueryHandler | None = None,
+        mode: int = 0o600,
+        max_workers: int = 8,
     ) -> None:
         self.path = path
         self._judge = judge
+        self._query = query
         self._mode = mode
         self._max_workers = max_workers
         self._listener: socket.socket | None = None
@@ -123,26 +142,60 @@ class VerifierSocketServer:
                 payload = read_frame(
                     connection, MAX_REQUEST_BYTES, time.monotonic() + REQUEST_TIMEOUT
                 )
-                name, digest, timeout = parse_request(payload)
+                request = parse_any_request(payload)
+            except QueryError as error:
+                log.warning("verifier socket %s: bad trustctl query: %s", self.path, error)
+                message = f"trustctl: bad request to the daemon: {error}\n"
+                self._send(connection, query_answer_frame(EXIT_USAGE, "", message))
+                return
             except ProtocolError as error:
                 log.warning("verifier socket %s: bad request: %s", self.path, error)
-                self._send(connection, False, f"trustd: bad request to the daemon: {error}")
+                message = f"trustd: bad request to the daemon: {error}"
+                self._send(connection, answer_frame(False, message))
                 return
             except OSError as error:
                 log.warning("verifier socket %s: %s", self.path, error)
                 return
+            if isinstance(request, VerifyQuery):
+                self._send(connection, self._answer_query(request))
+                return
+            name, digest, timeout = request
             try:
                 allowed, message = judgement_of(self._judge(name, digest, timeout))
             except Exception:  # the policy never raises for bad input; this is a bug
                 log.exception("judging %s (%s) for containerd failed", name, digest)
                 allowed, message = False, "trustd: internal error in the daemon; see its log"
-            self._send(connection, allowed, message)
+            self._send(connection, answer_frame(allowed, message))
 
-    def _send(self, connection: socket.socket, allowed: bool, message: str) -> None:
+    def _answer_query(self, query: VerifyQuery) -> bytes:
+        if self._query is None:
+            log.warning("verifier socket %s: a trustctl query, not answered here", self.path)
+            return answer_frame(False, "trustd: bad request to the daemon: no trustctl queries")
+        started = time.monotonic()
+        try:
+            status, stdout, stderr = self._query(query)
+        except Exception:  # verify_answer reports bad input in its answer; this is a bug
+            log.exception("answering trustctl verify %r failed", query.image)
+            # Not confirmed signed, as any failure to verify.
+            status, stdout = EXIT_UNTRUSTED, ""
+            stderr = (
+                "trustctl: internal error in the trustd daemon (see its log); "
+                "trustctl verify --local judges in this process\n"
+            )
+        # A query is not a decision (nothing is pulled): a debug line, no audit record.
+        log.debug(
+            "answered trustctl verify %r: exit status %d in %.1f ms",
+            query.image,
+            status,
+            (time.monotonic() - started) * 1000,
+        )
+        return query_answer_frame(status, stdout, stderr)
+
+    def _send(self, connection: socket.socket, answer: bytes) -> None:
         try:
             connection.settimeout(REQUEST_TIMEOUT)
-            connection.sendall(answer_frame(allowed, message))
-        except OSError as error:  # the verifier gave up (its own deadline) or was killed
+            connection.sendall(answer)
+        except OSError as error:  # the client gave up (its own deadline) or was killed
             log.warning("verifier socket %s: the answer was not delivered: %s", self.path, error)
 
 
