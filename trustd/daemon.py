@@ -1,7 +1,7 @@
 """``trustd serve``: process life of the node service.
 
 Wires config, trust engine, policy, audit, metrics, the CRI shim and the socket containerd's image
-verifier asks (``server.verifier_socket``) together; talks to systemd
+verifier and ``trustctl verify`` ask (``server.verifier_socket``) together; talks to systemd
 (READY, RELOADING, STOPPING, STATUS, WATCHDOG); reloads the config on SIGHUP (a bad new config is
 refused and the old one stays in force); drains calls in flight on SIGTERM.
 
@@ -29,8 +29,11 @@ from trustd.errors import ConfigError
 from trustd.expiry import ExpiryWatch
 from trustd.metrics import Metrics
 from trustd.notary.client import TrustEngine
+from trustd.notary.transport import call_deadline
 from trustd.policy import Decision, PolicyEngine, Verdict
+from trustd.queries import VerifyAnswer, verify_answer
 from trustd.sdnotify import SystemdNotifier
+from trustd.verifier_protocol import VerifyQuery
 from trustd.verifier_service import VerifierSocketServer
 
 log = logging.getLogger("trustd")
@@ -104,7 +107,7 @@ class Daemon:
         if verifier_socket is not None:
             # The same PolicyEngine (and so the same cache and single flight) as the shim.
             self._verifier_server = VerifierSocketServer(
-                verifier_socket, self.policy.judge_resolved
+                verifier_socket, self.policy.judge_resolved, query=self.answer_query
             )
             try:
                 self._verifier_server.start()
@@ -121,9 +124,15 @@ class Daemon:
             self.config.server.containerd,
         )
         if verifier_socket is not None:
-            log.info("answering containerd's image verifier on %s", verifier_socket)
+            log.info("answering containerd's image verifier and trustctl on %s", verifier_socket)
         self.notifier.ready()
         self.notifier.status(self.counts.summary())
+
+    def answer_query(self, query: VerifyQuery) -> VerifyAnswer:
+        """``trustctl verify`` as the daemon sees it: its loaded config and its trust engine
+        (the shim's cache, single flight and freshness window)."""
+        with call_deadline(query.timeout):
+            return verify_answer(self.trust, self.policy.config, query.image, None, query.as_json)
 
     def wait(self) -> None:
         """Run until SIGTERM or SIGINT: reloads, watchdog pings and status updates happen here.
