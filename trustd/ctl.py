@@ -1,0 +1,124 @@
+"""``trustctl``, the program: ``trustctl verify`` asks the running daemon when it can.
+
+A node's daemon holds the warm trust cache; a trustctl process that built a trust engine of its
+own would spend most of its run importing it (requests, cryptography, the config's modules) and
+then ask Notary again. So ``trustctl verify IMAGE`` sends the image as typed to the daemon's
+verifier socket (``server.verifier_socket``, the socket containerd's image verifier asks) and
+prints the answer: what ``trustctl verify`` prints and its exit status, made by the daemon with
+``trustd.queries.verify_answer``, the function the in-process command uses too. The daemon
+answers under the config it has loaded (a changed file counts from its next reload) and may reuse
+a lookup verified within its ``freshness_window``.
+
+Like the image verifier (``trustd.verifier``), this path imports only what the interpreter has
+loaded at start-up, C modules, and three small modules of trustd: no argparse, json, re, typing,
+socket, tomllib or trustd.config.
+
+Only ``verify IMAGE`` with ``-c FILE``, ``--config FILE``, ``--config=FILE`` and ``--json`` is
+asked of the daemon. Anything else (``--local``, ``--state-dir``, ``--username``,
+``--password-stdin``, ``-h``, options argparse would abbreviate or refuse, other commands) goes
+to ``trustd.cli.trustctl_main``, which judges in this process. So does ``verify`` when the daemon
+cannot answer: no socket configured, nothing listening, a socket this user may not open (it is
+root's, mode 0600), no answer in ``DAEMON_TIMEOUT``, or an answer this program does not
+understand (a daemon that predates these queries). ``TRUSTCTL_DEBUG=1`` says on stderr which of
+the two answered, and why.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from trustd.daemon_socket import (
+    DEFAULT_CONFIG,
+    DaemonAbsent,
+    DaemonFailed,
+    ask_daemon,
+    verifier_socket,
+)
+from trustd.verifier_protocol import (
+    HEADER_BYTES,
+    MAX_REQUEST_BYTES,
+    parse_query_answer,
+    query_frame,
+)
+
+# How long to wait for the daemon before judging here: beyond a lookup's worst case under the
+# default Notary settings (three attempts of 10 s at one file), so that a slow Notary is
+# answered by the daemon, and bounded, so that a hung daemon does not hang trustctl.
+DAEMON_TIMEOUT = 60.0
+# The daemon bounds its Notary requests by the time left less this, to have its answer delivered.
+_ANSWER_MARGIN = 0.5
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    verify = fast_verify_arguments(arguments)
+    if verify is not None:
+        answer = _ask_daemon(*verify)
+        if answer is not None:
+            status, stdout, stderr = answer
+            sys.stdout.write(stdout)
+            sys.stderr.write(stderr)
+            return status
+    from trustd.cli import trustctl_main
+
+    return trustctl_main(arguments)
+
+
+def fast_verify_arguments(arguments: list[str]) -> tuple[str, str | None, bool] | None:
+    """(image, config file or None, --json) when ``arguments`` are a plain ``verify``; None for
+    anything the full parser must see."""
+    if not arguments or arguments[0] != "verify":
+        return None
+    image: str | None = None
+    config: str | None = None
+    as_json = False
+    rest = iter(arguments[1:])
+    for argument in rest:
+        if argument == "--json":
+            as_json = True
+        elif argument in ("-c", "--config"):
+            value = next(rest, None)
+            if value is None or value.startswith("-"):
+                return None  # argparse's to refuse, in its words
+            config = value
+        elif argument.startswith("--config="):
+            config = argument.removeprefix("--config=")
+        elif argument.startswith("-") or image is not None:
+            return None
+        else:
+            image = argument
+    if image is None:
+        return None
+    return image, config, as_json
+
+
+def _ask_daemon(image: str, config: str | None, as_json: bool) -> tuple[int, str, str] | None:
+    """The daemon's (exit status, stdout, stderr) for ``verify image``; None to judge here."""
+    # The config file as trustd.cli finds it; only its server.verifier_socket is read here.
+    config_path = config or os.environ.get("TRUSTD_CONFIG") or DEFAULT_CONFIG
+    socket_path = verifier_socket(config_path)
+    if socket_path is None:
+        _debug(f"{config_path} serves no verifier socket; judging in this process")
+        return None
+    request = query_frame(image, as_json, DAEMON_TIMEOUT - _ANSWER_MARGIN)
+    if len(request) - HEADER_BYTES > MAX_REQUEST_BYTES:
+        _debug("the image is too long to ask the daemon; judging in this process")
+        return None
+    deadline = time.monotonic() + DAEMON_TIMEOUT
+    try:
+        answer = ask_daemon(socket_path, request, deadline, parse_query_answer)
+    except DaemonAbsent as error:
+        _debug(f"no daemon on {socket_path} ({error}); judging in this process")
+        return None
+    except DaemonFailed as error:
+        _debug(f"the daemon on {socket_path} {error}; judging in this process")
+        return None
+    _debug(f"answered by the trustd daemon on {socket_path}")
+    return answer
+
+
+def _debug(text: str) -> None:
+    if os.environ.get("TRUSTCTL_DEBUG"):
+        sys.stderr.write(f"trustctl: debug: {text}\n")
