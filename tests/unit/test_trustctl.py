@@ -1,0 +1,547 @@
+"""``trustctl verify`` asking the daemon: the query on the verifier socket, the daemon's side of it
+with the real ``verify_answer`` over a stand-in trust engine, and the program's fast path, its
+argument handling and every way back to judging in its own process.
+
+Against the real daemon, notary-server and registry: tests/e2e/test_trustctl_daemon.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_policy import GOOD, engine
+from trustd import ctl
+from trustd.daemon_socket import DaemonAbsent, ask_daemon
+from trustd.policy import PolicyEngine
+from trustd.queries import VerifyAnswer, verify_answer
+from trustd.verifier_protocol import (
+    MAX_REQUEST_BYTES,
+    ProtocolError,
+    QueryError,
+    VerifyQuery,
+    answer_frame,
+    frame,
+    parse_answer,
+    parse_any_request,
+    parse_query_answer,
+    parse_request,
+    query_answer_frame,
+    query_frame,
+    read_frame,
+    request_frame,
+)
+from trustd.verifier_service import VerifierSocketServer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SIGNED = "example.com/app:1"
+
+
+# --- wire format ---------------------------------------------------------------------------------
+
+
+def _payload(data: bytes) -> bytes:
+    return data[4:]
+
+
+def test_query_round_trip() -> None:
+    image = 'example.com/app:1"\\\u00e9\t'
+    assert parse_any_request(_payload(query_frame(image, True, 59.5))) == VerifyQuery(
+        image, True, 59.5
+    )
+    assert parse_any_request(_payload(query_frame(image, False))) == VerifyQuery(image, False)
+    # An image verifier's request reads as it always did.
+    assert parse_any_request(_payload(request_frame(SIGNED, GOOD, 7.5))) == (SIGNED, GOOD, 7.5)
+
+
+def test_query_answer_round_trip() -> None:
+    stdout = f"{SIGNED}@{GOOD}\tsize 100\tsigned by targets\n"
+    stderr = "trustctl: tag 2 is not signed in example.com/app \u00e9\n"
+    for status in (0, 1, 2, 3, 255):
+        payload = _payload(query_answer_frame(status, stdout, stderr))
+        assert parse_query_answer(payload) == (status, stdout, stderr)
+
+
+def test_a_daemon_that_predates_queries_refuses_them_as_bad_requests() -> None:
+    # What an older daemon (parse_request only) makes of a query, and what trustctl makes of the
+    # answer it sends back: not a query answer, so trustctl judges in its own process.
+    with pytest.raises(ProtocolError, match='a request needs "name" and "digest"') as refused:
+        parse_request(_payload(query_frame(SIGNED, False)))
+    old_answer = answer_frame(False, f"trustd: bad request to the daemon: {refused.value}")
+    with pytest.raises(ProtocolError, match="not a query answer: trustd: bad request"):
+        parse_query_answer(_payload(old_answer))
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (b'{"verify": 1, "json": false}', '"verify" must be the image as a string'),
+        (b'{"verify": null}', '"verify" must be the image as a string'),
+        (b'{"verify": "a:1", "json": "yes"}', '"json" must be true or false'),
+        (b'{"verify": "a:1", "json": 1}', '"json" must be true or false'),
+        (b'{"verify": "a:1", "timeout": 0}', '"timeout" must be a number'),
+        (b'{"verify": "a:1", "timeout": true}', '"timeout" must be a number'),
+        (b'{"verify": "a:1", "timeout": "5"}', '"timeout" must be a number'),
+    ],
+)
+def test_malformed_queries(payload: bytes, problem: str) -> None:
+    with pytest.raises(QueryError, match=problem):
+        parse_any_request(payload)
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (b'{"verify": "a:1",', "not JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"name": "a:1"}', 'needs "name" and "digest"'),
+    ],
+)
+def test_other_malformed_requests_are_the_verifiers_kind(payload: bytes, problem: str) -> None:
+    with pytest.raises(ProtocolError, match=problem) as raised:
+        parse_any_request(payload)
+    assert not isinstance(raised.value, QueryError)
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (b'{"status": true, "stdout": "", "stderr": ""}', '"status", an exit status'),
+        (b'{"status": 256, "stdout": "", "stderr": ""}', '"status", an exit status'),
+        (b'{"status": -1, "stdout": "", "stderr": ""}', '"status", an exit status'),
+        (b'{"status": "0", "stdout": "", "stderr": ""}', '"status", an exit status'),
+        (b'{"status": 1.0, "stdout": "", "stderr": ""}', '"status", an exit status'),
+        (b'{"status": 0, "stderr": ""}', '"stdout" and "stderr" strings'),
+        (b'{"status": 0, "stdout": "", "stderr": null}', '"stdout" and "stderr" strings'),
+        (b'{"status": 0', "not JSON"),
+    ],
+)
+def test_malformed_query_answers(payload: bytes, problem: str) -> None:
+    with pytest.raises(ProtocolError, match=problem):
+        parse_query_answer(payload)
+
+
+# --- the daemon's side ---------------------------------------------------------------------------
+
+
+def _socket_dir() -> Path:
+    # pytest's tmp paths can exceed the 107-byte limit of a unix socket path.
+    return Path(tempfile.mkdtemp(prefix="trustctl-"))
+
+
+def _answer_with(policy: PolicyEngine) -> Callable[[VerifyQuery], VerifyAnswer]:
+    """The daemon's handler (trustd.daemon.Daemon.answer_query) over a stand-in trust engine."""
+
+    def answer(query: VerifyQuery) -> VerifyAnswer:
+        trust = policy.trust
+        return verify_answer(trust, policy.config, query.image, None, query.as_json)
+
+    return answer
+
+
+@pytest.fixture
+def daemon() -> Iterator[tuple[VerifierSocketServer, list, list[VerifyQuery]]]:
+    """A verifier socket answering queries as the daemon does; (server, decisions, queries)."""
+    policy, decisions = engine({("example.com/app", "1"): GOOD})
+    queries: list[VerifyQuery] = []
+    answer = _answer_with(policy)
+
+    def handler(query: VerifyQuery) -> VerifyAnswer:
+        queries.append(query)
+        return answer(query)
+
+    directory = _socket_dir()
+    server = VerifierSocketServer(directory / "verify.sock", policy.judge_resolved, query=handler)
+    server.start()
+    try:
+        yield server, decisions, queries
+    finally:
+        server.stop()
+        for leftover in directory.iterdir():
+            leftover.unlink()
+        directory.rmdir()
+
+
+def exchange(path: Path, data: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.connect(str(path))
+        connection.sendall(data)
+        return read_frame(connection, 1 << 16, time.monotonic() + 10)
+
+
+def test_the_daemon_answers_queries_as_the_command_prints(daemon) -> None:
+    server, decisions, queries = daemon
+    signed = parse_query_answer(exchange(server.path, query_frame(SIGNED, False, 5)))
+    assert signed == (0, f"example.com/app@{GOOD}\tsize 100\tsigned by targets\n", "")
+    status, stdout, stderr = parse_query_answer(exchange(server.path, query_frame(SIGNED, True)))
+    assert (status, stderr) == (0, "")
+    assert stdout.startswith('{\n  "reference": "example.com/app:1",\n') and stdout.endswith("}\n")
+    unsigned = parse_query_answer(exchange(server.path, query_frame("example.com/app:2", False)))
+    assert unsigned == (1, "", "trustctl: tag 2 is not signed in example.com/app\n")
+    status, stdout, stderr = parse_query_answer(exchange(server.path, query_frame("A B", False)))
+    assert (status, stdout) == (2, "")
+    assert stderr.startswith('trustctl: invalid image reference "A B"')
+    assert [query.timeout for query in queries] == [5.0, None, None, None]
+    assert decisions == []  # a query is not a decision: nothing audited, nothing counted
+
+
+def test_the_daemon_answers_a_notary_outage_with_status_3() -> None:
+    policy, _ = engine({}, down=True)
+    answer = _answer_with(policy)(VerifyQuery(SIGNED, False))
+    assert answer == (
+        3,
+        "",
+        "trustctl: cannot reach notary at https://notary.test for example.com/app: "
+        "connection refused\n",
+    )
+
+
+def test_the_daemon_refuses_malformed_queries_in_their_shape_and_goes_on(daemon) -> None:
+    server, _, queries = daemon
+    answer = parse_query_answer(exchange(server.path, frame(b'{"verify": 5}')))
+    assert answer == (
+        2,
+        "",
+        'trustctl: bad request to the daemon: "verify" must be the image as a string\n',
+    )
+    # Anything else malformed is answered as the image verifier's bad request, as before.
+    allowed, message = parse_answer(exchange(server.path, frame(b"\xff")))
+    assert not allowed and message.startswith("trustd: bad request to the daemon: not UTF-8")
+    # A request of more than the limit is refused unread, and the daemon goes on answering.
+    allowed, message = parse_answer(exchange(server.path, frame(b" " * (MAX_REQUEST_BYTES + 1))))
+    assert not allowed and "at most" in message
+    assert queries == []
+    assert parse_query_answer(exchange(server.path, query_frame(SIGNED, False)))[0] == 0
+    # The image verifier's request on the same socket, unchanged.
+    assert parse_answer(exchange(server.path, request_frame(SIGNED, GOOD))) == (
+        True,
+        f"trustd: signed by targets as {GOOD}",
+    )
+
+
+def test_a_failing_handler_is_an_answer_not_a_dead_daemon() -> None:
+    policy, _ = engine({})
+
+    def broken(query: VerifyQuery) -> VerifyAnswer:
+        raise RuntimeError("a bug")
+
+    directory = _socket_dir()
+    server = VerifierSocketServer(directory / "verify.sock", policy.judge_resolved, query=broken)
+    server.start()
+    try:
+        for _ in range(2):
+            status, stdout, stderr = parse_query_answer(
+                exchange(server.path, query_frame(SIGNED, False))
+            )
+            assert (status, stdout) == (1, "")
+            assert stderr.startswith("trustctl: internal error in the trustd daemon (see its log)")
+    finally:
+        server.stop()
+        directory.rmdir()
+
+
+def test_without_a_query_handler_queries_are_bad_requests() -> None:
+    policy, _ = engine({})
+    directory = _socket_dir()
+    server = VerifierSocketServer(directory / "verify.sock", policy.judge_resolved)
+    server.start()
+    try:
+        answer = exchange(server.path, query_frame(SIGNED, False))
+    finally:
+        server.stop()
+        directory.rmdir()
+    assert parse_answer(answer) == (False, "trustd: bad request to the daemon: no trustctl queries")
+    with pytest.raises(ProtocolError, match="not a query answer"):
+        parse_query_answer(answer)
+
+
+# --- the program's arguments ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fast"),
+    [
+        (["verify", "a:1"], ("a:1", None, False)),
+        (["verify", "--json", "a:1"], ("a:1", None, True)),
+        (["verify", "a:1", "-c", "/t.toml", "--json"], ("a:1", "/t.toml", True)),
+        (["verify", "--config", "/t.toml", "a:1"], ("a:1", "/t.toml", False)),
+        (["verify", "--config=/t.toml", "a:1"], ("a:1", "/t.toml", False)),
+        (["verify", "-c", "/a.toml", "-c", "/b.toml", "a:1"], ("a:1", "/b.toml", False)),
+        (["verify", "--config=", "a:1"], ("a:1", "", False)),
+        (["verify", "a:1", "--local"], None),
+        (["verify", "a:1", "--state-dir", "/s"], None),
+        (["verify", "a:1", "--username", "u"], None),
+        (["verify", "a:1", "--password-stdin"], None),
+        (["verify", "-h"], None),
+        (["verify", "a:1", "--js"], None),  # argparse would take the abbreviation
+        (["verify", "a:1", "-c/t.toml"], None),
+        (["verify", "a:1", "-c"], None),
+        (["verify", "a:1", "-c", "--json"], None),
+        (["verify", "a:1", "b:1"], None),
+        (["verify", "--", "a:1"], None),
+        (["verify"], None),
+        (["inspect", "a"], None),
+        (["explain", "a:1"], None),
+        (["--help"], None),
+        ([], None),
+    ],
+)
+def test_only_a_plain_verify_is_asked_of_the_daemon(
+    arguments: list[str], fast: tuple[str, str | None, bool] | None
+) -> None:
+    assert ctl.fast_verify_arguments(arguments) == fast
+
+
+# --- the program ---------------------------------------------------------------------------------
+
+
+def write_config(directory: Path, verifier_socket: Path | str) -> Path:
+    path = directory / "trustd.toml"
+    path.write_text(
+        f'[server]\nstate_dir = "{directory / "state"}"\nverifier_socket = "{verifier_socket}"\n'
+    )
+    return path
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """trustd.cli.trustctl_main replaced: the arguments of each in-process run (it returns 42)."""
+    import trustd.cli
+
+    calls: list[list[str]] = []
+
+    def judge_here(argv: list[str]) -> int:
+        calls.append(list(argv))
+        return 42
+
+    monkeypatch.setattr(trustd.cli, "trustctl_main", judge_here)
+    monkeypatch.setenv("TRUSTCTL_DEBUG", "1")
+    return calls
+
+
+def test_verify_prints_the_daemons_answer(
+    daemon, in_process, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, _, queries = daemon
+    config = write_config(tmp_path, server.path)
+    assert ctl.main(["verify", SIGNED, "-c", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"example.com/app@{GOOD}\tsize 100\tsigned by targets\n"
+    assert err == f"trustctl: debug: answered by the trustd daemon on {server.path}\n"
+    assert ctl.main(["verify", "example.com/app:2", "--json", f"--config={config}"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.endswith("trustctl: tag 2 is not signed in example.com/app\n")
+    assert in_process == []
+    assert queries == [
+        VerifyQuery(SIGNED, False, ctl.DAEMON_TIMEOUT - 0.5),
+        VerifyQuery("example.com/app:2", True, ctl.DAEMON_TIMEOUT - 0.5),
+    ]
+
+
+def test_trustd_config_names_the_config(
+    daemon, in_process, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _, _ = daemon
+    monkeypatch.setenv("TRUSTD_CONFIG", str(write_config(tmp_path, server.path)))
+    assert ctl.main(["verify", SIGNED]) == 0
+    assert in_process == []
+
+
+def test_everything_else_is_judged_in_process(daemon, in_process, tmp_path: Path) -> None:
+    server, _, queries = daemon
+    config = str(write_config(tmp_path, server.path))
+    for arguments in (
+        ["verify", SIGNED, "-c", config, "--local"],
+        ["verify", SIGNED, "-c", config, "--state-dir", str(tmp_path)],
+        ["inspect", "example.com/app", "-c", config],
+    ):
+        assert ctl.main(arguments) == 42
+    assert [call[-1] for call in in_process] == ["--local", str(tmp_path), config]
+    assert queries == []
+
+
+def _fallback(config: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Runs ``trustctl verify`` expecting it to judge in process; its debug line."""
+    assert ctl.main(["verify", SIGNED, "-c", str(config)]) == 42
+    out, err = capsys.readouterr()
+    assert out == ""
+    [line] = err.splitlines()
+    assert line.endswith("; judging in this process"), line
+    return line
+
+
+def test_no_daemon_listening(in_process, tmp_path: Path, capsys) -> None:
+    absent = tmp_path / "nothing-here.sock"
+    assert "(No such file or directory)" in _fallback(write_config(tmp_path, absent), capsys)
+
+    directory = _socket_dir()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(directory / "verify.sock"))  # a socket file nobody listens on
+    stale.close()
+    try:
+        line = _fallback(write_config(tmp_path, directory / "verify.sock"), capsys)
+    finally:
+        (directory / "verify.sock").unlink()
+        directory.rmdir()
+    assert "(Connection refused)" in line
+
+    not_served = write_config(tmp_path, "")
+    assert "serves no verifier socket" in _fallback(not_served, capsys)
+    assert len(in_process) == 3
+
+
+def test_an_older_daemon_or_a_garbled_answer(in_process, tmp_path: Path, capsys) -> None:
+    policy, _ = engine({("example.com/app", "1"): GOOD})
+    directory = _socket_dir()
+    older = VerifierSocketServer(directory / "verify.sock", policy.judge_resolved)
+    older.start()
+    try:
+        line = _fallback(write_config(tmp_path, older.path), capsys)
+    finally:
+        older.stop()
+        directory.rmdir()
+    assert "gave no usable answer (not a query answer: trustd: bad request" in line
+
+    with one_shot_server(frame(b'{"status": 0, "stdout": 7}')) as path:
+        line = _fallback(write_config(tmp_path, path), capsys)
+    assert "gave no usable answer" in line
+    assert len(in_process) == 2
+
+
+def test_a_daemon_that_does_not_answer_in_time(
+    in_process, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ctl, "DAEMON_TIMEOUT", 0.5)
+    with one_shot_server(None) as path:
+        started = time.monotonic()
+        line = _fallback(write_config(tmp_path, path), capsys)
+        assert 0.5 <= time.monotonic() - started < 5
+    assert "did not answer before the deadline" in line
+
+
+def test_an_image_too_long_to_ask_is_judged_in_process(daemon, in_process, tmp_path, capsys):
+    server, _, queries = daemon
+    config = write_config(tmp_path, server.path)
+    assert ctl.main(["verify", "x" * MAX_REQUEST_BYTES, "-c", str(config)]) == 42
+    assert "too long to ask the daemon" in capsys.readouterr().err
+    assert queries == []
+
+
+class _OneShot:
+    """A unix socket that takes one connection, reads the request and answers ``answer`` (None:
+    never answers)."""
+
+    def __init__(self, answer: bytes | None) -> None:
+        self.directory = _socket_dir()
+        self.path = self.directory / "verify.sock"
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(self.path))
+        self.listener.listen(1)
+        self.answer = answer
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection:
+            read_frame(connection, MAX_REQUEST_BYTES, time.monotonic() + 10)
+            if self.answer is not None:
+                connection.sendall(self.answer)
+            else:
+                connection.recv(1)  # until the client gives up and closes
+
+    def close(self) -> None:
+        self.thread.join(10)
+        self.listener.close()
+        self.path.unlink()
+        self.directory.rmdir()
+
+
+@contextlib.contextmanager
+def one_shot_server(answer: bytes | None) -> Iterator[Path]:
+    server = _OneShot(answer)
+    try:
+        yield server.path
+    finally:
+        server.close()
+
+
+def test_a_socket_this_user_may_not_open(daemon, in_process, capsys) -> None:
+    """The socket is root's, mode 0600: an operator without root judges in process. Checked in
+    a child process that drops to nobody (root may open any socket)."""
+    server, _, queries = daemon
+    directory = server.path.parent
+    directory.chmod(0o755)  # only the socket's own mode keeps nobody out
+    config = write_config(directory, server.path)
+    config.chmod(0o644)
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - reported through the pipe and the exit status
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                deadline = time.monotonic() + 5
+                ask_daemon(str(server.path), query_frame(SIGNED, False), deadline, repr)
+            except DaemonAbsent as error:
+                os.write(writer, str(error).encode())
+            code = ctl.main(["verify", SIGNED, "-c", str(config)])
+        finally:
+            os._exit(code)
+    os.close(writer)
+    _, status = os.waitpid(child, 0)
+    with os.fdopen(reader, "rb") as pipe:
+        reason = pipe.read().decode()
+    config.unlink()
+    assert reason == "Permission denied"
+    assert os.waitstatus_to_exitcode(status) == 42  # judged in process, by the child
+    assert queries == []
+
+
+# --- the imports it costs ------------------------------------------------------------------------
+
+
+def test_the_daemon_path_imports_nothing_heavy(daemon, tmp_path: Path) -> None:
+    """With the daemon answering, the program loads three small modules of trustd and no
+    argparse, json, re, tomllib, requests, cryptography or typing."""
+    server, _, queries = daemon
+    config = write_config(tmp_path, server.path)
+    # -I -S: neither the environment nor site's .pth files bring modules of their own.
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from trustd.ctl import main; "
+        "status = main(); print('modules', sorted(sys.modules), file=sys.stderr); "
+        "sys.exit(status)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, "verify", SIGNED, "--json", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('{\n  "reference": "example.com/app:1"')
+    assert len(queries) == 1
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("modules ")]
+    modules = set(ast.literal_eval(line.removeprefix("modules ")))
+    assert {m for m in modules if m.startswith("trustd")} == {
+        "trustd",
+        "trustd.ctl",
+        "trustd.daemon_socket",
+        "trustd.verifier_protocol",
+    }
+    heavy = {"argparse", "json", "re", "tomllib", "requests", "cryptography", "typing", "socket"}
+    assert not modules & (heavy | {"dataclasses", "logging", "trustd.config"})
