@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +24,7 @@ from trustd.notary.transport import (
     NotaryEndpoint,
     NotaryTransport,
     NotFound,
+    _Token,
     call_deadline,
     parse_bearer_challenge,
 )
@@ -37,10 +39,12 @@ class Answers(BaseHTTPRequestHandler):
     # Per name, statuses to answer (with an empty body) before the route, one per request.
     failures: ClassVar[dict[str, list[int]]] = {}
     requests: ClassVar[list[str]] = []
+    headers_seen: ClassVar[list[dict[str, str]]] = []
 
     def do_GET(self) -> None:
         name = self.path.rsplit("/", 1)[-1].removesuffix(".json")
         self.requests.append(name)
+        self.headers_seen.append(dict(self.headers))
         pending = self.failures.get(name)
         if pending:
             status, body, headers = pending.pop(0), b"", {"Content-Length": "0"}
@@ -78,6 +82,32 @@ def test_fetch_returns_the_bytes_and_reports_404_as_not_found(server: str) -> No
     assert client.fetch(GUN, "timestamp", 100) == b'{"signed":{}}'
     with pytest.raises(NotFound):
         client.fetch(GUN, "snapshot", 100)
+
+
+def test_each_get_is_sent_whole_and_no_cookie_is_kept(server: str) -> None:
+    """Metadata GETs are prepared once per URL and copied: every copy carries trustd's headers,
+    a token only where one was obtained, and never a cookie a server set."""
+    Answers.routes = {
+        "timestamp": (200, b"{}", {"Content-Length": "2", "Set-Cookie": "sticky=node-3; Path=/"})
+    }
+    Answers.headers_seen = []
+    client = transport(server)
+    for _ in range(3):
+        assert client.fetch(GUN, "timestamp", 100) == b"{}"
+    client._tokens[(GUN, "")] = _Token("issued", time.monotonic() + 60)
+    assert client.fetch(GUN, "timestamp", 100) == b"{}"
+    assert client.fetch("127.0.0.1:5000/library/other", "timestamp", 100) == b"{}"
+    client._tokens.clear()
+    assert client.fetch(GUN, "timestamp", 100) == b"{}"
+    seen = Answers.headers_seen
+    assert len(seen) == 6
+    assert all(headers["User-Agent"].startswith("trustd") for headers in seen)
+    assert not any("Cookie" in headers for headers in seen)
+    assert [headers.get("Authorization") for headers in seen] == [None] * 3 + [
+        "Bearer issued",
+        None,  # the token belongs to its GUN
+        None,  # and was never written into the prepared GET the copies come from
+    ]
 
 
 def test_declared_and_streamed_sizes_are_both_capped(server: str) -> None:
