@@ -49,6 +49,8 @@ STREAMING_METHODS = frozenset({f"/{SERVICE}/StreamImages"})
 RECENT_TAG_SECONDS = 5.0
 # A tag write runs after its pull has returned, so no caller's deadline bounds it.
 TAG_TIMEOUT = 30.0
+# How long after its pull a tag is written: after kubelet's ImageStatus that follows the pull.
+TAG_DELAY = 0.05
 
 
 class Admission(Protocol):
@@ -140,20 +142,32 @@ class TagWriter:
 
     containerd's images Get and Create for the tag cost a pull about 2 ms; kubelet does not
     need them before the pull returns (its next ImageStatus is answered through RecentTags),
-    so the pull does not wait. One thread keeps the order: a tag re-pointed by a later pull
-    never ends on the earlier digest. A failed write is logged; the tag is then written by
-    the next pull of it (kubelet pulls again when the tag is not found).
+    so the pull does not wait. Each write waits ``delay`` after its pull returned, so that it
+    does not compete for the CPU with the ImageStatus kubelet sends right after the pull. One
+    thread keeps the order: a tag re-pointed by a later pull never ends on the earlier digest.
+    A failed write is logged; the tag is then written by the next pull of it (kubelet pulls
+    again when the tag is not found).
     """
 
-    def __init__(self, containerd: ContainerdClient, timeout: float = TAG_TIMEOUT) -> None:
+    def __init__(
+        self,
+        containerd: ContainerdClient,
+        timeout: float = TAG_TIMEOUT,
+        delay: float = TAG_DELAY,
+    ) -> None:
         self._containerd = containerd
         self._timeout = timeout
+        self._delay = delay
         self._executor = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tag")
 
     def submit(self, tag: str, pinned: str) -> futures.Future[None]:
-        return self._executor.submit(self._write, tag, pinned)
+        due = time.monotonic() + self._delay
+        return self._executor.submit(self._write, tag, pinned, due)
 
-    def _write(self, tag: str, pinned: str) -> None:
+    def _write(self, tag: str, pinned: str, due: float) -> None:
+        wait = due - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         try:
             self._containerd.tag_image(tag, pinned, self._timeout)
         except grpc.RpcError as error:
@@ -279,7 +293,10 @@ class ImageService:
             except grpc.RpcError as error:
                 _abort_with_upstream(context, error)
             if not response.HasField("image"):
-                self.lookahead.submit(request.image.image)
+                # Once the answer is on its way: the lookup must not hold up the answer.
+                image = request.image.image
+                if not context.add_callback(lambda: self.lookahead.submit(image)):
+                    self.lookahead.submit(image)
                 return response
             decision = self.admission.decide(
                 request.image.image, None, Action.STATUS, _timeout(context)

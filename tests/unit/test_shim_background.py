@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import pytest
@@ -22,6 +23,7 @@ class RecordingContainerd:
 
     def __init__(self, fail_for: str | None = None) -> None:
         self.written: list[tuple[str, str]] = []
+        self.written_at: list[float] = []
         self.release = threading.Event()
         self.release.set()
         self.fail_for = fail_for
@@ -32,6 +34,7 @@ class RecordingContainerd:
         if tag_ref == self.fail_for:
             raise _Failure()
         self.written.append((tag_ref, source_ref))
+        self.written_at.append(time.monotonic())
 
 
 def test_tags_are_written_in_the_order_the_pulls_finished() -> None:
@@ -51,6 +54,21 @@ def test_tags_are_written_in_the_order_the_pulls_finished() -> None:
         ("reg/other:2", "reg/other@sha256:cc"),
     ]
     writer.close()
+
+
+def test_a_tag_is_written_after_the_calls_that_follow_its_pull() -> None:
+    """Each write waits its delay from its own pull (kubelet's next ImageStatus comes first);
+    writes queued behind a slow one do not add their delays up."""
+    containerd = RecordingContainerd()
+    writer = TagWriter(containerd, delay=0.5)  # type: ignore[arg-type]
+    submitted = time.monotonic()
+    for number in range(3):
+        writer.submit(f"reg/app:{number}", f"reg/app@sha256:{number}")
+    writer.close()
+    assert len(containerd.written_at) == 3
+    assert all(at >= submitted + 0.5 for at in containerd.written_at)
+    # Not 3 x 0.5 s one after the other: the three were due together.
+    assert containerd.written_at[-1] - containerd.written_at[0] < 0.5
 
 
 def test_close_writes_what_is_queued() -> None:
