@@ -51,6 +51,8 @@ RECENT_TAG_SECONDS = 5.0
 TAG_TIMEOUT = 30.0
 # How long after its pull a tag is written: after kubelet's ImageStatus that follows the pull.
 TAG_DELAY = 0.05
+_TAG_FIRST_BACKOFF = 0.1  # seconds between tries while containerd is unreachable, doubling
+_TAG_MAX_BACKOFF = 2.0
 
 
 class Admission(Protocol):
@@ -145,8 +147,9 @@ class TagWriter:
     so the pull does not wait. Each write waits ``delay`` after its pull returned, so that it
     does not compete for the CPU with the ImageStatus kubelet sends right after the pull. One
     thread keeps the order: a tag re-pointed by a later pull never ends on the earlier digest.
-    A failed write is logged; the tag is then written by the next pull of it (kubelet pulls
-    again when the tag is not found).
+    While containerd is unreachable (restarting), a write is retried for up to ``timeout``;
+    any other failure, or one that outlasts that, is logged, and the tag is then written by the
+    next pull of it (kubelet pulls again when the tag is not found).
     """
 
     def __init__(
@@ -158,6 +161,7 @@ class TagWriter:
         self._containerd = containerd
         self._timeout = timeout
         self._delay = delay
+        self._closing = threading.Event()
         self._executor = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tag")
 
     def submit(self, tag: str, pinned: str) -> futures.Future[None]:
@@ -167,18 +171,32 @@ class TagWriter:
     def _write(self, tag: str, pinned: str, due: float) -> None:
         wait = due - time.monotonic()
         if wait > 0:
-            time.sleep(wait)
-        try:
-            self._containerd.tag_image(tag, pinned, self._timeout)
-        except grpc.RpcError as error:
-            log.warning("could not point %s at %s in containerd: %s", tag, pinned, error)
+            self._closing.wait(wait)
+        deadline = time.monotonic() + self._timeout
+        backoff = _TAG_FIRST_BACKOFF
+        while True:
+            try:
+                self._containerd.tag_image(tag, pinned, max(deadline - time.monotonic(), 0.001))
+                return
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else None
+                retry = (
+                    code == grpc.StatusCode.UNAVAILABLE
+                    and time.monotonic() + backoff < deadline
+                    and not self._closing.wait(backoff)
+                )
+                if not retry:
+                    log.warning("could not point %s at %s in containerd: %s", tag, pinned, error)
+                    return
+            backoff = min(backoff * 2, _TAG_MAX_BACKOFF)
 
     def drain(self) -> None:
         """Return once the tags of every pull answered so far are written (or failed)."""
         self._executor.submit(lambda: None).result()
 
     def close(self) -> None:
-        """Write what is queued, then stop."""
+        """Write what is queued, then stop (no more waiting for an unreachable containerd)."""
+        self._closing.set()
         self._executor.shutdown(wait=True)
 
 

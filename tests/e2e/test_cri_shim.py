@@ -664,12 +664,17 @@ def test_containerd_restart_fails_cleanly_then_recovers(
             lambda: shim.cri.ListImages(api_pb2.ListImagesRequest(), timeout=TIMEOUT)
         )
         assert listed.code() == grpc.StatusCode.UNAVAILABLE
+        # A tag write (they run behind the pull's answer) that meets containerd down waits
+        # for it to come back rather than being lost.
+        shim.server.service.tag_writer.submit(f"{before.repository}:later", before.by_digest)
     finally:
         containerd.start()
 
     # Same shim, same containerd client: the next calls succeed.
     shim.pull(during.tagged)
     assert shim.manifest_digest_of(during.tagged) == during.digest
+    assert shim.manifest_digest_of(f"{before.repository}:later") == before.digest
+    shim.await_cri_tag(before.tagged)
     assert before.by_digest in shim.status(before.tagged).image.repo_digests
 
 

@@ -18,6 +18,16 @@ class _Failure(grpc.RpcError):
         return "containerd said no"
 
 
+class _Unavailable(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """What grpc raises while containerd is restarting (only code() is asked for)."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def __str__(self) -> str:
+        return "failed to connect to all addresses"
+
+
 class RecordingContainerd:
     """Records tag writes; the first may be held until the test lets it go."""
 
@@ -27,10 +37,14 @@ class RecordingContainerd:
         self.release = threading.Event()
         self.release.set()
         self.fail_for = fail_for
+        self.unavailable_for = 0  # the first this many writes find containerd down
 
     def tag_image(self, tag_ref: str, source_ref: str, timeout: float | None) -> None:
         assert timeout is not None and timeout > 0
         self.release.wait(10)
+        if self.unavailable_for > 0:
+            self.unavailable_for -= 1
+            raise _Unavailable()
         if tag_ref == self.fail_for:
             raise _Failure()
         self.written.append((tag_ref, source_ref))
@@ -64,6 +78,7 @@ def test_a_tag_is_written_after_the_calls_that_follow_its_pull() -> None:
     submitted = time.monotonic()
     for number in range(3):
         writer.submit(f"reg/app:{number}", f"reg/app@sha256:{number}")
+    writer.drain()
     writer.close()
     assert len(containerd.written_at) == 3
     assert all(at >= submitted + 0.5 for at in containerd.written_at)
@@ -93,6 +108,39 @@ def test_a_failed_write_is_logged_and_the_next_still_written(
     assert containerd.written == [("reg/app:good", "reg/app@sha256:bb")]
     assert "could not point reg/app:bad at reg/app@sha256:aa" in caplog.text
     assert "containerd said no" in caplog.text
+
+
+def test_a_write_waits_for_containerd_to_come_back() -> None:
+    containerd = RecordingContainerd()
+    containerd.unavailable_for = 3
+    writer = TagWriter(containerd, delay=0.0)  # type: ignore[arg-type]
+    writer.submit("reg/app:1", "reg/app@sha256:aa")
+    writer.submit("reg/app:2", "reg/app@sha256:bb")
+    writer.drain()
+    assert containerd.written == [
+        ("reg/app:1", "reg/app@sha256:aa"),
+        ("reg/app:2", "reg/app@sha256:bb"),
+    ]
+    writer.close()
+
+
+def test_a_write_gives_up_when_containerd_stays_away_or_trustd_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    containerd = RecordingContainerd()
+    containerd.unavailable_for = 1000
+    writer = TagWriter(containerd, timeout=0.5, delay=0.0)  # type: ignore[arg-type]
+    writer.submit("reg/app:1", "reg/app@sha256:aa")
+    writer.drain()
+    assert containerd.written == []
+    assert "could not point reg/app:1 at reg/app@sha256:aa" in caplog.text
+    # Stopping does not sit out the retries of a containerd that is down.
+    writer = TagWriter(containerd, timeout=600, delay=0.0)  # type: ignore[arg-type]
+    writer.submit("reg/app:2", "reg/app@sha256:bb")
+    started = time.monotonic()
+    writer.close()
+    assert time.monotonic() - started < 300
+    assert containerd.written == []
 
 
 class HeldAdmission:
