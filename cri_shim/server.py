@@ -209,7 +209,7 @@ class Lookahead:
     pull still makes its own), so a flood of ImageStatus calls cannot queue without end.
     """
 
-    def __init__(self, admission: Admission, *, limit: int = 64, timeout: float = 30.0) -> None:
+    def __init__(self, admission: Admission, *, limit: int = 64, timeout: float = 10.0) -> None:
         self._admission = admission
         self._timeout = timeout
         self._limit = limit
@@ -245,7 +245,8 @@ class Lookahead:
         futures.wait(pending)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Stop; lookups not yet started are dropped (each pull makes its own)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 class ImageService:
