@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 
 from cri_shim.crictl import ImageClient
+from cri_shim.gen.cri.runtime.v1 import api_pb2
 from tests.stack.ports import free_port
 from tests.stack.stack import Stack
 from tests.stack.trustd_config import trustd_config_text
@@ -34,6 +35,17 @@ def say(text: str = "") -> None:
 def step(number: int, title: str) -> None:
     say()
     say(f"{number}. {title}")
+
+
+def shown_with_tag(client: ImageClient, tagged: str, timeout: float = 10.0) -> api_pb2.Image | None:
+    """The image's status once containerd lists the tag (trustd writes it just after the pull,
+    and containerd's CRI plugin learns of it from an event)."""
+    deadline = time.monotonic() + timeout
+    status = client.status(tagged)
+    while status is not None and tagged not in status.repo_tags and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = client.status(tagged)
+    return status
 
 
 def write_config(workdir: Path, stack: Stack) -> Path:
@@ -111,7 +123,7 @@ def run(workdir: Path, keep_running: bool) -> int:
 
         step(1, f"kubelet pulls the signed tag {signed.repository}:1.0")
         try_pull(client, f"{signed.repository}:1.0")
-        status = client.status(f"{signed.repository}:1.0")
+        status = shown_with_tag(client, f"{signed.repository}:1.0")
         if status is not None:
             say(f"   containerd now has it as {', '.join(status.repo_digests)}")
             say(f"   and tagged {', '.join(status.repo_tags)} (the signed digest was pulled)")
