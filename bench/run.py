@@ -304,6 +304,21 @@ def timed(call: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
+def interleaved_calls(paths: dict[str, Callable[[], object]], count: int) -> dict[str, list[float]]:
+    """``count`` timed calls of each path after 5 untimed ones (channels and caches warm), the
+    paths taking turns and the first of each round rotating, so that none always goes first."""
+    for call in paths.values():
+        for _ in range(5):
+            call()
+    names = list(paths)
+    times_of: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(count):
+        turn = index % len(names)
+        for name in names[turn:] + names[:turn]:
+            times_of[name].append(timed(paths[name]))
+    return times_of
+
+
 # --- profiling -----------------------------------------------------------------------------------
 
 
@@ -536,26 +551,15 @@ class Bench:
         """Interleaved calls on both paths; a row with target ``+budget_ms`` p50 if given."""
         count = self.options.calls
         log(f"{name}: {count} calls per path, interleaved")
-        for _ in range(5):  # warm both channels and caches
-            mine()
-            theirs()
-        trustd_times: list[float] = []
-        direct_times: list[float] = []
         started = time.monotonic()
         with (
             py_spy(self.options.py_spy, self.shim.pid, name.split()[0]),
             self.counting() as usage,
         ):
-            for index in range(count):
-                if index % 2:
-                    direct_times.append(timed(theirs))
-                    trustd_times.append(timed(mine))
-                else:
-                    trustd_times.append(timed(mine))
-                    direct_times.append(timed(theirs))
+            times_of = interleaved_calls({"trustd": mine, "direct": theirs}, count)
             elapsed = time.monotonic() - started
-        trustd = Summary.of(trustd_times)
-        direct = Summary.of(direct_times)
+        trustd = Summary.of(times_of["trustd"])
+        direct = Summary.of(times_of["direct"])
         if budget_ms is not None:
             self.report.add(
                 Row(
@@ -636,26 +640,21 @@ class Bench:
         try:
             relay.wait_ready()
             client = Cri(directory / "relay.sock")
-            paths = {"relay": client.fs_info, "trustd": self.trustd.fs_info}
-            paths["direct"] = self.direct.fs_info
             count = self.options.calls
             log(f"ImageFsInfo through a bare Python relay: {count} calls per path, interleaved")
-            for call in paths.values():
-                for _ in range(5):
-                    call()
-            samples: dict[str, list[float]] = {name: [] for name in paths}
-            names = list(paths)
             cpu = relay.cpu_seconds()
-            for index in range(count):
-                turn = index % len(names)
-                for name in names[turn:] + names[:turn]:
-                    samples[name].append(timed(paths[name]))
+            paths = {
+                "relay": client.fs_info,
+                "trustd": self.trustd.fs_info,
+                "direct": self.direct.fs_info,
+            }
+            times_of = interleaved_calls(paths, count)
             relay_cpu_ms = (relay.cpu_seconds() - cpu) * 1000.0 / count
         finally:
             if client is not None:
                 client.close()
             relay.stop()
-        floor, trustd, direct = (Summary.of(samples[name]) for name in names)
+        floor, trustd, direct = (Summary.of(times_of[name]) for name in times_of)
         self.report.add(
             Row(
                 "ImageFsInfo, bare Python gRPC relay (the floor of a Python hop)",
