@@ -164,9 +164,9 @@ class TagWriter:
         self._closing = threading.Event()
         self._executor = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tag")
 
-    def submit(self, tag: str, pinned: str) -> futures.Future[None]:
+    def submit(self, tag: str, pinned: str) -> None:
         due = time.monotonic() + self._delay
-        return self._executor.submit(self._write, tag, pinned, due)
+        self._executor.submit(self._write, tag, pinned, due)
 
     def _write(self, tag: str, pinned: str, due: float) -> None:
         wait = due - time.monotonic()
