@@ -39,7 +39,7 @@ from bench.fixtures import (
 )
 from bench.notary import NotaryRequests, describe, measure_capacity
 from bench.shim import REPO_ROOT, Memory, ShimProcess, write_config
-from bench.stats import Summary, percentile, ratio
+from bench.stats import Summary, interleaved_calls, percentile, ratio, timed
 from bench.trustctl import TARGET_MS as TRUSTCTL_TARGET_MS
 from bench.trustctl import measure_trustctl
 from bench.verifier import TARGET_MS as VERIFIER_TARGET_MS
@@ -296,27 +296,6 @@ class Cri:
 
     def close(self) -> None:
         self.channel.close()
-
-
-def timed(call: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
-
-
-def interleaved_calls(paths: dict[str, Callable[[], object]], count: int) -> dict[str, list[float]]:
-    """``count`` timed calls of each path after 5 untimed ones (channels and caches warm), the
-    paths taking turns and the first of each round rotating, so that none always goes first."""
-    for call in paths.values():
-        for _ in range(5):
-            call()
-    names = list(paths)
-    times_of: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(count):
-        turn = index % len(names)
-        for name in names[turn:] + names[:turn]:
-            times_of[name].append(timed(paths[name]))
-    return times_of
 
 
 # --- profiling -----------------------------------------------------------------------------------

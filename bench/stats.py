@@ -1,10 +1,37 @@
-"""Small statistics over latency samples (seconds in, milliseconds out)."""
+"""Latency samples: taking them (interleaved across paths), and small statistics over them
+(seconds in, milliseconds out)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+
+def timed(call: Callable[[], object]) -> float:
+    """Seconds ``call`` took."""
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def interleaved_calls(
+    paths: dict[str, Callable[[], object]], count: int, *, warm: int = 5
+) -> dict[str, list[float]]:
+    """``count`` timed calls of each path after ``warm`` untimed ones (channels and caches warm),
+    the paths taking turns and the first of each round rotating, so that drift on the machine
+    hits all alike and none always goes first."""
+    for call in paths.values():
+        for _ in range(warm):
+            call()
+    names = list(paths)
+    times_of: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(count):
+        turn = index % len(names)
+        for name in names[turn:] + names[:turn]:
+            times_of[name].append(timed(paths[name]))
+    return times_of
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

@@ -25,14 +25,13 @@ import os
 import subprocess
 import sys
 import sysconfig
-import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.shim import REPO_ROOT
-from bench.stats import Summary
+from bench.stats import Summary, interleaved_calls
 
 TARGET_MS = 100.0
 _DAEMON_ANSWERED = b"trustctl: debug: answered by the trustd daemon on "
@@ -107,9 +106,9 @@ def _check_venv(venv: _Venv) -> None:
         raise RuntimeError(f"the bench's venv is not as a node's: {lines}")
 
 
-def _run(venv: _Venv, arguments: list[str], daemon: bool | None) -> tuple[float, bytes]:
-    """Seconds for one whole process, and its stdout; ``daemon`` True checks that the daemon
-    answered, False that it was judged here, None runs ``python -c pass``."""
+def _run(venv: _Venv, arguments: list[str], daemon: bool | None) -> bytes:
+    """The stdout of one whole process; ``daemon`` True checks that the daemon answered, False
+    that it was judged here, None runs ``python -c pass``."""
     if daemon is None:
         command = [str(venv.python), "-c", "pass"]
     else:
@@ -117,39 +116,33 @@ def _run(venv: _Venv, arguments: list[str], daemon: bool | None) -> tuple[float,
     environment = dict(venv.environment)
     if daemon:
         environment["TRUSTCTL_DEBUG"] = "1"
-    started = time.perf_counter()
     result = subprocess.run(
         command, capture_output=True, env=environment, cwd="/", check=False, timeout=120
     )
-    elapsed = time.perf_counter() - started
     if daemon is not None:
         if result.returncode != 0:
             raise RuntimeError(f"trustctl {' '.join(arguments)} failed: {result}")
         if daemon and not result.stderr.startswith(_DAEMON_ANSWERED):
             raise RuntimeError(f"the daemon did not answer trustctl: {result.stderr!r}")
-    return elapsed, result.stdout
+    return result.stdout
 
 
 def measure_trustctl(workdir: Path, config: Path, image: str, samples: int) -> TrustctlTimes:
     """``config`` is the running daemon's, with its verifier socket; ``image`` must be signed."""
     venv = make_venv(workdir / "trustctl-venv", workdir / "trustctl-pycache")
     verify = ["verify", image, "--config", str(config)]
-    series: list[tuple[Callable[[], tuple[float, bytes]], list[float]]] = [
-        (lambda: _run(venv, verify, True), []),
-        (lambda: _run(venv, [*verify, "--local"], False), []),
-        (lambda: _run(venv, [], None), []),
-    ]
+    runs: dict[str, Callable[[], bytes]] = {
+        "daemon": lambda: _run(venv, verify, True),
+        "local": lambda: _run(venv, [*verify, "--local"], False),
+        "floor": lambda: _run(venv, [], None),
+    }
     # Untimed: bytecode written, the daemon's cache warm; both paths print the same.
-    (_, asked), (_, local), _ = [run() for run, _ in series]
+    asked, local, _ = (run() for run in runs.values())
     if asked != local:
         raise RuntimeError(f"the daemon's answer {asked!r} is not --local's {local!r}")
-    for index in range(samples):  # interleaved, rotating who goes first
-        for offset in range(len(series)):
-            run, times = series[(index + offset) % len(series)]
-            times.append(run()[0])
-    daemon_times, local_times, floor_times = (times for _, times in series)
+    times_of = interleaved_calls(runs, samples, warm=0)
     return TrustctlTimes(
-        daemon=Summary.of(daemon_times),
-        local=Summary.of(local_times),
-        floor=Summary.of(floor_times),
+        daemon=Summary.of(times_of["daemon"]),
+        local=Summary.of(times_of["local"]),
+        floor=Summary.of(times_of["floor"]),
     )

@@ -18,12 +18,11 @@ import json
 import subprocess
 import sys
 import sysconfig
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.shim import REPO_ROOT
-from bench.stats import Summary
+from bench.stats import Summary, interleaved_calls, timed
 from tests.stack import PushedImage
 from trustd.verifier import DESCRIPTOR_MEDIA_TYPE, entry_script
 
@@ -49,8 +48,8 @@ def _install(directory: Path, config: Path, name: str) -> Path:
     return executable
 
 
-def _run(executable: Path, image: PushedImage, expect_daemon: bool | None) -> float:
-    """Seconds for one judgement, exactly as containerd asks it; checks that it allowed."""
+def _run(executable: Path, image: PushedImage, expect_daemon: bool | None) -> None:
+    """One judgement, exactly as containerd asks it; checks that it allowed."""
     descriptor = {
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "digest": image.digest,
@@ -59,15 +58,12 @@ def _run(executable: Path, image: PushedImage, expect_daemon: bool | None) -> fl
     stdin = json.dumps(descriptor, separators=(",", ":")).encode() + b"\n"
     command = [str(executable), "-name", image.tagged, "-digest", image.digest]
     command += ["-stdin-media-type", DESCRIPTOR_MEDIA_TYPE]
-    started = time.perf_counter()
     result = subprocess.run(command, input=stdin, capture_output=True, check=False, timeout=60)
-    elapsed = time.perf_counter() - started
     if expect_daemon is not None:
         if result.returncode != 0 or not result.stdout.startswith(b"trustd: signed by "):
             raise RuntimeError(f"the verifier did not allow {image.tagged}: {result}")
         if (_DAEMON_ANSWERED in result.stderr) != expect_daemon:
             raise RuntimeError(f"the verifier was not judged as expected: {result.stderr!r}")
-    return elapsed
 
 
 def measure_verifier(
@@ -90,14 +86,17 @@ def measure_verifier(
 
     for executable, daemon in ((with_daemon, True), (without_daemon, False)):
         _run(executable, image, daemon)  # untimed: bytecode written, the daemon's cache warm
-    daemon_times: list[float] = []
-    floor_times: list[float] = []
-    for _ in range(daemon_samples):  # interleaved, so drift on the machine hits both alike
-        daemon_times.append(_run(with_daemon, image, True))
-        floor_times.append(_run(floor, image, None))
-    no_daemon_times = [_run(without_daemon, image, False) for _ in range(no_daemon_samples)]
+    # Interleaved, so drift on the machine hits both alike.
+    judgements = {
+        "daemon": lambda: _run(with_daemon, image, True),
+        "floor": lambda: _run(floor, image, None),
+    }
+    times_of = interleaved_calls(judgements, daemon_samples, warm=0)
+    no_daemon_times = [
+        timed(lambda: _run(without_daemon, image, False)) for _ in range(no_daemon_samples)
+    ]
     return VerifierTimes(
-        daemon=Summary.of(daemon_times),
+        daemon=Summary.of(times_of["daemon"]),
         no_daemon=Summary.of(no_daemon_times),
-        floor=Summary.of(floor_times),
+        floor=Summary.of(times_of["floor"]),
     )
