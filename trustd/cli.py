@@ -24,11 +24,11 @@ from trustd.reference import parse_reference
 if TYPE_CHECKING:
     # The trust engine (cryptography, TLS) is imported by the commands that use it, so that
     # `trustd check-config` and `--help` do not pay for it.
+    from trustd.net.credentials import Credentials
     from trustd.notary.client import TrustEngine
     from trustd.notary.lifetime import Expiry
     from trustd.notary.metadata import Root
     from trustd.notary.resolution import RepositoryReport
-    from trustd.notary.transport import Credentials
     from trustd.notary.updater import VerifiedRepository
 
 DEFAULT_CONFIG = Path("/etc/trustd/trustd.toml")
@@ -55,7 +55,7 @@ def _credentials(args: argparse.Namespace) -> Credentials | None:
     password = os.environ.get("TRUSTCTL_PASSWORD", "")
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
-    from trustd.notary.transport import Credentials
+    from trustd.net.credentials import Credentials
 
     return Credentials(username=args.username, password=password)
 

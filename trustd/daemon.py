@@ -28,8 +28,8 @@ from trustd.config import Config, config_warnings, load_config
 from trustd.errors import ConfigError
 from trustd.expiry import ExpiryWatch
 from trustd.metrics import Metrics
+from trustd.net.deadline import call_deadline
 from trustd.notary.client import TrustEngine
-from trustd.notary.transport import call_deadline
 from trustd.policy import Decision, PolicyEngine, Verdict
 from trustd.queries import VerifyAnswer, verify_answer
 from trustd.sdnotify import SystemdNotifier

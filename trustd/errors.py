@@ -139,8 +139,18 @@ class DelegationViolation(TrustError):
 # --- the trust data could not be fetched ----------------------------------------------------------
 
 
-class NotaryUnavailable(TrustError):
+class SourceUnavailable(TrustError):
+    """A source of signatures (a Notary server, a registry) could not be reached or answered
+    with an unexpected error: reported to kubelet as ``RegistryUnavailable``."""
+
+
+class NotaryUnavailable(SourceUnavailable):
     """The Notary server could not be reached or answered with an unexpected error."""
+
+
+class RegistryUnavailable(SourceUnavailable):
+    """The registry holding an image's signatures could not be reached or answered with an
+    unexpected error."""
 
 
 class AuthenticationFailed(NotaryUnavailable):
@@ -157,7 +167,7 @@ REGISTRY_UNAVAILABLE = "RegistryUnavailable"
 
 def kubernetes_reason(error: TrustdError | None) -> str:
     """The Kubernetes waiting reason a denial caused by ``error`` is reported under."""
-    if isinstance(error, NotaryUnavailable):
+    if isinstance(error, SourceUnavailable):
         return REGISTRY_UNAVAILABLE
     return SIGNATURE_VALIDATION_FAILED
 

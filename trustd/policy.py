@@ -25,9 +25,10 @@ from trustd.errors import (
     TrustError,
     denial_message,
 )
+from trustd.net.credentials import Credentials
+from trustd.net.deadline import call_deadline
 from trustd.notary.client import OfflineUse, TrustEngine
 from trustd.notary.resolution import SignedTarget, resolve_digest, resolve_tag
-from trustd.notary.transport import Credentials, call_deadline
 from trustd.notary.updater import VerifiedRepository
 from trustd.reference import Reference, parse_digest, parse_reference
 

@@ -19,8 +19,8 @@ from trustd.reference import parse_reference
 
 if TYPE_CHECKING:
     from trustd.config import Config
+    from trustd.net.credentials import Credentials
     from trustd.notary.client import TrustEngine
-    from trustd.notary.transport import Credentials
 
 EXIT_OK = 0
 EXIT_UNTRUSTED = 1

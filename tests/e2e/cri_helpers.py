@@ -22,8 +22,8 @@ from cri_shim.containerd import ContainerdClient
 from cri_shim.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from cri_shim.server import RunningServer, serve
 from trustd.config import Config, parse_config
+from trustd.net.credentials import Credentials
 from trustd.notary.client import TrustEngine
-from trustd.notary.transport import Credentials
 from trustd.policy import Action, Decision, PolicyEngine
 
 TIMEOUT = 60.0

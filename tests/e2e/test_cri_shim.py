@@ -42,7 +42,7 @@ from tests.stack.trustd_config import trustd_config_text
 from trustd.audit import audit_record
 from trustd.config import parse_config
 from trustd.metrics import Metrics
-from trustd.notary.transport import Credentials
+from trustd.net.credentials import Credentials
 from trustd.policy import Verdict
 
 PushImage = Callable[..., PushedImage]

@@ -19,13 +19,13 @@ import pytest
 
 from tests.stack.pki import TestPKI
 from trustd.errors import AuthenticationFailed, MetadataTooLarge, NotaryUnavailable
+from trustd.net.credentials import Credentials
+from trustd.net.deadline import call_deadline
 from trustd.notary.transport import (
-    Credentials,
     NotaryEndpoint,
     NotaryTransport,
     NotFound,
     _Token,
-    call_deadline,
     parse_bearer_challenge,
 )
 

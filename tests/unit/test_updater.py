@@ -24,10 +24,11 @@ from trustd.errors import (
     RollbackDetected,
     TagNotSigned,
 )
+from trustd.net.credentials import Credentials
 from trustd.notary.pinning import TrustPinning
 from trustd.notary.resolution import inspect_repository, resolve_digest, resolve_tag
 from trustd.notary.store import MetadataStore
-from trustd.notary.transport import Credentials, NotaryEndpoint, NotFound
+from trustd.notary.transport import NotaryEndpoint, NotFound
 from trustd.notary.trusted_set import TrustedSet
 from trustd.notary.updater import Updater
 

@@ -17,6 +17,7 @@ from typing import Protocol
 from cryptography import x509
 
 from trustd.errors import ConfigError, NotaryUnavailable
+from trustd.net.credentials import Credentials
 from trustd.notary.metadata import Root
 from trustd.notary.pinning import TrustPinning
 from trustd.notary.resolution import (
@@ -26,7 +27,7 @@ from trustd.notary.resolution import (
     resolve_tag,
 )
 from trustd.notary.store import MetadataStore
-from trustd.notary.transport import Credentials, NotaryEndpoint, NotaryTransport
+from trustd.notary.transport import NotaryEndpoint, NotaryTransport
 from trustd.notary.updater import SizeLimits, Updater, VerifiedRepository, utc_now
 
 log = logging.getLogger(__name__)

@@ -10,16 +10,13 @@ being served (``call_deadline``): a flaky Notary should cost a retry, not a deni
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
 import re
 import threading
 import time
-from collections.abc import Iterator
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -28,6 +25,8 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from trustd.errors import AuthenticationFailed, MetadataTooLarge, NotaryUnavailable
+from trustd.net.credentials import Credentials
+from trustd.net.deadline import current_deadline
 
 log = logging.getLogger(__name__)
 
@@ -38,32 +37,6 @@ _DEFAULT_TOKEN_LIFETIME = 60.0
 _RETRYABLE_STATUS = frozenset({502, 503, 504})
 _PREPARED_LIMIT = 4096  # prepared metadata GETs kept (five roles of some hundreds of GUNs)
 _FIRST_BACKOFF = 0.1  # seconds; doubled on every further retry, with up to half again as jitter
-
-# When (time.monotonic()) the call being served must be answered; None: no deadline.
-_call_deadline: ContextVar[float | None] = ContextVar("trustd_call_deadline", default=None)
-
-
-@contextlib.contextmanager
-def call_deadline(seconds: float | None) -> Iterator[None]:
-    """Bound the requests (and retries) made in this context to ``seconds`` from now."""
-    token = _call_deadline.set(None if seconds is None else time.monotonic() + seconds)
-    try:
-        yield
-    finally:
-        _call_deadline.reset(token)
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Registry credentials, as kubelet sends them with a pull (CRI AuthConfig)."""
-
-    username: str = ""
-    password: str = field(default="", repr=False)
-    identity_token: str = field(default="", repr=False)
-    registry_token: str = field(default="", repr=False)
-
-    def __bool__(self) -> bool:
-        return bool(self.username or self.identity_token or self.registry_token)
 
 
 @dataclass(frozen=True)
@@ -204,7 +177,7 @@ class NotaryTransport:
         """One request, retried on transient failures; the errors name the service and GUN."""
         # Only the origin: a URL's path and query can carry a token or an account name.
         where = f"{service} at {_origin(url)}" + (f" for {gun}" if gun else "")
-        deadline = _call_deadline.get()
+        deadline = current_deadline()
         attempt = 0
         while True:
             timeout = self.endpoint.timeout

@@ -43,6 +43,7 @@ from trustd.errors import (
     RootRotationInvalid,
     TrustError,
 )
+from trustd.net.credentials import Credentials
 from trustd.notary.metadata import (
     DelegatedRole,
     Delegations,
@@ -55,7 +56,7 @@ from trustd.notary.metadata import (
 )
 from trustd.notary.pinning import TrustPinning, check_first_root
 from trustd.notary.store import MetadataStore
-from trustd.notary.transport import Credentials, NotaryTransport, NotFound
+from trustd.notary.transport import NotaryTransport, NotFound
 from trustd.notary.trusted_set import TrustedSet
 
 log = logging.getLogger(__name__)
