@@ -270,7 +270,7 @@ install_verifier() {
 import sys
 import sysconfig
 
-from trustd.verifier import entry_script
+from trustd.programs.image_verifier import entry_script
 
 python, config, target = sys.argv[1:]
 paths = sysconfig.get_paths()

@@ -15,9 +15,9 @@ from types import FrameType
 
 from cri_shim.containerd import ContainerdClient
 from cri_shim.server import serve
-from trustd.config import load_config
-from trustd.notary.client import TrustEngine
-from trustd.policy import PolicyEngine
+from trustd.config.model import load_config
+from trustd.formats.notary.engine import TrustEngine
+from trustd.policy.engine import PolicyEngine
 
 
 def main(argv: list[str]) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from trustd.notary.transport import USER_AGENT as TRUSTD_USER_AGENT
+from trustd.formats.notary.transport import USER_AGENT as TRUSTD_USER_AGENT
 
 LOAD_USER_AGENT = "trustd-bench-load"
 # notary-server writes its line after the response; give it this long to reach the file.

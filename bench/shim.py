@@ -3,7 +3,7 @@
 Two ways to host the shim, both in a process of their own so that its memory is not mixed with
 the benchmark's:
 
-- ``daemon``: ``trustd serve --config FILE``, the production entry point (trustd/daemon.py);
+- ``daemon``: ``trustd serve --config FILE``, the production entry point (trustd/service/daemon.py);
 - ``host``: ``python3 -m bench.host FILE``, which wires ``cri_shim.server.serve`` to a
   ``PolicyEngine`` and nothing else (no audit log, no metrics), for when the daemon is in flux.
 """

@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.shim import REPO_ROOT
 from bench.stats import Summary, interleaved_calls, timed
 from tests.stack import PushedImage
-from trustd.verifier import DESCRIPTOR_MEDIA_TYPE, entry_script
+from trustd.programs.image_verifier import DESCRIPTOR_MEDIA_TYPE, entry_script
 
 TARGET_MS = 50.0
 _DAEMON_ANSWERED = b"judged by the trustd daemon on "

@@ -28,10 +28,10 @@ import grpc
 from cri_shim.containerd import ContainerdClient, forwardable_metadata
 from cri_shim.gen.cri.runtime.v1 import api_pb2
 from trustd.errors import InvalidReference
+from trustd.names.reference import parse_reference
 from trustd.net.credentials import Credentials
-from trustd.policy import Action, Decision
-from trustd.reference import parse_reference
-from trustd.unix_socket import prepare_socket_path
+from trustd.policy.engine import Action, Decision
+from trustd.service.unix_socket import prepare_socket_path
 
 log = logging.getLogger(__name__)
 

@@ -157,7 +157,10 @@ def run(workdir: Path, keep_running: bool) -> int:
             say(f"trustd keeps running in front of containerd ({stack.containerd.endpoint}).")
             say("Try it from another shell, for example:")
             say(f"   python3 -m cri_shim.crictl --image-endpoint unix://{socket} pull IMAGE")
-            say(f"   TRUSTD_CONFIG={config} python3 -m trustd.cli verify {signed.repository}:1.0")
+            say(
+                f"   TRUSTD_CONFIG={config} python3 -m trustd.programs.trustctl verify "
+                f"{signed.repository}:1.0"
+            )
             say("Ctrl-C stops everything.")
             try:
                 while True:

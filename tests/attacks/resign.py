@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from tests.stack import NotaryPublisher
 from tests.stack.notary_keys import load_notary_key
-from trustd.notary.canonical import encode_canonical
-from trustd.notary.keys import canonical_key_id, load_public_key
-from trustd.notary.keys import key_id as notary_key_id
+from trustd.formats.notary.canonical import encode_canonical
+from trustd.formats.notary.keys import canonical_key_id, load_public_key
+from trustd.formats.notary.keys import key_id as notary_key_id
 
 Document = dict[str, Any]
 

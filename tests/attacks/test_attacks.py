@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from tests.attacks import resign
 from tests.attacks.harness import ENDLESS, TamperServer, write_config
 from tests.stack import NotaryPublisher, NotaryServer, PushedImage, Registry, Stack, TestPKI
-from trustd.config import load_config
+from trustd.config.model import load_config
 from trustd.errors import (
     DelegationViolation,
     ExpiredMetadata,
@@ -39,8 +39,8 @@ from trustd.errors import (
     TrustError,
     UnsupportedKey,
 )
-from trustd.notary.client import TrustEngine
-from trustd.notary.keys import key_id
+from trustd.formats.notary.engine import TrustEngine
+from trustd.formats.notary.keys import key_id
 
 PushImage = Callable[..., PushedImage]
 NOW = datetime.datetime.now(datetime.UTC)

@@ -31,7 +31,7 @@ from tests.e2e.verifier_helpers import (
 from tests.stack import Containerd, NotaryServer, Registry, Stack, StackError
 from tests.stack.containerd import major_version
 from tests.stack.trustd_config import trustd_config_text
-from trustd.policy import Action, Verdict
+from trustd.policy.engine import Action, Verdict
 
 CONTAINERD2 = REPO_ROOT.parent / "shared" / "bin" / "containerd2"
 TIMEOUT = 60.0

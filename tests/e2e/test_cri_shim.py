@@ -39,11 +39,11 @@ from tests.stack import (
     free_port,
 )
 from tests.stack.trustd_config import trustd_config_text
-from trustd.audit import audit_record
-from trustd.config import parse_config
-from trustd.metrics import Metrics
+from trustd.config.model import parse_config
 from trustd.net.credentials import Credentials
-from trustd.policy import Verdict
+from trustd.policy.engine import Verdict
+from trustd.service.audit import audit_record
+from trustd.service.metrics import Metrics
 
 PushImage = Callable[..., PushedImage]
 MakeShim = Callable[..., Shim]
@@ -436,7 +436,7 @@ def test_notary_outage_is_answered_from_cached_trust_data(
     # Notary goes away: nothing listens at the configured address any more.
     dead = f"https://127.0.0.1:{free_port()}"
     _with_notary(shim, registry, dead, stack.notary_server.ca_file, "")
-    caplog.set_level(logging.WARNING, logger="trustd.notary.client")
+    caplog.set_level(logging.WARNING, logger="trustd.formats.notary.engine")
 
     # kubelet's restart of a container: ImageStatus finds the image, a pull would work too.
     assert shim.status(image.tagged).HasField("image")

@@ -30,8 +30,8 @@ from tests.e2e.verifier_helpers import (
     unique_repo,
 )
 from tests.stack import NotaryServer, Registry, Stack, free_port
-from trustd.config import load_config
-from trustd.notary.client import TrustEngine
+from trustd.config.model import load_config
+from trustd.formats.notary.engine import TrustEngine
 
 
 @pytest.fixture(params=["daemon running", "daemon stopped"])
@@ -273,8 +273,10 @@ def test_with_the_daemon_the_verifier_builds_no_engine(
             for line in traced.stderr.splitlines()
             if line.startswith("import time:")
         }
-        assert {"trustd.verifier", "trustd.verifier_protocol"} <= imported
-        assert not {m for m in imported if m.startswith(("trustd.notary", "trustd.policy"))}
+        assert {"trustd.programs.image_verifier", "trustd.localapi.wire"} <= imported
+        assert not {
+            m for m in imported if m.startswith(("trustd.formats.notary", "trustd.policy.engine"))
+        }
         assert not imported & {"json", "tomllib", "requests", "cryptography", "grpc", "logging"}
         # One download of the trust data for both judgements: the daemon's cache answered.
         assert daemon.metric("trustd_cache_misses_total") == 1.0

@@ -39,7 +39,7 @@ from tests.stack import (
 )
 from tests.stack.images import push_busybox_image, require_static_busybox
 from tests.stack.trustd_config import toml_value, trustd_config_text
-from trustd.policy import Verdict
+from trustd.policy.engine import Verdict
 
 # The registry's one account, and a pull secret kubelet tries first that no longer works.
 RIGHT = ("pod-puller", "right-password-for-the-test")

@@ -1,4 +1,5 @@
-"""``trustctl verify`` as installed (the ``trustctl`` console script, ``trustd.ctl:main``) on a
+"""``trustctl verify`` as installed (the ``trustctl`` console script,
+``trustd.programs.trustctl:main``) on a
 node where ``trustd serve`` runs, against the real registry and notary-server.
 
 The program asks the daemon over its verifier socket; ``--local`` judges in the program's own
@@ -47,7 +48,7 @@ def trustctl(*arguments: str, debug: bool = False, python_flags: tuple[str, ...]
     paths = sysconfig.get_paths()
     import_paths = [str(REPO_ROOT), *dict.fromkeys((paths["purelib"], paths["platlib"]))]
     code = (
-        f"import sys; sys.path[:0] = {import_paths!r}; from trustd.ctl import main; "
+        f"import sys; sys.path[:0] = {import_paths!r}; from trustd.programs.trustctl import main; "
         "sys.exit(main())"
     )
     environment = {key: value for key, value in os.environ.items() if key != "TRUSTCTL_DEBUG"}
@@ -166,10 +167,16 @@ def test_the_daemon_answers_under_the_config_it_loaded(
         for line in asked.stderr.decode().splitlines()
         if line.startswith("import time:")
     }
-    assert {"trustd.ctl", "trustd.daemon_socket", "trustd.verifier_protocol"} <= imported
+    assert {
+        "trustd.programs.trustctl",
+        "trustd.localapi.client",
+        "trustd.localapi.wire",
+    } <= imported
     heavy = {"json", "argparse", "re", "tomllib", "requests", "cryptography", "typing", "socket"}
     assert not imported & heavy, imported & heavy
-    assert not {m for m in imported if m.startswith(("trustd.config", "trustd.notary"))}
+    assert not {
+        m for m in imported if m.startswith(("trustd.config.model", "trustd.formats.notary"))
+    }
 
 
 def test_with_no_daemon_trustctl_judges_in_its_own_process(

@@ -30,7 +30,7 @@ from tests.stack import (
     TestPKI,
     free_port,
 )
-from trustd.notary.keys import canonical_key_id, load_public_key
+from trustd.formats.notary.keys import canonical_key_id, load_public_key
 
 PushImage = Callable[..., PushedImage]
 

@@ -1,7 +1,8 @@
 """containerd's image verifier as installed on a node, and ``trustd serve`` answering it.
 
 ``install_verifier`` writes the file install.sh puts into containerd's ``bin_dir``
-(``trustd.verifier.entry_script``), importing trustd from this source tree; ``run_verifier``
+(``trustd.programs.image_verifier.entry_script``), importing trustd from this source tree;
+``run_verifier``
 runs it exactly as containerd's bindir plugin does: ``-name``, ``-digest``, ``-stdin-media-type``
 and the image's OCI descriptor as JSON on stdin. ``running_daemon`` starts the real daemon
 process with its verifier socket.
@@ -28,7 +29,7 @@ import requests
 
 from tests.stack import NotaryServer, PushedImage, Registry, Stack, free_port, wait_for
 from tests.stack.trustd_config import trustd_config_text
-from trustd.verifier import DESCRIPTOR_MEDIA_TYPE, entry_script
+from trustd.programs.image_verifier import DESCRIPTOR_MEDIA_TYPE, entry_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60.0

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from trustd.notary.canonical import encode_canonical
-from trustd.notary.keys import key_id
+from trustd.formats.notary.canonical import encode_canonical
+from trustd.formats.notary.keys import key_id
 
 GUN = "registry.example.com/team/app"
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

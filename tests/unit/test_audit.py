@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from trustd.audit import AuditLog, audit_record
 from trustd.errors import NotaryUnavailable, TagNotSigned
-from trustd.notary.resolution import SignedTarget
-from trustd.policy import Action, Decision, Verdict
-from trustd.reference import parse_reference
+from trustd.formats.notary.resolution import SignedTarget
+from trustd.names.reference import parse_reference
+from trustd.policy.engine import Action, Decision, Verdict
+from trustd.service.audit import AuditLog, audit_record
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -182,7 +182,7 @@ def test_failed_reopen_keeps_writing_the_old_file(
     moved = tmp_path / "moved"
     directory.rename(moved)
     directory.write_text("a file where the directory was")
-    with caplog.at_level(logging.ERROR, logger="trustd.audit"):
+    with caplog.at_level(logging.ERROR, logger="trustd.service.audit"):
         log.reopen()
     log(allowed_decision())
     log.close()
@@ -192,7 +192,7 @@ def test_failed_reopen_keeps_writing_the_old_file(
 
 def test_write_error_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     log = AuditLog(Path("/dev/full"), stdout=False)
-    with caplog.at_level(logging.ERROR, logger="trustd.audit"):
+    with caplog.at_level(logging.ERROR, logger="trustd.service.audit"):
         log(allowed_decision())
     log.close()
     assert "cannot write the audit log /dev/full" in caplog.text

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from trustd.notary.canonical import CanonicalEncodingError, encode_canonical
-from trustd.notary.keys import load_public_key, verify_signature
+from trustd.formats.notary.canonical import CanonicalEncodingError, encode_canonical
+from trustd.formats.notary.keys import load_public_key, verify_signature
 
 FIXTURES = Path(__file__).parent.parent / "data" / "notary"
 ROLES = ("root", "timestamp", "snapshot", "targets", "targets/releases")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from trustd.config import (
+from trustd.config.model import (
     DEFAULT_RULE,
     AuditConfig,
     Config,
@@ -19,7 +19,7 @@ from trustd.config import (
     parse_config,
 )
 from trustd.errors import ConfigError
-from trustd.patterns import (
+from trustd.names.patterns import (
     GunPattern,
     InvalidPattern,
     RepositoryPattern,
@@ -28,7 +28,7 @@ from trustd.patterns import (
     longest_gun_prefix,
     most_specific_gun_pattern,
 )
-from trustd.reference import parse_reference
+from trustd.names.reference import parse_reference
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "trustd.toml"
 SOURCE = "/etc/trustd/trustd.toml"

@@ -6,7 +6,7 @@ import pytest
 
 from tests.unit import notary_factory as f
 from trustd.errors import BadMetadata, BadSignature, UnsupportedKey
-from trustd.notary.keys import canonical_key_id, key_id, load_public_key, verify_signature
+from trustd.formats.notary.keys import canonical_key_id, key_id, load_public_key, verify_signature
 
 FIXTURES = Path(__file__).parent.parent / "data" / "notary"
 

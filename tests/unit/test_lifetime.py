@@ -21,13 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.attacks.harness import trustctl
 from tests.unit import notary_factory as f
-from trustd.cli import trustd_main
-from trustd.config import parse_config
+from trustd.config.model import parse_config
 from trustd.errors import PinningViolation, RollbackDetected, RootKeyChanged, RootRotationInvalid
-from trustd.expiry import ExpiryWatch
-from trustd.metrics import ExpiryGauges, Metrics
-from trustd.notary.keys import canonical_key_id, load_public_key
-from trustd.notary.lifetime import (
+from trustd.formats.notary.keys import canonical_key_id, load_public_key
+from trustd.formats.notary.lifetime import (
     Expiry,
     ExpiryKind,
     due,
@@ -35,11 +32,14 @@ from trustd.notary.lifetime import (
     repository_expiries,
     root_keys,
 )
-from trustd.notary.pinning import TrustPinning
-from trustd.notary.store import MetadataStore
-from trustd.notary.transport import NotaryEndpoint, NotFound
-from trustd.notary.trusted_set import TrustedSet
-from trustd.notary.updater import Updater
+from trustd.formats.notary.pinning import TrustPinning
+from trustd.formats.notary.store import MetadataStore
+from trustd.formats.notary.transport import NotaryEndpoint, NotFound
+from trustd.formats.notary.trusted_set import TrustedSet
+from trustd.formats.notary.updater import Updater
+from trustd.programs.cli import trustd_main
+from trustd.service.expiry import ExpiryWatch
+from trustd.service.metrics import ExpiryGauges, Metrics
 
 NOW = f.NOW
 GUN = f.GUN
@@ -319,7 +319,7 @@ def test_watch_warns_once_and_feeds_the_gauges(
     metrics.expiry._clock = lambda: NOW
     watch = ExpiryWatch(30, metrics.expiry, clock=lambda: NOW)
     updater = Updater(store, clock=lambda: NOW, on_verified=watch.observe)
-    with caplog.at_level(logging.WARNING, logger="trustd.expiry"):
+    with caplog.at_level(logging.WARNING, logger="trustd.service.expiry"):
         refresh(updater, server)
         refresh(updater, server)
     warnings = [record.getMessage() for record in caplog.records]
@@ -359,7 +359,7 @@ def test_watch_with_zero_days_never_warns(
 ) -> None:
     _, server = _repo_expiring_soon()
     watch = ExpiryWatch(0, None, clock=lambda: NOW)
-    with caplog.at_level(logging.WARNING, logger="trustd.expiry"):
+    with caplog.at_level(logging.WARNING, logger="trustd.service.expiry"):
         refresh(Updater(store, clock=lambda: NOW, on_verified=watch.observe), server)
     assert not caplog.records
 

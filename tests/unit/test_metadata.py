@@ -5,7 +5,7 @@ import pytest
 
 from tests.unit import notary_factory as f
 from trustd.errors import BadMetadata, HashMismatch, UnsupportedKey
-from trustd.notary.metadata import FileMeta, parse, parse_rfc3339
+from trustd.formats.notary.metadata import FileMeta, parse, parse_rfc3339
 
 FIXTURES = Path(__file__).parent.parent / "data" / "notary"
 

@@ -8,8 +8,8 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from trustd.errors import AuthenticationFailed, NotaryUnavailable, TagNotSigned
-from trustd.metrics import Metrics, MetricsServer, parse_listen
-from trustd.policy import Action, Decision, Verdict
+from trustd.policy.engine import Action, Decision, Verdict
+from trustd.service.metrics import Metrics, MetricsServer, parse_listen
 
 
 def decision(

@@ -6,9 +6,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.unit import notary_factory as f
 from trustd.errors import ExpiredMetadata, PinningViolation
-from trustd.notary.keys import canonical_key_id
-from trustd.notary.pinning import TrustPinning, check_first_root
-from trustd.notary.trusted_set import TrustedSet
+from trustd.formats.notary.keys import canonical_key_id
+from trustd.formats.notary.pinning import TrustPinning, check_first_root
+from trustd.formats.notary.trusted_set import TrustedSet
 
 NOW = f.NOW
 FIXTURES = Path(__file__).parent.parent / "data" / "notary"

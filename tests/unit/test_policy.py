@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from trustd.config import parse_config
+from trustd.config.model import parse_config
 from trustd.errors import ConfigError, NotaryUnavailable
-from trustd.notary.client import OfflineUse
-from trustd.notary.metadata import TargetFile
-from trustd.policy import Action, Decision, PolicyEngine, Verdict
+from trustd.formats.notary.engine import OfflineUse
+from trustd.formats.notary.metadata import TargetFile
+from trustd.policy.engine import Action, Decision, PolicyEngine, Verdict
 
 GOOD = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64

@@ -1,7 +1,7 @@
 import pytest
 
 from trustd.errors import InvalidReference
-from trustd.reference import (
+from trustd.names.reference import (
     Reference,
     looks_like_registry,
     parse_digest,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trustd import sdnotify
-from trustd.sdnotify import SystemdNotifier
+from trustd.service import sdnotify
+from trustd.service.sdnotify import SystemdNotifier
 
 
 @pytest.fixture
@@ -92,13 +92,13 @@ def test_send_failure_is_logged_not_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     notifier = SystemdNotifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens.sock")})
-    with caplog.at_level(logging.WARNING, logger="trustd.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="trustd.service.sdnotify"):
         assert notifier.ready() is False
     assert "cannot notify systemd (READY=1)" in caplog.text
 
 
 def test_unsupported_address_disables_notifications(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="trustd.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="trustd.service.sdnotify"):
         notifier = SystemdNotifier({"NOTIFY_SOCKET": "vsock:2:1234"})
     assert not notifier.enabled
     assert "not a unix socket address" in caplog.text
@@ -130,7 +130,7 @@ def test_a_service_manager_that_stops_reading_does_not_block_trustd(
     monkeypatch.setattr(sdnotify, "SEND_TIMEOUT", 0.05)
     notifier = SystemdNotifier({"NOTIFY_SOCKET": path})
     deadline = time.monotonic() + 30
-    with caplog.at_level(logging.WARNING, logger="trustd.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="trustd.service.sdnotify"):
         while notifier.watchdog():
             assert time.monotonic() < deadline, "the queue never filled up"
     assert "cannot notify systemd (WATCHDOG=1)" in caplog.text

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from cri_shim.server import Lookahead, TagWriter
-from trustd.policy import Action
+from trustd.policy.engine import Action
 
 
 class _Failure(grpc.RpcError):

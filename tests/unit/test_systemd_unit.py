@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from trustd.config import ServerConfig
+from trustd.config.model import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "systemd"
@@ -198,7 +198,7 @@ PROBE = textwrap.dedent(
     import grpc, ssl
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-    import trustd.notary.client, trustd.policy, trustd.metrics
+    import trustd.formats.notary.engine, trustd.policy.engine, trustd.service.metrics
     key = ec.generate_private_key(ec.SECP256R1())
     ecdsa = ec.ECDSA(hashes.SHA256())
     key.public_key().verify(key.sign(b"m", ecdsa), b"m", ecdsa)

@@ -19,15 +19,15 @@ import pytest
 
 from tests.stack.pki import TestPKI
 from trustd.errors import AuthenticationFailed, MetadataTooLarge, NotaryUnavailable
-from trustd.net.credentials import Credentials
-from trustd.net.deadline import call_deadline
-from trustd.notary.transport import (
+from trustd.formats.notary.transport import (
     NotaryEndpoint,
     NotaryTransport,
     NotFound,
     _Token,
     parse_bearer_challenge,
 )
+from trustd.net.credentials import Credentials
+from trustd.net.deadline import call_deadline
 
 GUN = "127.0.0.1:5000/library/hello"
 

@@ -22,11 +22,9 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_policy import GOOD, engine
-from trustd import ctl
-from trustd.daemon_socket import DaemonAbsent, ask_daemon
-from trustd.policy import PolicyEngine
-from trustd.queries import VerifyAnswer, verify_answer
-from trustd.verifier_protocol import (
+from trustd.localapi.client import DaemonAbsent, ask_daemon
+from trustd.localapi.server import VerifierSocketServer
+from trustd.localapi.wire import (
     MAX_REQUEST_BYTES,
     ProtocolError,
     QueryError,
@@ -42,7 +40,9 @@ from trustd.verifier_protocol import (
     read_frame,
     request_frame,
 )
-from trustd.verifier_service import VerifierSocketServer
+from trustd.policy.engine import PolicyEngine
+from trustd.policy.queries import VerifyAnswer, verify_answer
+from trustd.programs import trustctl as ctl
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIGNED = "example.com/app:1"
@@ -141,7 +141,8 @@ def _socket_dir() -> Path:
 
 
 def _answer_with(policy: PolicyEngine) -> Callable[[VerifyQuery], VerifyAnswer]:
-    """The daemon's handler (trustd.daemon.Daemon.answer_query) over a stand-in trust engine."""
+    """The daemon's handler (trustd.service.daemon.Daemon.answer_query) over a stand-in trust
+    engine."""
 
     def answer(query: VerifyQuery) -> VerifyAnswer:
         trust = policy.trust
@@ -316,8 +317,9 @@ def write_config(directory: Path, verifier_socket: Path | str) -> Path:
 
 @pytest.fixture
 def in_process(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """trustd.cli.trustctl_main replaced: the arguments of each in-process run (it returns 42)."""
-    import trustd.cli
+    """trustd.programs.cli.trustctl_main replaced: the arguments of each in-process run (it returns
+    42)."""
+    import trustd.programs.cli
 
     calls: list[list[str]] = []
 
@@ -325,7 +327,7 @@ def in_process(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         calls.append(list(argv))
         return 42
 
-    monkeypatch.setattr(trustd.cli, "trustctl_main", judge_here)
+    monkeypatch.setattr(trustd.programs.cli, "trustctl_main", judge_here)
     monkeypatch.setenv("TRUSTCTL_DEBUG", "1")
     return calls
 
@@ -521,7 +523,8 @@ def test_the_daemon_path_imports_nothing_heavy(daemon, tmp_path: Path) -> None:
     config = write_config(tmp_path, server.path)
     # -I -S: neither the environment nor site's .pth files bring modules of their own.
     code = (
-        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from trustd.ctl import main; "
+        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
+        "from trustd.programs.trustctl import main; "
         "status = main(); print('modules', sorted(sys.modules), file=sys.stderr); "
         "sys.exit(status)"
     )
@@ -539,9 +542,11 @@ def test_the_daemon_path_imports_nothing_heavy(daemon, tmp_path: Path) -> None:
     modules = set(ast.literal_eval(line.removeprefix("modules ")))
     assert {m for m in modules if m.startswith("trustd")} == {
         "trustd",
-        "trustd.ctl",
-        "trustd.daemon_socket",
-        "trustd.verifier_protocol",
+        "trustd.programs",
+        "trustd.localapi",
+        "trustd.programs.trustctl",
+        "trustd.localapi.client",
+        "trustd.localapi.wire",
     }
     heavy = {"argparse", "json", "re", "tomllib", "requests", "cryptography", "typing", "socket"}
-    assert not modules & (heavy | {"dataclasses", "logging", "trustd.config"})
+    assert not modules & (heavy | {"dataclasses", "logging", "trustd.config.model"})

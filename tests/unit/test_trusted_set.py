@@ -13,7 +13,7 @@ from trustd.errors import (
     RootRotationInvalid,
     ThresholdNotMet,
 )
-from trustd.notary.trusted_set import TrustedSet
+from trustd.formats.notary.trusted_set import TrustedSet
 
 FIXTURES = Path(__file__).parent.parent / "data" / "notary"
 FIXTURE_GUN = "127.0.0.1:5000/library/hello"

@@ -24,13 +24,13 @@ from trustd.errors import (
     RollbackDetected,
     TagNotSigned,
 )
+from trustd.formats.notary.pinning import TrustPinning
+from trustd.formats.notary.resolution import inspect_repository, resolve_digest, resolve_tag
+from trustd.formats.notary.store import MetadataStore
+from trustd.formats.notary.transport import NotaryEndpoint, NotFound
+from trustd.formats.notary.trusted_set import TrustedSet
+from trustd.formats.notary.updater import Updater
 from trustd.net.credentials import Credentials
-from trustd.notary.pinning import TrustPinning
-from trustd.notary.resolution import inspect_repository, resolve_digest, resolve_tag
-from trustd.notary.store import MetadataStore
-from trustd.notary.transport import NotaryEndpoint, NotFound
-from trustd.notary.trusted_set import TrustedSet
-from trustd.notary.updater import Updater
 
 FIXTURES = Path(__file__).parent.parent / "data" / "notary"
 # The CLI's private root key file is named by the canonical ID of the certificate's public key.

@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_policy import GOOD, OTHER, engine
-from trustd.policy import Decision, PolicyEngine
-from trustd.verifier import DESCRIPTOR_MEDIA_TYPE, entry_script, main
-from trustd.verifier_protocol import (
+from trustd.localapi.server import VerifierSocketServer, judgement_of
+from trustd.localapi.wire import (
     MAX_REQUEST_BYTES,
     AnswerTimeout,
     ProtocolError,
@@ -34,7 +33,8 @@ from trustd.verifier_protocol import (
     read_frame,
     request_frame,
 )
-from trustd.verifier_service import VerifierSocketServer, judgement_of
+from trustd.policy.engine import Decision, PolicyEngine
+from trustd.programs.image_verifier import DESCRIPTOR_MEDIA_TYPE, entry_script, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -339,7 +339,8 @@ def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
     config = write_config(tmp_path, server.path)
     # -I -S: neither the environment nor site's .pth files bring modules of their own.
     code = (
-        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from trustd.verifier import main; "
+        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
+        "from trustd.programs.image_verifier import main; "
         "status = main(sys.argv[1:]); "
         "print('modules', sorted(sys.modules), file=sys.stderr); sys.exit(status)"
     )
@@ -356,16 +357,18 @@ def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
     modules = set(ast.literal_eval(line.removeprefix("modules ")))
     assert {m for m in modules if m.startswith("trustd")} == {
         "trustd",
-        "trustd.verifier",
-        "trustd.daemon_socket",
-        "trustd.verifier_protocol",
+        "trustd.programs",
+        "trustd.localapi",
+        "trustd.programs.image_verifier",
+        "trustd.localapi.client",
+        "trustd.localapi.wire",
     }
     # Nor the TOML parser or re, whose imports would cost more than the daemon's answer.
     assert not modules & {"json", "tomllib", "re", "socket", "typing", "dataclasses"}
 
 
 def test_where_the_verifier_looks_for_the_daemon(tmp_path: Path) -> None:
-    from trustd.daemon_socket import DEFAULT_VERIFIER_SOCKET, verifier_socket
+    from trustd.localapi.client import DEFAULT_VERIFIER_SOCKET, verifier_socket
 
     config = tmp_path / "trustd.toml"
     assert verifier_socket(str(config)) == DEFAULT_VERIFIER_SOCKET  # no file (yet)
@@ -422,7 +425,7 @@ def test_the_plain_forms_of_verifier_socket_are_read_without_toml(
 ) -> None:
     import tomllib
 
-    from trustd.daemon_socket import plainly_set_verifier_socket
+    from trustd.localapi.client import plainly_set_verifier_socket
 
     assert plainly_set_verifier_socket(text) == expected
     assert tomllib.loads(text).get("server", {}).get("verifier_socket") == expected
@@ -443,14 +446,15 @@ def test_the_plain_forms_of_verifier_socket_are_read_without_toml(
     ],
 )
 def test_other_forms_go_to_the_toml_parser(text: str) -> None:
-    from trustd.daemon_socket import UNSURE, plainly_set_verifier_socket
+    from trustd.localapi.client import UNSURE, plainly_set_verifier_socket
 
     assert plainly_set_verifier_socket(text) is UNSURE
 
 
 def test_the_fast_path_defaults_are_the_configs() -> None:
-    # The fast paths repeat them so that they never import trustd.config.
-    from trustd import config, daemon_socket
+    # The fast paths repeat them so that they never import trustd.config.model.
+    from trustd.config import model as config
+    from trustd.localapi import client as daemon_socket
 
     assert str(config.DEFAULT_VERIFIER_SOCKET) == daemon_socket.DEFAULT_VERIFIER_SOCKET
     assert str(config.DEFAULT_CONFIG_PATH) == daemon_socket.DEFAULT_CONFIG

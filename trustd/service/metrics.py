@@ -32,10 +32,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from trustd.errors import TrustError
-from trustd.notary.lifetime import Expiry, ExpiryKind
+from trustd.formats.notary.lifetime import Expiry, ExpiryKind
 
 if TYPE_CHECKING:
-    from trustd.policy import Decision
+    from trustd.policy.engine import Decision
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from trustd.errors import (
     ThresholdNotMet,
     TrustError,
 )
-from trustd.notary.keys import PublicKey
-from trustd.notary.lifetime import root_keys
-from trustd.notary.metadata import (
+from trustd.formats.notary.keys import PublicKey
+from trustd.formats.notary.lifetime import root_keys
+from trustd.formats.notary.metadata import (
     DelegatedRole,
     FileMeta,
     Root,
@@ -44,7 +44,7 @@ from trustd.notary.metadata import (
     parse_timestamp,
     verify_threshold,
 )
-from trustd.notary.pinning import check_root_certificates
+from trustd.formats.notary.pinning import check_root_certificates
 
 _TOP_LEVEL_ORDER = ("root", "timestamp", "snapshot", "targets")
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trustd.errors import DigestNotSigned, TagNotSigned, TrustError
-from trustd.notary.metadata import TargetFile
-from trustd.notary.updater import VerifiedRepository
+from trustd.formats.notary.metadata import TargetFile
+from trustd.formats.notary.updater import VerifiedRepository
 
 DOCKER_ROLE_ORDER = ("targets/releases", "targets")
 _SUPPORTED_DIGESTS = ("sha256", "sha512")

@@ -19,17 +19,17 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from trustd.errors import TrustError
-from trustd.metrics import ExpiryGauges
-from trustd.notary.lifetime import Expiry, due, repository_expiries
-from trustd.notary.updater import VerifiedRepository, utc_now
+from trustd.formats.notary.lifetime import Expiry, due, repository_expiries
+from trustd.formats.notary.updater import VerifiedRepository, utc_now
+from trustd.service.metrics import ExpiryGauges
 
-log = logging.getLogger("trustd.expiry")
+log = logging.getLogger("trustd.service.expiry")
 
 SCAN_INTERVAL = 60.0  # seconds between scans of the whole cache
 
 
 class CachedTrust(Protocol):
-    """What the watch reads (``trustd.notary.client.TrustEngine``)."""
+    """What the watch reads (``trustd.formats.notary.engine.TrustEngine``)."""
 
     def cached_guns(self) -> list[str]: ...
 

@@ -1,10 +1,10 @@
 """The node policy: for one requested image, what to pull, or why not.
 
-``PolicyEngine.decide`` is the question the CRI shim asks before a pull; ``judge_resolved`` is
-the one containerd's image-verifier hook asks after containerd has resolved a name to a digest
-(``trustd.verifier``). Both parse the reference, find the rule, ask the trust engine, and return a
-``Decision``; they never raise for bad input. Every decision is handed to the observers (audit
-log, metrics) before it is returned.
+``PolicyEngine.decide`` is the question the CRI shim asks before a pull; ``judge_resolved`` is the
+one containerd's image-verifier hook asks after containerd has resolved a name to a digest
+(``trustd.programs.image_verifier``). Both parse the reference, find the rule, ask the trust engine,
+and return a ``Decision``; they never raise for bad input. Every decision is handed to the observers
+(audit log, metrics) before it is returned.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from trustd.config import Config, OfflinePolicy, PolicyRule
+from trustd.config.model import Config, OfflinePolicy, PolicyRule
 from trustd.errors import (
     ConfigError,
     DigestNotSigned,
@@ -25,12 +25,12 @@ from trustd.errors import (
     TrustError,
     denial_message,
 )
+from trustd.formats.notary.engine import OfflineUse, TrustEngine
+from trustd.formats.notary.resolution import SignedTarget, resolve_digest, resolve_tag
+from trustd.formats.notary.updater import VerifiedRepository
+from trustd.names.reference import Reference, parse_digest, parse_reference
 from trustd.net.credentials import Credentials
 from trustd.net.deadline import call_deadline
-from trustd.notary.client import OfflineUse, TrustEngine
-from trustd.notary.resolution import SignedTarget, resolve_digest, resolve_tag
-from trustd.notary.updater import VerifiedRepository
-from trustd.reference import Reference, parse_digest, parse_reference
 
 log = logging.getLogger(__name__)
 

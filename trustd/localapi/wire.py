@@ -1,5 +1,5 @@
 """The wire format between the daemon and the programs that ask it: containerd's image verifier
-(``trustd.verifier``) and ``trustctl verify`` (``trustd.ctl``).
+(``trustd.programs.image_verifier``) and ``trustctl verify`` (``trustd.programs.trustctl``).
 
 One question per connection on a unix socket: the client sends a request frame, the daemon
 answers with one frame and closes. A frame is a 4-byte big-endian length and that many bytes of

@@ -16,20 +16,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trustd.config import Config, PolicyRule, load_config
+from trustd.config.model import Config, PolicyRule, load_config
 from trustd.errors import ConfigError, InvalidReference, TrustError
-from trustd.queries import EXIT_OK, EXIT_UNTRUSTED, EXIT_USAGE, status_for
-from trustd.reference import parse_reference
+from trustd.names.reference import parse_reference
+from trustd.policy.queries import EXIT_OK, EXIT_UNTRUSTED, EXIT_USAGE, status_for
 
 if TYPE_CHECKING:
     # The trust engine (cryptography, TLS) is imported by the commands that use it, so that
     # `trustd check-config` and `--help` do not pay for it.
+    from trustd.formats.notary.engine import TrustEngine
+    from trustd.formats.notary.lifetime import Expiry
+    from trustd.formats.notary.metadata import Root
+    from trustd.formats.notary.resolution import RepositoryReport
+    from trustd.formats.notary.updater import VerifiedRepository
     from trustd.net.credentials import Credentials
-    from trustd.notary.client import TrustEngine
-    from trustd.notary.lifetime import Expiry
-    from trustd.notary.metadata import Root
-    from trustd.notary.resolution import RepositoryReport
-    from trustd.notary.updater import VerifiedRepository
 
 DEFAULT_CONFIG = Path("/etc/trustd/trustd.toml")
 
@@ -61,7 +61,7 @@ def _credentials(args: argparse.Namespace) -> Credentials | None:
 
 
 def _engine(config: Config, state_dir: str | None) -> TrustEngine:
-    from trustd.notary.client import TrustEngine
+    from trustd.formats.notary.engine import TrustEngine
 
     return TrustEngine(config, Path(state_dir) if state_dir else config.server.state_dir)
 
@@ -70,9 +70,10 @@ def _engine(config: Config, state_dir: str | None) -> TrustEngine:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    """In this process (the ``trustctl`` program asks the daemon first: trustd.ctl); the answer
+    """In this process (the ``trustctl`` program asks the daemon first: trustd.programs.trustctl);
+    the answer
     is made by the same function as the daemon's."""
-    from trustd.queries import verify_answer
+    from trustd.policy.queries import verify_answer
 
     config = load_config(_config_path(args.config))
     engine = _engine(config, args.state_dir)
@@ -86,7 +87,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from trustd.notary.resolution import inspect_repository
+    from trustd.formats.notary.resolution import inspect_repository
 
     config = load_config(_config_path(args.config))
     reference = parse_reference(args.reference)
@@ -112,7 +113,7 @@ class _LifetimeReport:
     def __init__(self, repository: VerifiedRepository, warning_days: int) -> None:
         from datetime import UTC, datetime, timedelta
 
-        from trustd.notary.lifetime import due, pinning_line, repository_expiries, root_keys
+        from trustd.formats.notary.lifetime import due, pinning_line, repository_expiries, root_keys
 
         self.gun = repository.gun
         self.now = datetime.now(UTC)
@@ -123,7 +124,7 @@ class _LifetimeReport:
         self.due = set(due(self.expiries, self.now, timedelta(days=self.warning_days)))
 
     def json(self) -> dict[str, object]:
-        from trustd.notary.metadata import format_time
+        from trustd.formats.notary.metadata import format_time
 
         return {
             "RootKeys": [
@@ -150,7 +151,7 @@ class _LifetimeReport:
         }
 
     def text(self) -> str:
-        from trustd.notary.metadata import format_time
+        from trustd.formats.notary.metadata import format_time
 
         lines = ["", f"Root keys of {self.gun} (trust pinning accepts either ID):", ""]
         for key in self.root_keys:
@@ -244,8 +245,8 @@ def _expiring(args: argparse.Namespace) -> int:
     """Everything in the node's cache that expires within N days; exit 1 if anything does."""
     from datetime import UTC, datetime, timedelta
 
-    from trustd.notary.lifetime import due, repository_expiries
-    from trustd.notary.metadata import format_time
+    from trustd.formats.notary.lifetime import due, repository_expiries
+    from trustd.formats.notary.metadata import format_time
 
     config = load_config(_config_path(args.config))
     # --days 0 lists what has expired already; a config that never warns (0) still gets a horizon.
@@ -308,7 +309,7 @@ def _expiring(args: argparse.Namespace) -> int:
 def _forget_root(args: argparse.Namespace) -> int:
     """Forget the trusted root of a GUN (or every cached GUN a pattern matches), or trust the
     served root signed by a given key instead; under each GUN's lock, audited."""
-    from trustd.audit import AuditLog
+    from trustd.service.audit import AuditLog
 
     config = load_config(_config_path(args.config))
     engine = _engine(config, args.state_dir)
@@ -362,14 +363,14 @@ _KEY_ID = re.compile(r"[0-9a-f]{64}")
 def _forget_targets(target: str, pattern: str | None, engine: TrustEngine) -> tuple[list[str], str]:
     """(GUNs to forget, registry of a single GUN); ValueError for a bad name or pattern."""
     if pattern is not None:
-        from trustd.patterns import InvalidPattern, RepositoryPattern
+        from trustd.names.patterns import InvalidPattern, RepositoryPattern
 
         try:
             compiled = RepositoryPattern(pattern)
         except InvalidPattern as error:
             raise ValueError(str(error)) from None
         return [gun for gun in engine.cached_guns() if compiled.matches(gun)], ""
-    from trustd.reference import parse_repository
+    from trustd.names.reference import parse_repository
 
     try:
         gun = parse_repository(target)
@@ -406,7 +407,7 @@ def _note_config_pin(config: Config, gun: str, key_ids: Sequence[str]) -> None:
 
 
 def _key_ids_text(root: Root) -> str:
-    from trustd.notary.lifetime import root_keys
+    from trustd.formats.notary.lifetime import root_keys
 
     return ", ".join(f"{key.key_id} (canonical {key.canonical_id})" for key in root_keys(root))
 
@@ -421,8 +422,8 @@ def _forget_record(
     import pwd
     from datetime import UTC, datetime
 
-    from trustd.audit import rfc3339_millis
-    from trustd.notary.lifetime import root_keys
+    from trustd.formats.notary.lifetime import root_keys
+    from trustd.service.audit import rfc3339_millis
 
     def keys(root: Root | None) -> list[dict[str, str]] | None:
         if root is None:
@@ -454,7 +455,7 @@ def _forget_record(
 
 def _explain(args: argparse.Namespace) -> int:
     """What trustd would do with an image on this node now, and why; nothing is pulled."""
-    from trustd.policy import PolicyEngine, Verdict, policy_match
+    from trustd.policy.engine import PolicyEngine, Verdict, policy_match
 
     config = load_config(_config_path(args.config))
     reference = parse_reference(args.reference)
@@ -521,8 +522,8 @@ def _outage_policy(config: Config, rule: PolicyRule | None) -> dict[str, object]
 
 
 def _notary_warning(config: Config, registry: str) -> str | None:
-    from trustd.config import DOCKER_HUB_NOTARY_END
-    from trustd.reference import DEFAULT_REGISTRY
+    from trustd.config.model import DOCKER_HUB_NOTARY_END
+    from trustd.names.reference import DEFAULT_REGISTRY
 
     if registry == DEFAULT_REGISTRY and config.notary_for(registry).source == "default":
         return (
@@ -639,7 +640,8 @@ def trustctl_main(argv: Sequence[str] | None = None) -> int:
         _add_config_option(command)
         command.set_defaults(handler=handler)
         if name == "verify":
-            # The trustctl program asks the running daemon unless told otherwise (trustd.ctl);
+            # The trustctl program asks the running daemon unless told otherwise
+            # (trustd.programs.trustctl);
             # here, in trustctl_main, verify always judges in this process.
             command.add_argument(
                 "--local", action="store_true", help="judge in this process, not via the daemon"
@@ -702,7 +704,7 @@ def _days(text: str) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from trustd.config import config_warnings
+    from trustd.config.model import config_warnings
 
     path = _config_path(args.file or args.config)
     try:
@@ -718,7 +720,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from trustd.daemon import run_daemon  # the daemon pulls in gRPC; queries do not need it
+    from trustd.service.daemon import run_daemon  # the daemon pulls in gRPC; queries do not need it
 
     return run_daemon(_config_path(args.config))
 

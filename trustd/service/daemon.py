@@ -23,18 +23,18 @@ from pathlib import Path
 
 from cri_shim.containerd import ContainerdClient
 from cri_shim.server import RunningServer, serve
-from trustd.audit import AuditLog
-from trustd.config import Config, config_warnings, load_config
+from trustd.config.model import Config, config_warnings, load_config
 from trustd.errors import ConfigError
-from trustd.expiry import ExpiryWatch
-from trustd.metrics import Metrics
+from trustd.formats.notary.engine import TrustEngine
+from trustd.localapi.server import VerifierSocketServer
+from trustd.localapi.wire import VerifyQuery
 from trustd.net.deadline import call_deadline
-from trustd.notary.client import TrustEngine
-from trustd.policy import Decision, PolicyEngine, Verdict
-from trustd.queries import VerifyAnswer, verify_answer
-from trustd.sdnotify import SystemdNotifier
-from trustd.verifier_protocol import VerifyQuery
-from trustd.verifier_service import VerifierSocketServer
+from trustd.policy.engine import Decision, PolicyEngine, Verdict
+from trustd.policy.queries import VerifyAnswer, verify_answer
+from trustd.service.audit import AuditLog
+from trustd.service.expiry import ExpiryWatch
+from trustd.service.metrics import Metrics
+from trustd.service.sdnotify import SystemdNotifier
 
 log = logging.getLogger("trustd")
 

@@ -1,11 +1,11 @@
 """Finding the running daemon's verifier socket and asking it one question, stdlib only.
 
 Shared by the programs that ask the daemon instead of building a trust engine of their own:
-containerd's image verifier (``trustd.verifier``, once per pull) and ``trustctl verify``
-(``trustd.ctl``). Both run as short processes whose start-up is the cost, so this module, like
-``trustd.verifier_protocol``, imports only what the interpreter has loaded at start-up and C
-modules: the config is read for its one key without a TOML parser when it can be, and the socket
-is ``_socket``, not ``socket``.
+containerd's image verifier (``trustd.programs.image_verifier``, once per pull) and ``trustctl
+verify`` (``trustd.programs.trustctl``). Both run as short processes whose start-up is the cost, so
+this module, like ``trustd.localapi.wire``, imports only what the interpreter has loaded at start-up
+and C modules: the config is read for its one key without a TOML parser when it can be, and the
+socket is ``_socket``, not ``socket``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 
-from trustd.verifier_protocol import MAX_ANSWER_BYTES, AnswerTimeout, ProtocolError, read_frame
+from trustd.localapi.wire import MAX_ANSWER_BYTES, AnswerTimeout, ProtocolError, read_frame
 
 # typing costs the fast path an import of re; type checkers treat this name as always true.
 TYPE_CHECKING = False
@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 
     Answer = TypeVar("Answer")
 
-# trustd.config's defaults, repeated so that the fast path never imports it (a test compares).
-DEFAULT_CONFIG = "/etc/trustd/trustd.toml"  # trustd.config.DEFAULT_CONFIG_PATH
-DEFAULT_VERIFIER_SOCKET = "/run/trustd/verify.sock"  # trustd.config.DEFAULT_VERIFIER_SOCKET
+# trustd.config.model's defaults, repeated so that the fast path never imports it (a test compares).
+DEFAULT_CONFIG = "/etc/trustd/trustd.toml"  # trustd.config.model.DEFAULT_CONFIG_PATH
+DEFAULT_VERIFIER_SOCKET = "/run/trustd/verify.sock"  # trustd.config.model.DEFAULT_VERIFIER_SOCKET
 
 
 # --- where the daemon listens --------------------------------------------------------------------
@@ -54,7 +54,7 @@ def verifier_socket(config: str) -> str | None:
         return DEFAULT_VERIFIER_SOCKET
     if not value:
         return None
-    # Relative paths are relative to the config file, as in trustd.config.
+    # Relative paths are relative to the config file, as in trustd.config.model.
     return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config)), value))
 
 

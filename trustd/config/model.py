@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from trustd.errors import ConfigError, InvalidReference
-from trustd.patterns import (
+from trustd.names.patterns import (
     GunPattern,
     InvalidPattern,
     RepositoryPattern,
@@ -37,7 +37,7 @@ from trustd.patterns import (
     longest_gun_prefix,
     most_specific_gun_pattern,
 )
-from trustd.reference import DEFAULT_REGISTRY, Reference, parse_registry
+from trustd.names.reference import DEFAULT_REGISTRY, Reference, parse_registry
 
 CONFIG_VERSION = 1
 DEFAULT_CONFIG_PATH = Path("/etc/trustd/trustd.toml")
@@ -77,7 +77,8 @@ class ServerConfig:
     freshness_window: float = 1.0
     # Warn this many days before trust data or a root certificate expires (0: never warn).
     expiry_warning_days: int = 30
-    # Where containerd's image-verifier hook (trustd.verifier) asks the daemon; None: not served.
+    # Where containerd's image-verifier hook (trustd.programs.image_verifier) asks the daemon;
+    # None: not served.
     verifier_socket: Path | None = DEFAULT_VERIFIER_SOCKET
 
     @property

@@ -17,18 +17,18 @@ from typing import Protocol
 from cryptography import x509
 
 from trustd.errors import ConfigError, NotaryUnavailable
-from trustd.net.credentials import Credentials
-from trustd.notary.metadata import Root
-from trustd.notary.pinning import TrustPinning
-from trustd.notary.resolution import (
+from trustd.formats.notary.metadata import Root
+from trustd.formats.notary.pinning import TrustPinning
+from trustd.formats.notary.resolution import (
     DOCKER_ROLE_ORDER,
     SignedTarget,
     resolve_digest,
     resolve_tag,
 )
-from trustd.notary.store import MetadataStore
-from trustd.notary.transport import NotaryEndpoint, NotaryTransport
-from trustd.notary.updater import SizeLimits, Updater, VerifiedRepository, utc_now
+from trustd.formats.notary.store import MetadataStore
+from trustd.formats.notary.transport import NotaryEndpoint, NotaryTransport
+from trustd.formats.notary.updater import SizeLimits, Updater, VerifiedRepository, utc_now
+from trustd.net.credentials import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class OfflineUse:
 
 
 class NotarySettings(Protocol):
-    """What the engine needs to know about one Notary server (``trustd.config.NotaryServer``)."""
+    """What the engine needs to know about one Notary server
+    (``trustd.config.model.NotaryServer``)."""
 
     url: str
     ca: Path | None
@@ -67,7 +68,7 @@ class PinningSettings(Protocol):
 
 
 class TrustSettings(Protocol):
-    """The part of ``trustd.config.Config`` the engine reads."""
+    """The part of ``trustd.config.model.Config`` the engine reads."""
 
     def notary_for(self, registry: str) -> NotarySettings: ...
 

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from trustd.errors import BadMetadata, BadSignature, HashMismatch, ThresholdNotMet, TrustError
-from trustd.notary.canonical import CanonicalEncodingError, encode_canonical
-from trustd.notary.keys import PublicKey, load_public_key, short_key_id, verify_signature
+from trustd.formats.notary.canonical import CanonicalEncodingError, encode_canonical
+from trustd.formats.notary.keys import PublicKey, load_public_key, short_key_id, verify_signature
 
 TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
 SUPPORTED_HASHES = ("sha256", "sha512")

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from trustd.notary.keys import canonical_key_id
-from trustd.notary.metadata import Root, format_time
+from trustd.formats.notary.keys import canonical_key_id
+from trustd.formats.notary.metadata import Root, format_time
 
 # Roles the server re-signs by itself (the operator has nothing to do before they expire).
 RENEWED_BY_SERVER = frozenset({"timestamp"})

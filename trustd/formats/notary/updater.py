@@ -43,8 +43,7 @@ from trustd.errors import (
     RootRotationInvalid,
     TrustError,
 )
-from trustd.net.credentials import Credentials
-from trustd.notary.metadata import (
+from trustd.formats.notary.metadata import (
     DelegatedRole,
     Delegations,
     FileMeta,
@@ -54,10 +53,11 @@ from trustd.notary.metadata import (
     format_time,
     parse,
 )
-from trustd.notary.pinning import TrustPinning, check_first_root
-from trustd.notary.store import MetadataStore
-from trustd.notary.transport import NotaryTransport, NotFound
-from trustd.notary.trusted_set import TrustedSet
+from trustd.formats.notary.pinning import TrustPinning, check_first_root
+from trustd.formats.notary.store import MetadataStore
+from trustd.formats.notary.transport import NotaryTransport, NotFound
+from trustd.formats.notary.trusted_set import TrustedSet
+from trustd.net.credentials import Credentials
 
 log = logging.getLogger(__name__)
 

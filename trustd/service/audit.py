@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from trustd.policy import Decision
+    from trustd.policy.engine import Decision
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from cryptography.x509.verification import (
 )
 
 from trustd.errors import ExpiredMetadata, PinningViolation
-from trustd.notary.keys import MIN_RSA_BITS, PublicKey, canonical_key_id, short_key_id
-from trustd.notary.metadata import (
+from trustd.formats.notary.keys import MIN_RSA_BITS, PublicKey, canonical_key_id, short_key_id
+from trustd.formats.notary.metadata import (
     Root,
     SignedEnvelope,
     file_label,

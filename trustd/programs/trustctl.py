@@ -5,18 +5,20 @@ own would spend most of its run importing it (requests, cryptography, the config
 then ask Notary again. So ``trustctl verify IMAGE`` sends the image as typed to the daemon's
 verifier socket (``server.verifier_socket``, the socket containerd's image verifier asks) and
 prints the answer: what ``trustctl verify`` prints and its exit status, made by the daemon with
-``trustd.queries.verify_answer``, the function the in-process command uses too. The daemon
+``trustd.policy.queries.verify_answer``, the function the in-process command uses too. The daemon
 answers under the config it has loaded (a changed file counts from its next reload) and may reuse
 a lookup verified within its ``freshness_window``.
 
-Like the image verifier (``trustd.verifier``), this path imports only what the interpreter has
+Like the image verifier (``trustd.programs.image_verifier``), this path imports only what the
+interpreter has
 loaded at start-up, C modules, and three small modules of trustd: no argparse, json, re, typing,
-socket, tomllib or trustd.config.
+socket, tomllib or trustd.config.model.
 
 Only ``verify IMAGE`` with ``-c FILE``, ``--config FILE``, ``--config=FILE`` and ``--json`` is
 asked of the daemon. Anything else (``--local``, ``--state-dir``, ``--username``,
 ``--password-stdin``, ``-h``, options argparse would abbreviate or refuse, other commands) goes
-to ``trustd.cli.trustctl_main``, which judges in this process. So does ``verify`` when the daemon
+to ``trustd.programs.cli.trustctl_main``, which judges in this process. So does ``verify`` when the
+daemon
 cannot answer: no socket configured, nothing listening, a socket this user may not open (it is
 root's, mode 0600), no answer in ``DAEMON_TIMEOUT``, or an answer this program does not
 understand (a daemon that predates these queries). ``TRUSTCTL_DEBUG=1`` says on stderr which of
@@ -29,14 +31,14 @@ import os
 import sys
 import time
 
-from trustd.daemon_socket import (
+from trustd.localapi.client import (
     DEFAULT_CONFIG,
     DaemonAbsent,
     DaemonFailed,
     ask_daemon,
     verifier_socket,
 )
-from trustd.verifier_protocol import (
+from trustd.localapi.wire import (
     HEADER_BYTES,
     MAX_REQUEST_BYTES,
     parse_query_answer,
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(stdout)
             sys.stderr.write(stderr)
             return status
-    from trustd.cli import trustctl_main
+    from trustd.programs.cli import trustctl_main
 
     return trustctl_main(arguments)
 
@@ -96,7 +98,7 @@ def fast_verify_arguments(arguments: list[str]) -> tuple[str, str | None, bool] 
 
 def _ask_daemon(image: str, config: str | None, as_json: bool) -> tuple[int, str, str] | None:
     """The daemon's (exit status, stdout, stderr) for ``verify image``; None to judge here."""
-    # The config file as trustd.cli finds it; only its server.verifier_socket is read here.
+    # The config file as trustd.programs.cli finds it; only its server.verifier_socket is read here.
     config_path = config or os.environ.get("TRUSTD_CONFIG") or DEFAULT_CONFIG
     socket_path = verifier_socket(config_path)
     if socket_path is None:
@@ -122,3 +124,7 @@ def _ask_daemon(image: str, config: str | None, as_json: bool) -> tuple[int, str
 def _debug(text: str) -> None:
     if os.environ.get("TRUSTCTL_DEBUG"):
         sys.stderr.write(f"trustctl: debug: {text}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

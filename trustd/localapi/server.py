@@ -1,6 +1,7 @@
 """The judgement behind containerd's image-verifier hook, in the daemon or in the verifier itself.
 
-``trustd.verifier`` (the program containerd runs per pull) asks the running daemon through
+``trustd.programs.image_verifier`` (the program containerd runs per pull) asks the running daemon
+through
 ``VerifierSocketServer``: one cache owner, whose single-flight refreshes serve the CRI shim and
 the verifier alike. When no daemon listens, the verifier calls ``judge_locally``: the same
 config, state directory (the store's per-repository lock serialises it with any other process)
@@ -9,7 +10,8 @@ and audit log, in its own process.
 Either way the question goes to ``PolicyEngine.judge_resolved`` and the answer is
 ``judgement_of(decision)``: whether containerd may go on, and the line it reports.
 
-The same socket answers ``trustctl verify`` (``trustd.ctl``) when the daemon gives the server a
+The same socket answers ``trustctl verify`` (``trustd.programs.trustctl``) when the daemon gives
+the server a
 query handler: what the command prints and its exit status, not a decision (nothing is pulled,
 nothing audited).
 """
@@ -26,10 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from trustd.policy import Decision, Verdict
-from trustd.queries import EXIT_UNTRUSTED, EXIT_USAGE
-from trustd.unix_socket import prepare_socket_path
-from trustd.verifier_protocol import (
+from trustd.localapi.wire import (
     MAX_REQUEST_BYTES,
     ProtocolError,
     QueryError,
@@ -39,6 +38,9 @@ from trustd.verifier_protocol import (
     query_answer_frame,
     read_frame,
 )
+from trustd.policy.engine import Decision, Verdict
+from trustd.policy.queries import EXIT_UNTRUSTED, EXIT_USAGE
+from trustd.service.unix_socket import prepare_socket_path
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def judgement_of(decision: Decision) -> tuple[bool, str]:
 
 
 Judge = Callable[[str, str, float | None], Decision]  # (name, digest, timeout)
-# trustctl's query -> (exit status, stdout, stderr), e.g. a trustd.queries.VerifyAnswer.
+# trustctl's query -> (exit status, stdout, stderr), e.g. a trustd.policy.queries.VerifyAnswer.
 QueryHandler = Callable[[VerifyQuery], tuple[int, str, str]]
 
 
@@ -205,10 +207,10 @@ def judge_locally(
     """The judgement of ``name`` resolved to ``digest`` in this process, as the daemon would
     give it: same policy, same state directory, same audit log (never standard output, which
     carries the judgement to containerd)."""
-    from trustd.audit import AuditLog
-    from trustd.config import load_config
-    from trustd.notary.client import TrustEngine
-    from trustd.policy import PolicyEngine
+    from trustd.config.model import load_config
+    from trustd.formats.notary.engine import TrustEngine
+    from trustd.policy.engine import PolicyEngine
+    from trustd.service.audit import AuditLog
 
     config = load_config(config_path)  # ConfigError: the caller reports it
     trust = TrustEngine(config, config.server.state_dir)

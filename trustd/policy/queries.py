@@ -1,8 +1,9 @@
 """trustctl's answers, made alike in its own process and in the daemon.
 
 ``trustctl verify`` prints what ``verify_answer`` returns, whether it judges in its own process
-(``trustd.cli``: ``--local``, or no daemon to ask) or the daemon answers it on its verifier
-socket (``trustd.ctl`` asks, ``trustd.daemon`` answers with its own config and trust engine).
+(``trustd.programs.cli``: ``--local``, or no daemon to ask) or the daemon answers it on its verifier
+socket (``trustd.programs.trustctl`` asks, ``trustd.service.daemon`` answers with its own config
+and trust engine).
 One function makes both answers, so they cannot drift apart.
 
 Exit statuses: 0 success; 1 the image is not trusted; 2 bad usage, reference or config;
@@ -15,12 +16,12 @@ import json
 from typing import TYPE_CHECKING, NamedTuple
 
 from trustd.errors import ConfigError, InvalidReference, NotaryUnavailable, TrustError
-from trustd.reference import parse_reference
+from trustd.names.reference import parse_reference
 
 if TYPE_CHECKING:
-    from trustd.config import Config
+    from trustd.config.model import Config
+    from trustd.formats.notary.engine import TrustEngine
     from trustd.net.credentials import Credentials
-    from trustd.notary.client import TrustEngine
 
 EXIT_OK = 0
 EXIT_UNTRUSTED = 1
@@ -59,7 +60,7 @@ def verify_answer(
     """``trustctl verify IMAGE [--json]`` under ``config``, with ``engine`` (left open: the
     daemon's serves on): the signed digest of ``image`` as typed, or why it is not trusted."""
     # The trust engine's modules (cryptography, TLS) load with the first command that needs them.
-    from trustd.policy import verify_reference
+    from trustd.policy.engine import verify_reference
 
     try:
         reference = parse_reference(image)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from trustd.errors import BadMetadata, BadSignature, UnsupportedKey
-from trustd.notary.canonical import encode_canonical
+from trustd.formats.notary.canonical import encode_canonical
 
 ECDSA: Final = "ecdsa"
 ECDSA_X509: Final = "ecdsa-x509"

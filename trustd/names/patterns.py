@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from trustd.errors import InvalidReference
-from trustd.reference import looks_like_registry, parse_repository
+from trustd.names.reference import looks_like_registry, parse_repository
 
 # Characters a normalised repository name can contain (host, port, IPv6 brackets, path).
 _NAME_CHARACTERS = re.compile(r"[a-z0-9._\-/:\[\]]*")
