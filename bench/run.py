@@ -48,6 +48,7 @@ from cri_shim.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from tests.stack import PushedImage, Stack
 from trustd.config.model import Config, load_config
 from trustd.formats.notary.engine import TrustEngine
+from trustd.formats.notary.resolution import resolve_tag
 
 RPC_TIMEOUT = 120.0
 # The bench's own share of the machine; printed with the load average so readers can judge.
@@ -766,11 +767,11 @@ class Bench:
         engine = TrustEngine(config, workdir / "resolve-state")
         try:
             log(f"resolution, warm: {self.options.resolve_warm} lookups of {signed.tagged}")
-            result = engine.resolve_tag(registry, signed.gun, signed.tag)
+            result = resolve_tag(engine.repository(registry, signed.gun), signed.tag)
             assert result.digest == signed.digest, (result.digest, signed.digest)
             warm = Summary.of(
                 [
-                    timed(lambda: engine.resolve_tag(registry, signed.gun, signed.tag))
+                    timed(lambda: resolve_tag(engine.repository(registry, signed.gun), signed.tag))
                     for _ in range(self.options.resolve_warm)
                 ]
             )
@@ -791,7 +792,7 @@ class Bench:
                 manifest = fake_manifest(f"resign-{index}")
                 publisher.add(signed.gun, signed.tag, manifest, publish=True)
                 started = time.perf_counter()
-                result = engine.resolve_tag(registry, signed.gun, signed.tag)
+                result = resolve_tag(engine.repository(registry, signed.gun), signed.tag)
                 resign_times.append(time.perf_counter() - started)
                 assert result.size == len(manifest), "the re-signed target was not seen"
             resign = Summary.of(resign_times)
@@ -815,7 +816,7 @@ class Bench:
             started = time.perf_counter()
             cold_engine = TrustEngine(config, state)
             try:
-                cold_engine.resolve_tag(registry, signed.gun, signed.tag)
+                resolve_tag(cold_engine.repository(registry, signed.gun), signed.tag)
             finally:
                 cold_engine.close()
             cold_times.append(time.perf_counter() - started)

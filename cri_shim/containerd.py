@@ -144,52 +144,7 @@ class ContainerdClient:
         self._await_connection(deadline)
         return call(request, timeout=_remaining(deadline), metadata=forwardable_metadata(metadata))
 
-    def await_cri_tag(
-        self,
-        tag: str,
-        timeout: float,
-        metadata: Metadata = (),
-        repo_digest: str | None = None,
-    ) -> bool:
-        """Wait until containerd's CRI plugin shows ``tag``; False if it did not within ``timeout``.
-
-        With ``repo_digest`` (``repository@sha256:…``), wait until the image the CRI plugin shows
-        for ``tag`` is that one. The CRI plugin learns of images made through the images API
-        (``tag_image``) from events it handles asynchronously: ImageStatus right after tagging may
-        not show a new tag yet, and after a tag moved it still shows the old image under the tag
-        for a moment, so the tag alone does not prove the move arrived.
-        """
-        deadline = time.monotonic() + timeout
-        request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=tag))
-        delay = 0.002
-        while True:
-            image = self.image_status(request, _remaining(deadline), metadata).image
-            if tag in image.repo_tags and (
-                repo_digest is None or repo_digest in image.repo_digests
-            ):
-                return True
-            if time.monotonic() + delay > deadline:
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
-
     # -- containerd images API -------------------------------------------------------------------
-
-    def get_image(self, name: str, timeout: float | None) -> images_pb2.Image | None:
-        """The containerd image record called ``name``, or None if there is none."""
-        deadline = _deadline(timeout)
-        self._await_connection(deadline)
-        try:
-            response = self._images.Get(
-                images_pb2.GetImageRequest(name=name),
-                timeout=_remaining(deadline),
-                metadata=self._namespace_metadata(),
-            )
-        except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
-        return response.image
 
     def tag_image(self, tag_ref: str, source_ref: str, timeout: float | None) -> None:
         """Point image ``tag_ref`` at the target of image ``source_ref``, managed by the CRI plugin.

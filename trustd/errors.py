@@ -42,10 +42,6 @@ class DigestNotSigned(TrustError):
     """A digest reference whose digest is not a signed target of the repository."""
 
 
-class PolicyDenied(TrustError):
-    """The node policy refuses the image whatever its signatures say."""
-
-
 # --- the trust data is there but cannot be trusted ------------------------------------------------
 
 

@@ -41,6 +41,7 @@ from trustd.errors import (
 )
 from trustd.formats.notary.engine import TrustEngine
 from trustd.formats.notary.keys import key_id
+from trustd.formats.notary.resolution import resolve_tag
 
 PushImage = Callable[..., PushedImage]
 NOW = datetime.datetime.now(datetime.UTC)
@@ -68,7 +69,7 @@ class Engine:
         self.engine = TrustEngine(config, config.server.state_dir, clock=lambda: self.now)
 
     def resolve(self, gun: str, tag: str) -> str:
-        return self.engine.resolve_tag(self.registry, gun, tag).digest
+        return resolve_tag(self.engine.repository(self.registry, gun), tag).digest
 
 
 @pytest.fixture
@@ -431,9 +432,9 @@ def test_delegation_signs_outside_its_paths(
     denied(DelegationViolation, violation, lambda: node.resolve(gun, "prod-1"))
     assert trusts_rotated_root(node, gun, holder)
     # Only the broken role is unusable: a lookup that does not consult it still resolves.
-    assert node.engine.resolve_tag(node.registry, gun, "v1", roles=("targets",)).digest == (
-        image.digest
-    )
+    assert resolve_tag(
+        node.engine.repository(node.registry, gun), "v1", roles=("targets",)
+    ).digest == (image.digest)
     denied(DelegationViolation, violation, lambda: engine().resolve(gun, "v1"))
 
 
@@ -466,6 +467,8 @@ def test_delegation_expiring_while_held_breaks_only_that_role(
     expired = rf"^targets/releases\.json for {gun} expired at {expires:%Y-%m-%dT%H:%M:%S}Z$"
     for node in (held, fresh):  # whether it expired in memory or was fetched expired
         node.now = NOW + datetime.timedelta(hours=2)
-        by_targets = node.engine.resolve_tag(node.registry, gun, "v1", roles=("targets",))
+        by_targets = resolve_tag(
+            node.engine.repository(node.registry, gun), "v1", roles=("targets",)
+        )
         assert by_targets.digest == image.digest
         denied(ExpiredMetadata, expired, functools.partial(node.resolve, gun, "rc"))

@@ -21,6 +21,7 @@ import grpc
 from cri_shim.containerd import ContainerdClient
 from cri_shim.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from cri_shim.server import RunningServer, serve
+from tests.e2e.containerd_images import await_cri_tag, get_image
 from trustd.config.model import Config, parse_config
 from trustd.formats.notary.engine import TrustEngine
 from trustd.net.credentials import Credentials
@@ -104,7 +105,7 @@ class Shim:
     def await_cri_tag(
         self, name: str, timeout: float = 10.0, repo_digest: str | None = None
     ) -> None:
-        shown = self.containerd.await_cri_tag(name, timeout, repo_digest=repo_digest)
+        shown = await_cri_tag(self.containerd, name, timeout, repo_digest=repo_digest)
         assert shown, f"CRI never showed {name}" + (f" as {repo_digest}" if repo_digest else "")
 
     def manifest_digest_of(self, name: str) -> str | None:
@@ -112,7 +113,7 @@ class Shim:
         once the tags of the pulls the shim has answered are written (they are written behind
         the pull's answer)."""
         self.server.service.tag_writer.drain()
-        record = self.containerd.get_image(name, TIMEOUT)
+        record = get_image(self.containerd, name, TIMEOUT)
         return None if record is None else record.target.digest
 
 

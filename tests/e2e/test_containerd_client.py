@@ -26,6 +26,7 @@ from cri_shim.containerd import (
 )
 from cri_shim.gen.containerd.services.images.v1 import images_pb2, images_pb2_grpc
 from cri_shim.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from tests.e2e.containerd_images import await_cri_tag, get_image
 
 TIMEOUT = 60.0
 
@@ -62,13 +63,13 @@ def pulled(client: ContainerdClient, push_image: Any) -> Any:
 @pytest.mark.e2e
 def test_digest_pull_is_named_repository_at_digest(client: ContainerdClient, pulled: Any) -> None:
     digest_ref = f"{pulled.repository}@{pulled.digest}"
-    record = client.get_image(digest_ref, TIMEOUT)
+    record = get_image(client, digest_ref, TIMEOUT)
     assert record is not None
     assert record.target.digest == pulled.digest
     assert record.target.size == pulled.size
     assert record.labels[CRI_MANAGED_LABEL] == CRI_MANAGED_VALUE
     # The CRI plugin does not invent a tag for a digest pull.
-    assert client.get_image(f"{pulled.repository}:{pulled.tag}", TIMEOUT) is None
+    assert get_image(client, f"{pulled.repository}:{pulled.tag}", TIMEOUT) is None
 
 
 @pytest.mark.e2e
@@ -80,12 +81,12 @@ def test_tag_image_makes_cri_find_the_tag(client: ContainerdClient, pulled: Any)
 
     client.tag_image(tag_ref, digest_ref, TIMEOUT)
 
-    assert client.await_cri_tag(tag_ref, TIMEOUT)
+    assert await_cri_tag(client, tag_ref, TIMEOUT)
     status = client.image_status(status_request(tag_ref), TIMEOUT)
     assert status.HasField("image")
     assert tag_ref in status.image.repo_tags
     assert digest_ref in status.image.repo_digests
-    record = client.get_image(tag_ref, TIMEOUT)
+    record = get_image(client, tag_ref, TIMEOUT)
     assert record is not None
     assert record.target.digest == pulled.digest
     assert record.labels[CRI_MANAGED_LABEL] == CRI_MANAGED_VALUE
@@ -107,7 +108,7 @@ def test_tag_image_moves_an_existing_tag_and_keeps_its_other_labels(
     _add_label(containerd.endpoint, tag_ref, "example.com/owner", "ops")
     client.tag_image(tag_ref, f"{second.repository}@{second.digest}", TIMEOUT)
 
-    record = client.get_image(tag_ref, TIMEOUT)
+    record = get_image(client, tag_ref, TIMEOUT)
     assert record is not None
     assert record.target.digest == second.digest
     assert record.labels["example.com/owner"] == "ops"
@@ -115,7 +116,7 @@ def test_tag_image_moves_an_existing_tag_and_keeps_its_other_labels(
     # The CRI plugin hears of the move through an event it handles later: until then it still
     # shows the first image under the tag, so wait (with a deadline) for the second one.
     second_ref = f"{second.repository}@{second.digest}"
-    assert client.await_cri_tag(tag_ref, TIMEOUT, repo_digest=second_ref)
+    assert await_cri_tag(client, tag_ref, TIMEOUT, repo_digest=second_ref)
     status = client.image_status(status_request(tag_ref), TIMEOUT)
     assert second_ref in status.image.repo_digests
     assert f"{first.repository}@{first.digest}" not in status.image.repo_digests
@@ -133,7 +134,7 @@ def test_tag_image_of_a_missing_source_raises_not_found(
 
 @pytest.mark.e2e
 def test_get_image_of_a_missing_name_is_none(client: ContainerdClient, registry: Any) -> None:
-    assert client.get_image(f"{registry.host}/{unique_repo('nothing')}:1", TIMEOUT) is None
+    assert get_image(client, f"{registry.host}/{unique_repo('nothing')}:1", TIMEOUT) is None
 
 
 # -- raw forwarding --------------------------------------------------------------------------------
@@ -215,7 +216,7 @@ def test_same_client_works_after_containerd_restarts(
     containerd.restart()
 
     assert client.image_status(status_request(digest_ref), TIMEOUT).HasField("image")
-    assert client.get_image(digest_ref, TIMEOUT) is not None
+    assert get_image(client, digest_ref, TIMEOUT) is not None
 
 
 @pytest.mark.e2e
@@ -223,7 +224,7 @@ def test_calls_fail_unavailable_while_containerd_is_down(
     client: ContainerdClient, containerd: Any, pulled: Any
 ) -> None:
     digest_ref = f"{pulled.repository}@{pulled.digest}"
-    assert client.get_image(digest_ref, TIMEOUT) is not None
+    assert get_image(client, digest_ref, TIMEOUT) is not None
     containerd.stop()
     try:
         with pytest.raises(grpc.RpcError) as raised:

@@ -32,6 +32,7 @@ from tests.e2e.verifier_helpers import (
 from tests.stack import NotaryServer, Registry, Stack, free_port
 from trustd.config.model import load_config
 from trustd.formats.notary.engine import TrustEngine
+from trustd.formats.notary.resolution import resolve_tag
 
 
 @pytest.fixture(params=["daemon running", "daemon stopped"])
@@ -330,9 +331,9 @@ def test_concurrent_invocations_share_the_state_dir(
     fresh = TrustEngine(load_config(node.config), node.state_dir, on_refresh=hits.append)
     try:
         for image in signed:
-            assert fresh.resolve_tag(registry.host, image.repository, image.tag).digest == (
-                image.digest
-            )
+            assert resolve_tag(
+                fresh.repository(registry.host, image.repository), image.tag
+            ).digest == (image.digest)
     finally:
         fresh.close()
     assert hits == [True, True]  # complete and verified: only timestamp.json was fetched again

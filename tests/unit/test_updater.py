@@ -7,7 +7,7 @@ change what the "server" says; the end-to-end tests run the same code against no
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,12 +24,15 @@ from trustd.errors import (
     RollbackDetected,
     TagNotSigned,
 )
+from trustd.formats.notary.held_sets import HeldSets
 from trustd.formats.notary.pinning import TrustPinning
 from trustd.formats.notary.resolution import inspect_repository, resolve_digest, resolve_tag
+from trustd.formats.notary.single_flight import SingleFlight
 from trustd.formats.notary.store import MetadataStore
 from trustd.formats.notary.transport import NotaryEndpoint, NotFound
 from trustd.formats.notary.trusted_set import TrustedSet
 from trustd.formats.notary.updater import Updater
+from trustd.formats.notary.view import VerifiedRepository
 from trustd.net.credentials import Credentials
 
 FIXTURES = Path(__file__).parent.parent / "data" / "notary"
@@ -123,11 +126,12 @@ def test_restart_uses_the_cache_and_does_not_fetch_root_again(store: MetadataSto
 def test_held_versions_are_a_floor_for_the_server(store: MetadataStore) -> None:
     # A node that has trusted timestamp version N refuses the server's older file, even though
     # that file is validly signed: this is what protects a node from a replayed repository.
-    updater = Updater(store, clock=lambda: NOW)
+    held = HeldSets(store)
+    updater = Updater(store, clock=lambda: NOW, held=held)
     refresh(updater, ServedFiles())
     root = store.load(GUN, "root")
     assert root is not None
-    updater._keep_set(GUN, TrustedSet(GUN, root, baseline={"timestamp": 10**6}))
+    held.keep(GUN, TrustedSet(GUN, root, baseline={"timestamp": 10**6}))
     with pytest.raises(RollbackDetected, match=r"timestamp\.json for .* is older than cached"):
         refresh(updater, ServedFiles())
 
@@ -281,7 +285,14 @@ def test_a_lookup_with_credentials_does_not_inherit_an_anonymous_refusal(
 ) -> None:
     # An ImageStatus (no credentials) is refreshing when a pull with credentials arrives: the
     # pull joins, the anonymous refresh is refused, and the pull must get a try of its own.
-    updater = Updater(store, clock=lambda: NOW)
+    joined = threading.Event()
+
+    class TellingFlight(SingleFlight[VerifiedRepository]):
+        def wait(self, call: Future[VerifiedRepository]) -> VerifiedRepository:
+            joined.set()
+            return super().wait(call)
+
+    updater = Updater(store, clock=lambda: NOW, flight=TellingFlight())
     served = NeedsCredentials()
     alice = Credentials("alice", "s3cret")
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -290,11 +301,8 @@ def test_a_lookup_with_credentials_does_not_inherit_an_anonymous_refusal(
         with_credentials = pool.submit(
             lambda: updater.refresh(GUN, served, TrustPinning(), credentials=alice)  # type: ignore[arg-type]
         )
-        in_flight, _ = updater._inflight[GUN]
-        for _ in range(1000):
-            if len(in_flight._condition._waiters) == 1:  # type: ignore[attr-defined]
-                break
-            threading.Event().wait(0.01)
+        # The pull is about to wait for the anonymous refresh; released now, it is joined.
+        assert joined.wait(10)
         served.release.set()
         with pytest.raises(AuthenticationFailed):
             anonymous.result(10)

@@ -27,7 +27,7 @@ from trustd.errors import (
 )
 from trustd.formats.notary.engine import OfflineUse, TrustEngine
 from trustd.formats.notary.resolution import SignedTarget, resolve_digest, resolve_tag
-from trustd.formats.notary.updater import VerifiedRepository
+from trustd.formats.notary.view import VerifiedRepository
 from trustd.names.reference import Reference, parse_digest, parse_reference
 from trustd.net.credentials import Credentials
 from trustd.net.deadline import call_deadline

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from trustd.formats.notary.lifetime import Expiry
     from trustd.formats.notary.metadata import Root
     from trustd.formats.notary.resolution import RepositoryReport
-    from trustd.formats.notary.updater import VerifiedRepository
+    from trustd.formats.notary.view import VerifiedRepository
     from trustd.net.credentials import Credentials
 
 DEFAULT_CONFIG = Path("/etc/trustd/trustd.toml")

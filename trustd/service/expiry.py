@@ -20,7 +20,8 @@ from typing import Protocol
 
 from trustd.errors import TrustError
 from trustd.formats.notary.lifetime import Expiry, due, repository_expiries
-from trustd.formats.notary.updater import VerifiedRepository, utc_now
+from trustd.formats.notary.updater import utc_now
+from trustd.formats.notary.view import VerifiedRepository
 from trustd.service.metrics import ExpiryGauges
 
 log = logging.getLogger("trustd.service.expiry")

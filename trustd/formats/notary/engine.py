@@ -19,15 +19,11 @@ from cryptography import x509
 from trustd.errors import ConfigError, NotaryUnavailable
 from trustd.formats.notary.metadata import Root
 from trustd.formats.notary.pinning import TrustPinning
-from trustd.formats.notary.resolution import (
-    DOCKER_ROLE_ORDER,
-    SignedTarget,
-    resolve_digest,
-    resolve_tag,
-)
+from trustd.formats.notary.refresh import SizeLimits
 from trustd.formats.notary.store import MetadataStore
 from trustd.formats.notary.transport import NotaryEndpoint, NotaryTransport
-from trustd.formats.notary.updater import SizeLimits, Updater, VerifiedRepository, utc_now
+from trustd.formats.notary.updater import Updater, utc_now
+from trustd.formats.notary.view import VerifiedRepository
 from trustd.net.credentials import Credentials
 
 log = logging.getLogger(__name__)
@@ -170,28 +166,6 @@ class TrustEngine:
                 age,
             )
         return repository
-
-    def resolve_tag(
-        self,
-        registry: str,
-        gun: str,
-        tag: str,
-        roles: Sequence[str] = DOCKER_ROLE_ORDER,
-        signers: Sequence[str] = (),
-        credentials: Credentials | None = None,
-    ) -> SignedTarget:
-        return resolve_tag(self.repository(registry, gun, credentials), tag, roles, signers)
-
-    def resolve_digest(
-        self,
-        registry: str,
-        gun: str,
-        digest: str,
-        roles: Sequence[str] = DOCKER_ROLE_ORDER,
-        signers: Sequence[str] = (),
-        credentials: Credentials | None = None,
-    ) -> SignedTarget:
-        return resolve_digest(self.repository(registry, gun, credentials), digest, roles, signers)
 
     # --- the node's cache: listing, forgetting, re-pinning (trustctl) ----------------------------
 

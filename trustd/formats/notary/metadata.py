@@ -59,6 +59,20 @@ class FileMeta:
     length: int
     hashes: Mapping[str, bytes]
 
+    def matches(self, data: bytes | None) -> bool:
+        """Whether ``data`` has this length and every supported hash listed."""
+        if data is None:
+            return False
+        try:
+            self.check(data)
+        except HashMismatch:
+            return False
+        return True
+
+    @property
+    def sha256(self) -> bytes | None:
+        return self.hashes.get("sha256")
+
     def check(self, data: bytes, name: str = "metadata file", gun: str = "") -> None:
         """HashMismatch unless ``data`` has this length and every supported hash listed."""
         where = f"{name} for {gun}" if gun else name

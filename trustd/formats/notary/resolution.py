@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from trustd.errors import DigestNotSigned, TagNotSigned, TrustError
 from trustd.formats.notary.metadata import TargetFile
-from trustd.formats.notary.updater import VerifiedRepository
+from trustd.formats.notary.view import VerifiedRepository
 
 DOCKER_ROLE_ORDER = ("targets/releases", "targets")
 _SUPPORTED_DIGESTS = ("sha256", "sha512")

@@ -10,7 +10,7 @@ here reads a clock, a file or the network.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from datetime import datetime
 
@@ -131,8 +131,8 @@ class TrustedSet:
         """Raise the lowest version of ``role`` that will be accepted (from the node's cache)."""
         self._baseline[role] = max(version, self._baseline.get(role, 0))
 
-    def check_fresh(self, now: datetime) -> None:
-        """ExpiredMetadata for the first held role that is past its expiry at ``now``."""
+    def check_fresh(self, now: datetime, roles: Collection[str] | None = None) -> None:
+        """ExpiredMetadata for the first held role (of ``roles``, if given) past its expiry."""
         held: list[tuple[str, datetime]] = [("root", self._root.expires)]
         for role, metadata in (
             ("timestamp", self._timestamp),
@@ -143,7 +143,8 @@ class TrustedSet:
                 held.append((role, metadata.expires))
         held.extend((role, targets.expires) for role, targets in sorted(self._delegated.items()))
         for role, expires in held:
-            self._check_expiry(role, expires, now)
+            if roles is None or role in roles:
+                self._check_expiry(role, expires, now)
 
     # --- updates ---------------------------------------------------------------------------------
 
