@@ -42,6 +42,18 @@ class DigestNotSigned(TrustError):
     """A digest reference whose digest is not a signed target of the repository."""
 
 
+class NoAcceptedSignature(TrustError):
+    """A rule that accepts any of several signature formats found none that verified."""
+
+
+class SignaturesDisagree(DigestNotSigned):
+    """Formats a rule requires all of sign the reference as different digests."""
+
+
+class FormatNotConfigured(TrustError):
+    """A rule requires a signature format this node has no configuration for."""
+
+
 # --- the trust data is there but cannot be trusted ------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from trustd.errors import NotaryUnavailable, TagNotSigned
-from trustd.formats.notary.resolution import SignedTarget
+from trustd.formats.base import SignedDigest
 from trustd.names.reference import parse_reference
 from trustd.policy.engine import Action, Decision, Verdict
 from trustd.service.audit import AuditLog, audit_record
@@ -31,7 +31,9 @@ def allowed_decision(image: str = "nginx:1.25") -> Decision:
         reason=f"signed by targets/releases as {DIGEST}",
         reference=reference,
         pull_ref=reference.pinned(DIGEST),
-        signed=SignedTarget(reference.repository, "1.25", DIGEST, 1234, "targets/releases"),
+        signed=SignedDigest(
+            "notary-v1", reference.repository, "1.25", DIGEST, "targets/releases", size=1234
+        ),
         rule="policy[0] 'docker.io/**'",
         latency_seconds=0.0421234,
     )
@@ -67,6 +69,8 @@ def test_allowed_decision_fields() -> None:
         "digest": DIGEST,
         "size": 1234,
         "role": "targets/releases",
+        "format": "notary-v1",
+        "signer": "targets/releases",
         "mode": "enforce",
         "verdict": "allow",
         "reason": f"signed by targets/releases as {DIGEST}",

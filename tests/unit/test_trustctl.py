@@ -145,8 +145,7 @@ def _answer_with(policy: PolicyEngine) -> Callable[[VerifyQuery], VerifyAnswer]:
     engine."""
 
     def answer(query: VerifyQuery) -> VerifyAnswer:
-        trust = policy.trust
-        return verify_answer(trust, policy.config, query.image, None, query.as_json)
+        return verify_answer(policy, query.image, None, query.as_json)
 
     return answer
 

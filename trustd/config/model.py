@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from trustd.errors import ConfigError, InvalidReference
+from trustd.formats.base import NOTARY_V1_ONLY, SignatureRequirement
 from trustd.names.patterns import (
     GunPattern,
     InvalidPattern,
@@ -186,6 +187,7 @@ class PolicyRule:
     require_signed_digests: bool = True
     offline: OfflinePolicy = OfflinePolicy.CACHED
     max_offline_age: float | None = None  # seconds; cached data older than this is not used
+    signatures: SignatureRequirement = NOTARY_V1_ONLY  # the formats that must verify
     index: int | None = None  # position in the [[policy]] array; None for the default rule
     pattern: RepositoryPattern = field(init=False, repr=False, compare=False)
 

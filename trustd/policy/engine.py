@@ -12,25 +12,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from trustd.config.model import Config, OfflinePolicy, PolicyRule
+from trustd.config.model import Config, PolicyRule
 from trustd.errors import (
-    ConfigError,
     DigestNotSigned,
     InvalidReference,
     TrustdError,
-    TrustError,
     denial_message,
 )
-from trustd.formats.notary.engine import OfflineUse, TrustEngine
-from trustd.formats.notary.resolution import SignedTarget, resolve_digest, resolve_tag
-from trustd.formats.notary.view import VerifiedRepository
+from trustd.formats.base import FormatName, Judgement, SignatureFormat, SignatureQuery, SignedDigest
+from trustd.formats.notary.engine import TrustEngine
+from trustd.formats.notary.format import NotaryV1Format
 from trustd.names.reference import Reference, parse_digest, parse_reference
 from trustd.net.credentials import Credentials
 from trustd.net.deadline import call_deadline
+from trustd.policy.requirement import judge_required
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class Decision:
     reason: str
     reference: Reference | None = None
     pull_ref: str | None = None  # what containerd is asked for; None when denied
-    signed: SignedTarget | None = None
+    signed: SignedDigest | None = None
     rule: str = ""
     error: TrustdError | None = field(default=None, compare=False)
     latency_seconds: float = 0.0
@@ -86,9 +85,20 @@ Observer = Callable[[Decision], None]
 class PolicyEngine:
     """Decides every image request against the current config; safe to call concurrently."""
 
-    def __init__(self, config: Config, trust: TrustEngine) -> None:
+    def __init__(
+        self,
+        config: Config,
+        trust: TrustEngine,
+        formats: Mapping[FormatName, SignatureFormat] | None = None,
+    ) -> None:
         self._config = config
         self.trust = trust
+        # Notary v1 is always there (its engine is the node's); Notation and cosign when
+        # configured. Rules reach formats only through ``judge_required``.
+        self.formats: dict[FormatName, SignatureFormat] = {
+            FormatName.NOTARY_V1: NotaryV1Format(trust)
+        }
+        self.formats.update(formats or {})
         self._observers: list[Observer] = []
         self._lock = threading.Lock()
 
@@ -118,6 +128,23 @@ class PolicyEngine:
         decision = replace(decision, latency_seconds=time.monotonic() - started)
         self._notify(decision)
         return decision
+
+    def signature_of(
+        self,
+        reference: Reference,
+        credentials: Credentials | None = None,
+        *,
+        require_signed_digests: bool | None = None,
+    ) -> Judgement:
+        """Which digest ``reference`` is signed as under the rule that applies, or why not.
+
+        The formats' answer without the rule's mode applied and without observers (nothing is
+        audited): what ``trustctl verify`` and ``explain`` show. ``require_signed_digests``
+        overrides the rule's for a bare digest.
+        """
+        rule = self._config.rule_for(reference.repository)
+        query = SignatureQuery(reference, rule, credentials, require_signed_digests)
+        return judge_required(rule.signatures, self.formats, query)
 
     def judge_resolved(
         self, image: str, resolved_digest: str, timeout: float | None = None
@@ -156,7 +183,7 @@ class PolicyEngine:
         signed = decision.signed
         if signed is None or not decision.allowed:
             return decision
-        if f"{signed.gun}@{signed.digest}" in repo_digests:
+        if f"{signed.repository}@{signed.digest}" in repo_digests:
             return decision
         local = ", ".join(repo_digests) or "an image without a repository digest"
         if decision.action is Action.PULL:
@@ -164,7 +191,7 @@ class PolicyEngine:
         else:
             what = f"the local image is {local}"
         error = DigestNotSigned(
-            f"{what}, but tag {signed.name} of {signed.gun} is signed as {signed.digest}"
+            f"{what}, but tag {signed.name} of {signed.repository} is signed as {signed.digest}"
         )
         verdict = Verdict.AUDIT_FAIL if decision.mode == "audit" else Verdict.DENY
         checked = replace(decision, verdict=verdict, reason=str(error), error=error)
@@ -221,16 +248,13 @@ class PolicyEngine:
                 rule=rule_name,
             )
 
-        repository = None
-        try:
-            repository = look_up(self.trust, reference, rule, credentials)
-            signed = None if repository is None else signed_target(repository, reference, rule)
-        except (TrustError, ConfigError) as error:
-            # ConfigError: e.g. an unreadable Notary password file; a denial, never a crash.
-            cached_age = repository.cached_age if repository is not None else None
-            reason = str(error)
+        query = SignatureQuery(reference, rule, credentials)
+        answer = judge_required(rule.signatures, self.formats, query)
+        cached_age = answer.cached_age
+        if answer.error is not None:
+            reason = str(answer.error)
             if cached_age is not None:
-                reason += _cached_clause(repository)
+                reason += _cached_clause(answer)
             if rule.mode == "audit":
                 return Decision(
                     image,
@@ -241,7 +265,7 @@ class PolicyEngine:
                     reference=reference,
                     pull_ref=str(reference),
                     rule=rule_name,
-                    error=error,
+                    error=answer.error,
                     cached_age=cached_age,
                 )
             return Decision(
@@ -252,21 +276,24 @@ class PolicyEngine:
                 reason,
                 reference=reference,
                 rule=rule_name,
-                error=error,
+                error=answer.error,
                 cached_age=cached_age,
             )
 
+        signed = answer.signed
         if signed is None:  # an unsigned digest reference the rule lets through
             reason = "digest reference admitted without a signature (require_signed_digests off)"
             pull_ref = str(reference)
         else:
-            reason = f"signed by {signed.role} as {signed.digest}"
+            reason = f"signed by {signed.signer} as {signed.digest}"
+            if signed.format != FormatName.NOTARY_V1.value:
+                reason = f"{signed.format} signature by {signed.signer} for {signed.digest}"
+            if signed.notes:
+                reason += f" ({'; '.join(signed.notes)})"
             # Audit mode pulls what was asked; enforce pins the pull to the signed bytes.
             pull_ref = str(reference) if rule.mode == "audit" else reference.pinned(signed.digest)
-        cached_age = None
-        if repository is not None and repository.from_cache:
-            cached_age = repository.cached_age
-            reason += _cached_clause(repository)
+        if cached_age is not None:
+            reason += _cached_clause(answer)
         return Decision(
             image,
             action,
@@ -307,71 +334,11 @@ def policy_match(config: Config, reference: Reference) -> PolicyMatch:
     return PolicyMatch(rule=config.rule_for(reference.repository))
 
 
-def verify_reference(
-    trust: TrustEngine,
-    reference: Reference,
-    rule: PolicyRule,
-    credentials: Credentials | None = None,
-    *,
-    require_signed_digests: bool | None = None,
-) -> SignedTarget | None:
-    """The signed target ``reference`` resolves to under ``rule``; TrustError if there is none.
-
-    None for a bare digest that the rule (or ``require_signed_digests``) lets through unsigned.
-    """
-    repository = look_up(trust, reference, rule, credentials, require_signed_digests)
-    return None if repository is None else signed_target(repository, reference, rule)
-
-
-def offline_use(rule: PolicyRule) -> OfflineUse | None:
-    """Whether ``rule`` may be answered from cached trust data during a Notary outage."""
-    if rule.offline is OfflinePolicy.DENY:
-        return None
-    return OfflineUse(max_age=rule.max_offline_age)
-
-
-def look_up(
-    trust: TrustEngine,
-    reference: Reference,
-    rule: PolicyRule,
-    credentials: Credentials | None = None,
-    require_signed_digests: bool | None = None,
-) -> VerifiedRepository | None:
-    """The verified trust data ``reference`` is judged against; None if it needs none."""
-    if reference.tag is None:
-        if require_signed_digests is None:
-            require_signed_digests = rule.require_signed_digests
-        if not require_signed_digests:
-            return None
-    return trust.repository(
-        reference.registry, reference.repository, credentials, offline=offline_use(rule)
-    )
-
-
-def signed_target(
-    repository: VerifiedRepository, reference: Reference, rule: PolicyRule
-) -> SignedTarget:
-    """The signed target ``reference`` names in ``repository``, per ``rule``'s roles.
-
-    A tag is resolved in the rule's roles (or must be signed by all its signers); with a digest
-    too, the tag must be signed as exactly that digest. A bare digest must be a signed target.
-    """
-    if reference.tag is not None:
-        signed = resolve_tag(repository, reference.tag, rule.roles, rule.signers)
-        if reference.digest is not None and reference.digest != signed.digest:
-            raise DigestNotSigned(
-                f"tag {reference.tag} of {reference.repository} is signed as {signed.digest}, "
-                f"not {reference.digest}"
-            )
-        return signed
-    assert reference.digest is not None
-    return resolve_digest(repository, reference.digest, rule.roles, rule.signers)
-
-
-def _cached_clause(repository: VerifiedRepository) -> str:
+def _cached_clause(answer: Judgement) -> str:
+    what = "trust data" if answer.format is FormatName.NOTARY_V1 else "signatures verified"
     return (
-        f" (judged from trust data cached on this node, confirmed {repository.cached_age:.0f}s "
-        f"ago, because {repository.outage})"
+        f" (judged from {what} cached on this node, confirmed {answer.cached_age:.0f}s "
+        f"ago, because {answer.outage})"
     )
 
 

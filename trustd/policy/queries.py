@@ -7,7 +7,7 @@ and trust engine).
 One function makes both answers, so they cannot drift apart.
 
 Exit statuses: 0 success; 1 the image is not trusted; 2 bad usage, reference or config;
-3 the Notary server could not be reached.
+3 the Notary server or registry could not be reached.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, NamedTuple
 
-from trustd.errors import ConfigError, InvalidReference, NotaryUnavailable, TrustError
+from trustd.errors import ConfigError, InvalidReference, SourceUnavailable
 from trustd.names.reference import parse_reference
 
 if TYPE_CHECKING:
-    from trustd.config.model import Config
-    from trustd.formats.notary.engine import TrustEngine
     from trustd.net.credentials import Credentials
+    from trustd.policy.engine import PolicyEngine
 
 EXIT_OK = 0
 EXIT_UNTRUSTED = 1
@@ -38,7 +37,7 @@ class VerifyAnswer(NamedTuple):
 
 
 def status_for(error: Exception) -> int:
-    if isinstance(error, NotaryUnavailable):
+    if isinstance(error, SourceUnavailable):
         return EXIT_UNAVAILABLE
     if isinstance(error, InvalidReference | ConfigError):
         return EXIT_USAGE
@@ -51,24 +50,22 @@ def failure(error: Exception) -> VerifyAnswer:
 
 
 def verify_answer(
-    engine: TrustEngine,
-    config: Config,
+    policy: PolicyEngine,
     image: str,
     credentials: Credentials | None,
     as_json: bool,
 ) -> VerifyAnswer:
-    """``trustctl verify IMAGE [--json]`` under ``config``, with ``engine`` (left open: the
-    daemon's serves on): the signed digest of ``image`` as typed, or why it is not trusted."""
-    # The trust engine's modules (cryptography, TLS) load with the first command that needs them.
-    from trustd.policy.engine import verify_reference
-
+    """``trustctl verify IMAGE [--json]`` under ``policy`` (its config and formats, left open:
+    the daemon's serves on): the signed digest of ``image`` as typed, or why it is not trusted."""
     try:
         reference = parse_reference(image)
-        rule = config.rule_for(reference.repository)
-        # trustctl answers "is this signed?", so a digest is checked whatever the rule allows.
-        signed = verify_reference(engine, reference, rule, credentials, require_signed_digests=True)
-    except (TrustError, InvalidReference, ConfigError) as error:
+    except InvalidReference as error:
         return failure(error)
+    # trustctl answers "is this signed?", so a digest is checked whatever the rule allows.
+    answer = policy.signature_of(reference, credentials, require_signed_digests=True)
+    if answer.error is not None:
+        return failure(answer.error)
+    signed = answer.signed
     assert signed is not None
     if as_json:
         document = {
@@ -77,9 +74,11 @@ def verify_answer(
             "tag": signed.name,
             "digest": signed.digest,
             "size": signed.size,
-            "role": signed.role,
+            "role": signed.signer,
+            "format": signed.format,
             "pinned": reference.pinned(signed.digest),
         }
         return VerifyAnswer(EXIT_OK, json.dumps(document, indent=2) + "\n", "")
-    line = f"{reference.pinned(signed.digest)}\tsize {signed.size}\tsigned by {signed.role}\n"
+    size = f"size {signed.size}" if signed.size is not None else "size unsigned"
+    line = f"{reference.pinned(signed.digest)}\t{size}\tsigned by {signed.signer}\n"
     return VerifyAnswer(EXIT_OK, line, "")

@@ -73,12 +73,14 @@ def _verify(args: argparse.Namespace) -> int:
     """In this process (the ``trustctl`` program asks the daemon first: trustd.programs.trustctl);
     the answer
     is made by the same function as the daemon's."""
+    from trustd.policy.engine import PolicyEngine
     from trustd.policy.queries import verify_answer
 
     config = load_config(_config_path(args.config))
     engine = _engine(config, args.state_dir)
     try:
-        answer = verify_answer(engine, config, args.reference, _credentials(args), args.json)
+        policy = PolicyEngine(config, engine)
+        answer = verify_answer(policy, args.reference, _credentials(args), args.json)
     finally:
         engine.close()
     sys.stdout.write(answer.stdout)
@@ -499,7 +501,7 @@ def _explain(args: argparse.Namespace) -> int:
         "error": type(decision.error).__name__ if decision.error is not None else None,
         "pull_ref": decision.pull_ref,
         "digest": decision.signed.digest if decision.signed is not None else None,
-        "signed_by": decision.signed.role if decision.signed is not None else None,
+        "signed_by": decision.signed.signer if decision.signed is not None else None,
     }
     if args.json:
         print(json.dumps(explanation, indent=2))

@@ -109,7 +109,10 @@ def audit_record(decision: Decision, now: datetime | None = None) -> dict[str, A
         "gun": decision.gun,
         "digest": signed.digest if signed is not None else None,
         "size": signed.size if signed is not None else None,
-        "role": signed.role if signed is not None else None,
+        # Notary v1's signing role(s), as before other formats existed.
+        "role": signed.signer if signed is not None and signed.format == "notary-v1" else None,
+        "format": signed.format if signed is not None else None,
+        "signer": signed.signer if signed is not None else None,
         "mode": decision.mode,
         "verdict": str(decision.verdict),
         "reason": _clean(decision.reason),

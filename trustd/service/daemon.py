@@ -132,7 +132,7 @@ class Daemon:
         """``trustctl verify`` as the daemon sees it: its loaded config and its trust engine
         (the shim's cache, single flight and freshness window)."""
         with call_deadline(query.timeout):
-            return verify_answer(self.trust, self.policy.config, query.image, None, query.as_json)
+            return verify_answer(self.policy, query.image, None, query.as_json)
 
     def wait(self) -> None:
         """Run until SIGTERM or SIGINT: reloads, watchdog pings and status updates happen here.
