@@ -40,7 +40,16 @@ def dump(document: Mapping[str, Any]) -> bytes:
 
 
 def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``moment`` as notary's Go code writes a time (RFC 3339 in UTC, the fraction of a second
+    without trailing zeros, none at all for a whole second).
+
+    notary-server lists in its snapshot the hashes of its own encoding of a published file, so
+    a time written any other way (``.250000`` for ``.25``) makes the snapshot name bytes that
+    differ from the file it serves, and every client refuses the repository.
+    """
+    utc = moment.astimezone(UTC)
+    fraction = f"{utc.microsecond:06d}".rstrip("0")
+    return utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
 
 
 def file_meta(data: bytes) -> Document:
@@ -80,8 +89,9 @@ def sign(document: Mapping[str, Any], signers: Iterable[tuple[str, PrivateKeyTyp
 
 def go_envelope(data: bytes) -> bytes:
     """A signed file laid out as notary's Go code marshals it (``signed`` before
-    ``signatures``). notary-server hashes what it stores in that layout, so a file published
-    to it must already be in it, or the snapshot it signs names other bytes than it serves."""
+    ``signatures``). notary-server serves a published file as uploaded but lists in the snapshot
+    it signs the hashes of its own encoding of it, so the file must already be in that layout
+    (with times from ``rfc3339``), or the snapshot names other bytes than the server serves."""
     document = load(data)
     signed = json.dumps(document["signed"], sort_keys=True, separators=(",", ":"))
     signatures = json.dumps(document["signatures"], separators=(",", ":"))
