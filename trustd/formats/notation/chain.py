@@ -78,7 +78,7 @@ def validate_chain(chain: Sequence[x509.Certificate]) -> None:
         _check_signature_algorithm(cert)
     if len(chain) == 1:
         cert = chain[0]
-        if not _issued_by(cert, cert):
+        if not issued_by(cert, cert):
             raise CertificateChainInvalid(
                 f"the only certificate of the chain, {subject(cert)!r}, is not self-signed; the "
                 "chain must end with a root certificate"
@@ -88,20 +88,20 @@ def validate_chain(chain: Sequence[x509.Certificate]) -> None:
     last = len(chain) - 1
     for index, cert in enumerate(chain):
         if index == last:
-            if not _issued_by(cert, cert):
+            if not issued_by(cert, cert):
                 raise CertificateChainInvalid(
                     f"the last certificate of the chain, {subject(cert)!r}, is not a self-signed "
                     "root certificate"
                 )
         else:
-            if _issued_by(cert, cert):
+            if issued_by(cert, cert):
                 role = "leaf" if index == 0 else "intermediate"
                 raise CertificateChainInvalid(
                     f"the {role} certificate {subject(cert)!r} is self-signed; only the last "
                     "certificate of the chain may be"
                 )
             parent = chain[index + 1]
-            if not _issued_by(cert, parent):
+            if not issued_by(cert, parent):
                 raise CertificateChainInvalid(
                     f"certificate {subject(cert)!r} is not issued by the next certificate of "
                     f"the chain, {subject(parent)!r}"
@@ -162,7 +162,7 @@ def _extension(cert: x509.Certificate, kind: type[_E]) -> x509.Extension[_E] | N
         ) from None
 
 
-def _issued_by(cert: x509.Certificate, parent: x509.Certificate) -> bool:
+def issued_by(cert: x509.Certificate, parent: x509.Certificate) -> bool:
     """Whether ``parent``'s subject is ``cert``'s issuer and its key signed ``cert``."""
     if cert.issuer != parent.subject:
         return False
