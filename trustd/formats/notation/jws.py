@@ -50,8 +50,8 @@ _STANDARD_PROTECTED: Final = frozenset(
 )
 _BASE64URL: Final = re.compile(r"^[A-Za-z0-9_-]*$")
 _RFC3339: Final = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
+    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,9})?"
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))$"
 )
 
 
@@ -159,7 +159,7 @@ def _json(data: bytes, what: str) -> Any:
 def _base64url(text: str, what: str) -> bytes:
     """Unpadded base64url, canonical: re-encoding gives the same text, so no two texts decode
     to the same bytes."""
-    if not _BASE64URL.match(text) or len(text) % 4 == 1:
+    if not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
         raise InvalidEnvelope(f"{_WHAT}: {what} is not unpadded base64url")
     decoded = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     if base64.urlsafe_b64encode(decoded).rstrip(b"=").decode("ascii") != text:
@@ -188,7 +188,7 @@ def _time(header: dict[str, Any], name: str) -> datetime | None:
 
 def parse_rfc3339(value: str) -> datetime | None:
     """An RFC 3339 date-time as an aware UTC datetime; None if ``value`` is not one."""
-    match = _RFC3339.match(value)
+    match = _RFC3339.fullmatch(value)
     if match is None:
         return None
     year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))

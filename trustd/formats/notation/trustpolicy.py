@@ -246,7 +246,7 @@ def _statement(statement: Any, index: int, source: str) -> TrustPolicy:
             f"{where}: the global scope '*' cannot be combined with other registry scopes"
         )
     for scope in scopes:
-        if scope != WILDCARD and not _REPOSITORY.match(scope):
+        if scope != WILDCARD and not _REPOSITORY.fullmatch(scope):
             raise TrustPolicyError(
                 f"{where}: registry scope {scope!r} is not a fully qualified repository such "
                 "as registry.example.com/team/app (no scheme, tag, digest or wildcard)"
@@ -368,7 +368,7 @@ def _store_ref(text: str, where: str) -> TrustStoreRef:
             f"{where}: trust store {text!r} has type {kind!r}, not one of "
             f"{', '.join(t.value for t in StoreType)}"
         ) from None
-    if not _STORE_NAME.match(name):
+    if not _STORE_NAME.fullmatch(name):
         raise TrustPolicyError(f"{where}: trust store {text!r} has a name outside [a-zA-Z0-9_.-]+")
     return TrustStoreRef(store_type, name)
 
@@ -431,7 +431,7 @@ def parse_distinguished_name(text: str) -> dict[str, str]:
         if len(parts) != 2:
             raise ValueError(f"RDN {rdn.strip()!r} is not of the form TYPE=value")
         kind = parts[0].strip().upper()
-        if not _ATTRIBUTE_TYPE.match(kind):
+        if not _ATTRIBUTE_TYPE.fullmatch(kind):
             raise ValueError(f"{parts[0].strip()!r} is not an attribute type")
         kind = "ST" if kind == "S" else kind
         value = _unescape(parts[1])
