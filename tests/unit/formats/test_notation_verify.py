@@ -736,3 +736,38 @@ def test_every_failure_is_a_trust_error(chain: f.Chain) -> None:
     assert issubclass(NoVerifiedSignature, TrustError)
     with pytest.raises(ValueError, match="aware"):
         verify(f.JWS, f.sign_jws(chain), chain, now=f.NOW.replace(tzinfo=None))
+
+
+@pytest.mark.parametrize("media_type", FORMATS)
+def test_verification_plugin_header_not_marked_critical_is_refused_too(
+    media_type: str, chain: f.Chain
+) -> None:
+    headers = f.Headers(extra={"io.cncf.notary.verificationPluginMinVersion": "1.0.0"})
+    with pytest.raises(VerificationPluginRequired, match="does not run verification plugins"):
+        verify(media_type, f.sign(media_type, chain, headers=headers), chain)
+
+
+@pytest.mark.parametrize("media_type", FORMATS)
+def test_damaged_envelopes_are_refused_never_crash(media_type: str, chain: f.Chain) -> None:
+    # Deterministic damage of every kind: truncation, byte flips, byte insertion. Each result
+    # is either refused with a TrustError or (damage to unsigned, ignored bytes) verified.
+    import random
+
+    original = f.sign(media_type, chain)
+    generator = random.Random(20250601)
+    refusals = 0
+    for round_number in range(400):
+        data = bytearray(original)
+        action = round_number % 3
+        position = generator.randrange(len(data))
+        if action == 0:
+            del data[position:]
+        elif action == 1:
+            data[position] ^= 1 << generator.randrange(8)
+        else:
+            data.insert(position, generator.randrange(256))
+        try:
+            verify(media_type, bytes(data), chain)
+        except TrustError:
+            refusals += 1
+    assert refusals > 300

@@ -61,6 +61,26 @@ FORBIDDEN_LEAF_EKUS: Final = {
 _E = TypeVar("_E", bound=x509.ExtensionType)
 
 
+def load_certificate(der: bytes) -> x509.Certificate:
+    """A DER certificate with every field the verifier reads parsed now; ValueError if any
+    cannot be. (cryptography parses names, extensions and keys lazily, and some malformed
+    encodings then raise other exceptions, KeyError among them.)"""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        for name in (cert.subject, cert.issuer):
+            name.rfc4514_string()
+            for attribute in name:
+                attribute.value  # noqa: B018 - parsed on access
+        for extension in cert.extensions:
+            extension.value  # noqa: B018 - parsed on access
+        cert.public_key()
+        cert.not_valid_before_utc  # noqa: B018 - parsed on access
+        cert.not_valid_after_utc  # noqa: B018 - parsed on access
+    except Exception as error:  # untrusted bytes: any parse failure is a refusal
+        raise ValueError(str(error) or type(error).__name__) from None
+    return cert
+
+
 def subject(cert: x509.Certificate) -> str:
     return cert.subject.rfc4514_string()
 

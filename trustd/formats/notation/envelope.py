@@ -23,6 +23,7 @@ from trustd.formats.notation.algorithms import (
     describe_key,
     signature_valid,
 )
+from trustd.formats.notation.chain import load_certificate
 from trustd.formats.notation.errors import (
     InvalidEnvelope,
     UnsupportedCriticalHeader,
@@ -188,24 +189,28 @@ def signed_attributes(
 
 
 def check_critical_headers(envelope: Envelope) -> None:
-    """Refuse an envelope that marks critical a header trustd does not implement."""
-    unknown = envelope.attributes.extended_critical
-    if not unknown:
-        return
+    """Refuse an envelope that marks critical a header trustd does not implement, or that names
+    a verification plugin at all (the specification makes those headers critical; notation
+    refuses them unmarked too)."""
+    attributes = envelope.attributes
+    unknown = attributes.extended_critical
+    plugin_headers = sorted(name for name in PLUGIN_HEADERS if name in attributes.extended)
     what = f"{envelope.format_name} signature"
-    plugin = envelope.attributes.extended.get(HEADER_VERIFICATION_PLUGIN)
-    if any(name in PLUGIN_HEADERS for name in unknown):
+    if plugin_headers:
+        plugin = attributes.extended.get(HEADER_VERIFICATION_PLUGIN)
         named = f" {plugin!r}" if isinstance(plugin, str) else ""
         raise VerificationPluginRequired(
             f"{what} requires the Notation verification plugin{named} "
-            f"(critical header{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(repr(name) for name in unknown)}); trustd does not run "
+            f"(header{'s' if len(plugin_headers) > 1 else ''} "
+            f"{', '.join(repr(name) for name in plugin_headers)}); trustd does not run "
             "verification plugins, so it cannot verify this signature"
         )
-    raise UnsupportedCriticalHeader(
-        f"{what} marks header{'s' if len(unknown) > 1 else ''} "
-        f"{', '.join(repr(name) for name in unknown)} critical, which trustd does not implement"
-    )
+    if unknown:
+        raise UnsupportedCriticalHeader(
+            f"{what} marks header{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(name) for name in unknown)} critical, which trustd does not "
+            "implement"
+        )
 
 
 def verify_envelope_signature(envelope: Envelope) -> None:
@@ -251,7 +256,7 @@ def parse_certificates(what: str, ders: Sequence[bytes]) -> tuple[x509.Certifica
     chain = []
     for index, der in enumerate(ders):
         try:
-            chain.append(x509.load_der_x509_certificate(der))
+            chain.append(load_certificate(der))
         except ValueError as error:
             raise InvalidEnvelope(
                 f"{what}: certificate {index + 1} of the chain is not a DER X.509 certificate "

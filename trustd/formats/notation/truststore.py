@@ -25,7 +25,7 @@ from typing import Final
 
 from cryptography import x509
 
-from trustd.formats.notation.chain import issued_by
+from trustd.formats.notation.chain import issued_by, load_certificate
 from trustd.formats.notation.errors import TrustPolicyError, TrustStoreError
 from trustd.formats.notation.stores import NamedStore, TrustStores
 from trustd.formats.notation.trustpolicy import (
@@ -182,7 +182,7 @@ def read_certificates(data: bytes) -> tuple[x509.Certificate, ...]:
     certificates = []
     for index, der in enumerate(ders):
         try:
-            certificates.append(x509.load_der_x509_certificate(der))
+            certificates.append(load_certificate(der))
         except ValueError as error:
             raise ValueError(f"certificate {index + 1} cannot be parsed ({error})") from None
     return tuple(certificates)

@@ -170,16 +170,29 @@ def verify_signature(
         raise ValueError("now must be an aware datetime")
     if policy.level.skip:
         return NotationVerification(policy.name, str(policy.level), target, skipped=True)
+    try:
+        return _verify(envelope_bytes, envelope_media_type, target, policy, stores, now)
+    except (ValueError, TypeError, KeyError, OverflowError, UnsupportedAlgorithm) as error:
+        # Certificate content the checks did not foresee (cryptography parses some fields
+        # lazily) still denies, never crashes.
+        if isinstance(error, TrustError):
+            raise
+        raise InvalidEnvelope(f"signature cannot be verified ({error})") from None
+
+
+def _verify(
+    envelope_bytes: bytes,
+    envelope_media_type: str,
+    target: Descriptor,
+    policy: TrustPolicy,
+    stores: TrustStores,
+    now: datetime,
+) -> NotationVerification:
     run = _Run(policy, stores, now)
 
     # Integrity: always enforced.
     envelope = parse_envelope(envelope_bytes, envelope_media_type)
-    try:
-        verify_envelope_signature(envelope)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
-        if isinstance(error, TrustError):
-            raise
-        raise InvalidEnvelope(f"signature cannot be verified ({error})") from None
+    verify_envelope_signature(envelope)
     check_critical_headers(envelope)
     attributes = envelope.attributes
     if attributes.content_type != MEDIA_TYPE_PAYLOAD:
