@@ -673,10 +673,10 @@ def test_sha1_signed_intermediate_is_refused() -> None:
     assert chain.certificates[1].signature_hash_algorithm.name == "sha1"  # type: ignore[union-attr]
     # The signature itself is good: only the algorithm is refused.
     intermediate = chain.certificates[1]
-    chain.root.public_key().verify(  # type: ignore[call-arg]
-        intermediate.signature,
-        intermediate.tbs_certificate_bytes,
-        ec.ECDSA(hashes.SHA1()),  # type: ignore[arg-type]
+    root_key = chain.root.public_key()
+    assert isinstance(root_key, ec.EllipticCurvePublicKey)
+    root_key.verify(
+        intermediate.signature, intermediate.tbs_certificate_bytes, ec.ECDSA(hashes.SHA1())
     )
     with pytest.raises(CertificateChainInvalid, match="SHA-1"):
         verify(f.JWS, f.sign_jws(chain), chain, f.policy("audit"))
