@@ -234,8 +234,8 @@ def verify_envelope_signature(envelope: Envelope) -> None:
         )
     if expected is not alg:
         raise InvalidEnvelope(
-            f"{what}: algorithm {alg.jws_name} does not match the signing certificate's "
-            f"{describe_key(key)}, which signs with {expected.jws_name}"
+            f"{what}: algorithm {alg.jws_name} does not match the signing certificate's key "
+            f"({describe_key(key)}, which signs with {expected.jws_name})"
         )
     if not signature_valid(alg, key, envelope.signature, envelope.signed_bytes):
         raise InvalidEnvelope(
