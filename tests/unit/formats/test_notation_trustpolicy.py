@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from trustd.errors import ConfigError, PolicyDenied
+from trustd.errors import ConfigError, TrustError
 from trustd.formats.notation.errors import NoApplicableTrustPolicy, TrustPolicyError
 from trustd.formats.notation.trustpolicy import (
     Action,
@@ -168,7 +168,7 @@ def test_no_applicable_policy_is_a_denial() -> None:
     policy = parse_trust_policy(document(statement()), SOURCE)
     with pytest.raises(NoApplicableTrustPolicy, match=r"registry\.example\.com/other") as raised:
         policy.policy_for("registry.example.com/other")
-    assert isinstance(raised.value, PolicyDenied)
+    assert isinstance(raised.value, TrustError)
     assert SOURCE in str(raised.value)
 
 

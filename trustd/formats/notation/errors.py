@@ -14,7 +14,6 @@ from trustd.errors import (
     ConfigError,
     DigestNotSigned,
     ExpiredMetadata,
-    PolicyDenied,
     TrustError,
 )
 
@@ -72,7 +71,7 @@ class NoVerifiedSignature(TrustError):
         self.failures = failures
 
 
-class NoApplicableTrustPolicy(PolicyDenied):
+class NoApplicableTrustPolicy(TrustError):
     """No statement of the Notation trust policy applies to the repository."""
 
 
