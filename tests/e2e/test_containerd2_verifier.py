@@ -34,6 +34,7 @@ from tests.stack.trustd_config import trustd_config_text
 from trustd.policy.engine import Action, Verdict
 
 CONTAINERD2 = REPO_ROOT.parent / "shared" / "bin" / "containerd2"
+CTR2 = REPO_ROOT.parent / "shared" / "bin" / "ctr2"
 TIMEOUT = 60.0
 
 pytestmark = pytest.mark.skipif(
@@ -186,12 +187,11 @@ def test_shim_and_verifier_together_judge_a_kubelet_pull_twice(
 def test_ctr_transfer_pull_is_judged(
     stack: Stack, push_image: PushImage, containerd2: Containerd2
 ) -> None:
-    ctr = shutil.which("ctr")
+    # ctr 2.x pulls through containerd's transfer service, so the verifiers judge its pulls;
+    # Debian's ctr 1.6 pulls client-side and would prove nothing.
+    ctr = str(CTR2) if CTR2.is_file() else shutil.which("ctr")
     if ctr is None or major_version(ctr) < 2:
-        pytest.skip(
-            "no ctr 2.x here (containerd2 comes without one; Debian's ctr 1.6 pulls client-side, "
-            "not through the transfer service, so containerd's verifiers never see its pulls)"
-        )
+        pytest.skip(f"no ctr 2.x at {CTR2} or on PATH (Debian's ctr 1.6 pulls client-side)")
     unsigned = push_image(unique_repo("c2-ctr"), "1.0", seed=uuid.uuid4().hex)
     signed = signed_image(stack, push_image, "c2-ctr")
     command = [ctr, "--address", str(containerd2.daemon.socket), "-n", "default", "image", "pull"]

@@ -313,7 +313,9 @@ def test_concurrent_invocations_share_the_state_dir(
 
     def judge_all() -> list[VerifierRun]:
         with ThreadPoolExecutor(len(asked)) as pool:
-            return list(pool.map(lambda item: node.judge(*item), asked))
+            # Eight engines start at once on two cores: the verifier's 8 s budget is for
+            # containerd, not this burst, which asserts what is judged, not how fast.
+            return list(pool.map(lambda item: node.judge(*item, timeout=120), asked))
 
     if daemon_running:
         with running_daemon(node.config, node.verifier_socket, node.metrics_port) as daemon:
@@ -322,7 +324,9 @@ def test_concurrent_invocations_share_the_state_dir(
     else:
         runs = judge_all()
 
-    assert [run.status for run in runs] == [0] * len(good) + [1] * len(bad)
+    assert [run.status for run in runs] == [0] * len(good) + [1] * len(bad), [
+        run.stdout for run in runs
+    ]
     assert all(run.first_line.startswith("trustd: signed by targets as") for run in runs[:6])
     assert all("is signed as" in run.first_line for run in runs[6:])
     assert len([line for line in node.audit.read_text().splitlines() if line]) == len(asked)

@@ -32,7 +32,7 @@ from tests.stack.trustd_config import trustd_config_text
 from trustd.programs.image_verifier import DESCRIPTOR_MEDIA_TYPE, entry_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 60.0
+TIMEOUT = 150.0
 UNREACHABLE_REGISTRY = "notary-down.test"  # a registry whose Notary server is down
 
 PushImage = Callable[..., PushedImage]
@@ -80,11 +80,14 @@ def run_verifier(
     media_type: str = DESCRIPTOR_MEDIA_TYPE,
     stdin: bytes | None = None,
     python_flags: tuple[str, ...] = (),
+    timeout: float | None = None,
 ) -> VerifierRun:
     """Run the verifier as containerd does; ``python_flags`` runs the same file through the
     interpreter with extra flags (e.g. ``-X importtime``) instead of through its #! line."""
     arguments = ["-name", name, "-digest", str(descriptor["digest"])]
     arguments += ["-stdin-media-type", media_type]
+    if timeout is not None:
+        arguments += ["--timeout", str(timeout)]
     if stdin is None:
         # containerd writes json.Encoder output: compact, one line.
         stdin = json.dumps(descriptor, separators=(",", ":")).encode() + b"\n"
