@@ -10,6 +10,9 @@ echo "== lint"
 python3 -m ruff check .
 python3 -m ruff format --check .
 
+echo "== types"
+python3 -m mypy
+
 echo "== tests"
 # pytest exits 5 when it collected nothing; that is a failure here, not a pass.
 python3 -m pytest "$@"

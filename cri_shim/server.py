@@ -268,11 +268,13 @@ class ImageService:
         decision = self.admission.decide(
             request.image.image, credentials_from(request.auth), Action.PULL, _timeout(context)
         )
-        if not decision.allowed or decision.pull_ref is None:
+        pull_ref = decision.pull_ref
+        if not decision.allowed or pull_ref is None:
             context.abort(*denial_status(decision))
+        assert pull_ref is not None  # abort raised otherwise
         upstream = api_pb2.PullImageRequest()
         upstream.CopyFrom(request)
-        upstream.image.image = decision.pull_ref
+        upstream.image.image = pull_ref
         metadata = forwardable_metadata(context.invocation_metadata())
         timeout = _timeout(context)
         if self.pull_timeout is not None:
@@ -281,8 +283,8 @@ class ImageService:
             response = self.containerd.pull_image(upstream, timeout, metadata)
             tag = _tag_to_apply(decision)
             if tag is not None:
-                self.recent_tags.add(tag, decision.pull_ref)
-                self.tag_writer.submit(tag, decision.pull_ref)
+                self.recent_tags.add(tag, pull_ref)
+                self.tag_writer.submit(tag, pull_ref)
             elif decision.mode == "audit" and decision.signed is not None:
                 # Audit mode pulled what was asked; tell the policy what arrived.
                 status = self.containerd.image_status(

@@ -298,8 +298,8 @@ def _expiring(args: argparse.Namespace) -> int:
     else:
         for item in found:
             print(f"{item.describe(now)}; {item.owner_advice()}")
-        for gun, error in unreadable:
-            print(f"cannot read the cached trust data of {gun}: {error}")
+        for gun, problem in unreadable:
+            print(f"cannot read the cached trust data of {gun}: {problem}")
         if not found and not unreadable:
             print(f"nothing expires within {days} days ({len(guns)} repositories cached)")
     return EXIT_UNTRUSTED if found or unreadable else EXIT_OK

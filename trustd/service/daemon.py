@@ -33,7 +33,7 @@ from trustd.policy.engine import Decision, PolicyEngine, Verdict
 from trustd.policy.queries import VerifyAnswer, verify_answer
 from trustd.service.audit import AuditLog
 from trustd.service.expiry import ExpiryWatch
-from trustd.service.metrics import Metrics
+from trustd.service.metrics import Metrics, MetricsServer
 from trustd.service.sdnotify import SystemdNotifier
 
 log = logging.getLogger("trustd")
@@ -93,7 +93,7 @@ class Daemon:
         )
         self._server: RunningServer | None = None
         self._verifier_server: VerifierSocketServer | None = None
-        self._metrics_handle = None
+        self._metrics_handle: MetricsServer | None = None
 
     def start(self) -> None:
         self._server = serve(

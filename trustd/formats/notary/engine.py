@@ -44,23 +44,37 @@ class NotarySettings(Protocol):
     """What the engine needs to know about one Notary server
     (``trustd.config.model.NotaryServer``)."""
 
-    url: str
-    ca: Path | None
-    client_cert: Path | None
-    client_key: Path | None
-    username: str | None
-    password_file: Path | None
-    timeout: float
-    max_metadata_bytes: int
-    root_max_bytes: int
-    timestamp_max_bytes: int
-    retries: int
+    @property
+    def url(self) -> str: ...
+    @property
+    def ca(self) -> Path | None: ...
+    @property
+    def client_cert(self) -> Path | None: ...
+    @property
+    def client_key(self) -> Path | None: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password_file(self) -> Path | None: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def max_metadata_bytes(self) -> int: ...
+    @property
+    def root_max_bytes(self) -> int: ...
+    @property
+    def timestamp_max_bytes(self) -> int: ...
+    @property
+    def retries(self) -> int: ...
 
 
 class PinningSettings(Protocol):
-    root_key_ids: tuple[str, ...]
-    ca_file: Path | None
-    allow_tofu: bool
+    @property
+    def root_key_ids(self) -> tuple[str, ...]: ...
+    @property
+    def ca_file(self) -> Path | None: ...
+    @property
+    def allow_tofu(self) -> bool: ...
 
 
 class TrustSettings(Protocol):

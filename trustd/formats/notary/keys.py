@@ -134,8 +134,8 @@ def load_public_key(key_type: str, public_b64: str, declared_id: str | None = No
         crypto_key = ed25519.Ed25519PublicKey.from_public_bytes(public)
     else:
         crypto_key = _load_spki(public, label)
-    _check_key_matches_type(crypto_key, key_type, label)
-    return PublicKey(computed, key_type, public, crypto_key, certificate, intermediates)
+    checked = _check_key_matches_type(crypto_key, key_type, label)
+    return PublicKey(computed, key_type, public, checked, certificate, intermediates)
 
 
 def _decode_base64(value: str, label: str) -> bytes:
@@ -173,18 +173,21 @@ def _load_certificates(
     return certificates[0], tuple(certificates[1:])
 
 
-def _check_key_matches_type(crypto_key: object, key_type: str, label: str) -> None:
-    expected: type[object]
+def _check_key_matches_type(
+    crypto_key: object, key_type: str, label: str
+) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey:
+    """``crypto_key`` as the kind ``key_type`` names; BadMetadata if it is another kind."""
     if key_type in (ECDSA, ECDSA_X509):
-        expected = ec.EllipticCurvePublicKey
+        if isinstance(crypto_key, ec.EllipticCurvePublicKey):
+            return crypto_key
     elif key_type in (RSA, RSA_X509):
-        expected = rsa.RSAPublicKey
-    else:
-        expected = ed25519.Ed25519PublicKey
-    if not isinstance(crypto_key, expected):
-        raise BadMetadata(
-            f"{label}: key type {key_type!r} but the key material is a {type(crypto_key).__name__}"
-        )
+        if isinstance(crypto_key, rsa.RSAPublicKey):
+            return crypto_key
+    elif isinstance(crypto_key, ed25519.Ed25519PublicKey):
+        return crypto_key
+    raise BadMetadata(
+        f"{label}: key type {key_type!r} but the key material is a {type(crypto_key).__name__}"
+    )
 
 
 def verify_signature(key: PublicKey, method: str, signature: bytes, message: bytes) -> None:

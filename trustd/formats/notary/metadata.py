@@ -395,7 +395,7 @@ def _kind_name(kind: type) -> str:
 
 
 def _version(signed: Mapping[str, Any], where: str) -> int:
-    version = _field(signed, "version", int, where)
+    version: int = _field(signed, "version", int, where)
     if version < 0:
         raise BadMetadata(f"{where}: version {version} is negative")
     return version
@@ -410,14 +410,14 @@ def _expires(signed: Mapping[str, Any], where: str) -> datetime:
 
 
 def _threshold(raw: Mapping[str, Any], label: str) -> int:
-    threshold = _field(raw, "threshold", int, label)
+    threshold: int = _field(raw, "threshold", int, label)
     if threshold < 1:
         raise BadMetadata(f"{label}: threshold {threshold} is below 1")
     return threshold
 
 
 def _length(raw: Mapping[str, Any], label: str) -> int:
-    length = _field(raw, "length", int, label)
+    length: int = _field(raw, "length", int, label)
     if length < 0:
         raise BadMetadata(f"{label}: length {length} is negative")
     return length
@@ -485,7 +485,7 @@ def _is_delegation_name(name: str) -> bool:
 def _parse_delegations(raw: Mapping[str, Any], parent: str, where: str) -> Delegations:
     keys = _parse_keys(_optional(raw, "keys", dict, where) or {}, where)
     raw_roles = _optional(raw, "roles", list, where) or []
-    roles = []
+    roles: list[DelegatedRole] = []
     for index, entry in enumerate(raw_roles):
         label = f"{where}.roles[{index}]"
         if not isinstance(entry, dict):

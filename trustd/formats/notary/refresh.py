@@ -210,6 +210,7 @@ class Refresh:
                 raise
             self.store.save(self.gun, "snapshot", data)
 
+        assert trusted.snapshot is not None  # fetched or held above
         root_meta = trusted.snapshot.meta.get("root")
         if root_meta is not None and not root_meta.matches(trusted.raw("root")):
             self._rotate_root(trusted, root_meta)
@@ -234,8 +235,10 @@ class Refresh:
 
     def _update_delegations(self, trusted: TrustedSet) -> dict[str, TrustError]:
         """Load every delegated role the snapshot lists, parents before children."""
+        snapshot = trusted.snapshot
+        assert snapshot is not None  # the top level is loaded before delegations
         listed = sorted(
-            (role for role in trusted.snapshot.meta if role.startswith("targets/")),
+            (role for role in snapshot.meta if role.startswith("targets/")),
             key=lambda role: (role.count("/"), role),
         )
         broken: dict[str, TrustError] = {}
@@ -271,7 +274,7 @@ class Refresh:
             # what counts is whether any loaded role still delegates to it.
             for cached in self.store.cached_roles(self.gun):
                 if cached.startswith("targets/") and (
-                    cached not in trusted.snapshot.meta or trusted.delegation(cached) is None
+                    cached not in snapshot.meta or trusted.delegation(cached) is None
                 ):
                     self.store.delete(self.gun, cached)
         return broken

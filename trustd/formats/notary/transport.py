@@ -179,6 +179,7 @@ class NotaryTransport:
         where = f"{service} at {_origin(url)}" + (f" for {gun}" if gun else "")
         deadline = current_deadline()
         attempt = 0
+        problem: NotaryUnavailable | None
         while True:
             timeout = self.endpoint.timeout
             if deadline is not None:
