@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from trustd.config import paths
 from trustd.errors import ConfigError, InvalidReference
 from trustd.names.patterns import (
     GunPattern,
@@ -40,11 +41,10 @@ from trustd.names.patterns import (
 from trustd.names.reference import DEFAULT_REGISTRY, Reference, parse_registry
 
 CONFIG_VERSION = 1
-DEFAULT_CONFIG_PATH = Path("/etc/trustd/trustd.toml")
 DOCKER_HUB_NOTARY = "https://notary.docker.io"
 DEFAULT_ROLES = ("targets/releases", "targets")  # docker's search order with content trust
 MEBIBYTE = 1024 * 1024
-DEFAULT_VERIFIER_SOCKET = Path("/run/trustd/verify.sock")
+DEFAULT_VERIFIER_SOCKET = Path(paths.DEFAULT_VERIFIER_SOCKET)
 
 
 class Mode(StrEnum):

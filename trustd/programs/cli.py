@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustd.config.model import Config, PolicyRule, load_config
+from trustd.config.paths import CONFIG_VARIABLE, DEFAULT_CONFIG, config_file
 from trustd.errors import ConfigError, InvalidReference, TrustError
 from trustd.names.reference import parse_reference
 from trustd.policy.queries import EXIT_OK, EXIT_UNTRUSTED, EXIT_USAGE, status_for
@@ -31,16 +32,16 @@ if TYPE_CHECKING:
     from trustd.formats.notary.updater import VerifiedRepository
     from trustd.net.credentials import Credentials
 
-DEFAULT_CONFIG = Path("/etc/trustd/trustd.toml")
-
 
 def _config_path(argument: str | None) -> Path:
-    return Path(argument or os.environ.get("TRUSTD_CONFIG") or DEFAULT_CONFIG)
+    return Path(config_file(argument))
 
 
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-c", "--config", help=f"config file (default: $TRUSTD_CONFIG or {DEFAULT_CONFIG})"
+        "-c",
+        "--config",
+        help=f"config file (default: ${CONFIG_VARIABLE} or {DEFAULT_CONFIG})",
     )
 
 
