@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from trustd.config import paths
 from trustd.errors import ConfigError, InvalidReference
+from trustd.formats.notary.key_ids import ROOT_KEY_ID_FORM, is_key_id
 from trustd.names.patterns import (
     GunPattern,
     InvalidPattern,
@@ -630,9 +631,6 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-_KEY_ID = re.compile(r"[a-f0-9]{64}")
-
-
 def _parse_trust_pinning(table: _Table) -> TrustPinningConfig:
     table.allow("disable_tofu", "certs", "ca")
     certs_table = table.table("certs")
@@ -646,12 +644,9 @@ def _parse_trust_pinning(table: _Table) -> TrustPinningConfig:
         if not key_ids:
             raise certs_table.error(gun, "must list at least one root key ID")
         for position, key_id in enumerate(key_ids):
-            if not _KEY_ID.fullmatch(key_id):
+            if not is_key_id(key_id):
                 raise certs_table.error(
-                    gun,
-                    "must be a root key ID: 64 lowercase hexadecimal characters "
-                    f"(got {_show(key_id)})",
-                    position,
+                    gun, f"must be {ROOT_KEY_ID_FORM} (got {_show(key_id)})", position
                 )
         certs.append((pattern, tuple(key_ids)))
 
