@@ -40,6 +40,7 @@ from trustd.names.patterns import (
     most_specific_gun_pattern,
 )
 from trustd.names.reference import DEFAULT_REGISTRY, Reference, parse_registry
+from trustd.net.listen import InvalidListenAddress, parse_listen_address
 
 CONFIG_VERSION = 1
 DOCKER_HUB_NOTARY = "https://notary.docker.io"
@@ -101,10 +102,7 @@ class MetricsConfig:
     @property
     def address(self) -> tuple[str, int] | None:
         """``(host, port)`` to listen on (IPv6 without brackets), or None when disabled."""
-        if not self.listen:
-            return None
-        host, _, port = self.listen.rpartition(":")
-        return host.removeprefix("[").removesuffix("]"), int(port)
+        return parse_listen_address(self.listen) if self.listen else None
 
 
 @dataclass(frozen=True)
@@ -494,31 +492,12 @@ def _parse_metrics(table: _Table) -> MetricsConfig:
     return MetricsConfig(listen=listen)
 
 
-_HOST_NAME = re.compile(
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-)
-
-
 def _listen_problem(listen: str) -> str | None:
-    host, colon, port = listen.rpartition(":")
-    if not colon or not host:
-        return 'must be host:port, e.g. "127.0.0.1:9879" ("" disables metrics)'
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        return "port must be a number from 1 to 65535"
-    if host.startswith("["):
-        if not host.endswith("]"):
-            return "IPv6 address must be in brackets, e.g. [::1]:9879"
-        import ipaddress  # only for this check; `trustctl` starts quicker without it
-
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            return f"{host} is not an IPv6 address"
-        return None
-    if ":" in host:
-        return "IPv6 address must be in brackets, e.g. [::1]:9879"
-    if not _HOST_NAME.fullmatch(host):
-        return f"{_show(host)} is not a host name or IPv4 address"
+    try:
+        parse_listen_address(listen)
+    except InvalidListenAddress as error:
+        hint = ' ("" disables metrics)' if error.not_host_port else ""
+        return f"{error.problem}{hint}"
     return None
 
 
