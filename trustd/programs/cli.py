@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trustd.config.model import Config, PolicyRule, load_config
+from trustd.config.load import load_config
+from trustd.config.model import Config, PolicyRule
 from trustd.config.paths import CONFIG_VARIABLE, DEFAULT_CONFIG, config_file
 from trustd.errors import ConfigError, InvalidReference, TrustError
 from trustd.formats.notary.key_ids import ROOT_KEY_ID_FORM, is_key_id
@@ -702,7 +703,7 @@ def _days(text: str) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from trustd.config.model import config_warnings
+    from trustd.config.load import config_warnings
 
     path = _config_path(args.file or args.config)
     try:
