@@ -10,6 +10,28 @@ the config file; files the config names (CA bundles, client certificates, passwo
 exist when it is loaded.
 
 ``docs/config.md`` documents every key (a test compares it with these declarations).
+
+Adding a key is one line in the class of its table, plus its row in ``docs/config.md``::
+
+    class ServerConfig(Table):
+        max_pulls: int = setting(integer(check=within(1, 64)), default=8)       # a scalar
+        keys_dir: Path = setting(path(), default=Path("/etc/trustd/keys"))      # a path
+        ca: Path | None = setting(existing_file(), default=None)                # a file that exists
+        formats: tuple[Format, ...] = setting(                                  # an array
+            string_list(choice(Format), at_least_one="must name a format", unique=True),
+            default=(Format.NOTARY,),
+        )
+
+    class Config(Table):
+        limits: LimitsConfig = setting(table(LimitsConfig), default=LimitsConfig())  # [limits]
+        cosign_key: tuple[CosignKey, ...] = setting(                          # [[cosign_key]]
+            tables(CosignKey, unique="name"), default=()
+        )
+
+A new table is a new ``Table`` subclass declared the same way; a key without ``default`` is
+required; a kind the schema lacks is a function ``(value: object, where: Where) -> T`` that
+raises ``where.error(problem)``; a rule between keys goes into the table's ``check_keys`` (or
+``Config.check_keys`` across tables, with ``where.key("policy").item(0).key("x")`` for its place).
 """
 
 from __future__ import annotations
