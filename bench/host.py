@@ -15,7 +15,7 @@ from types import FrameType
 
 from cri_shim.containerd import ContainerdClient
 from cri_shim.server import serve
-from trustd.config.model import load_config
+from trustd.config.load import load_config
 from trustd.formats.notary.engine import TrustEngine
 from trustd.policy.engine import PolicyEngine
 

@@ -46,7 +46,8 @@ from bench.verifier import TARGET_MS as VERIFIER_TARGET_MS
 from bench.verifier import measure_verifier
 from cri_shim.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from tests.stack import PushedImage, Stack
-from trustd.config.model import Config, load_config
+from trustd.config.load import load_config
+from trustd.config.model import Config
 from trustd.formats.notary.engine import TrustEngine
 from trustd.formats.notary.resolution import resolve_tag
 

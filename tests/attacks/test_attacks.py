@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from tests.attacks import resign
 from tests.attacks.harness import ENDLESS, TamperServer, write_config
 from tests.stack import NotaryPublisher, NotaryServer, PushedImage, Registry, Stack, TestPKI
-from trustd.config.model import load_config
+from trustd.config.load import load_config
 from trustd.errors import (
     DelegationViolation,
     ExpiredMetadata,

@@ -1,6 +1,6 @@
 """An in-process trustd shim in front of the test containerd, and a CRI client to drive it.
 
-The shim is the real thing: ``trustd.config.model.parse_config`` of a TOML text, the real
+The shim is the real thing: ``trustd.config.load.parse_config`` of a TOML text, the real
 ``TrustEngine`` talking to the session's notary-server, the real ``PolicyEngine`` and
 ``cri_shim.server.serve`` on a private unix socket. Only the audit log and metrics are left out;
 every decision is kept in ``Shim.decisions`` instead, by an ordinary policy observer.
@@ -22,7 +22,8 @@ from cri_shim.containerd import ContainerdClient
 from cri_shim.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from cri_shim.server import RunningServer, serve
 from tests.e2e.containerd_images import await_cri_tag, get_image
-from trustd.config.model import Config, parse_config
+from trustd.config.load import parse_config
+from trustd.config.model import Config
 from trustd.formats.notary.engine import TrustEngine
 from trustd.net.credentials import Credentials
 from trustd.policy.engine import Action, Decision, PolicyEngine

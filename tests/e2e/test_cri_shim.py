@@ -39,7 +39,7 @@ from tests.stack import (
     free_port,
 )
 from tests.stack.trustd_config import trustd_config_text
-from trustd.config.model import parse_config
+from trustd.config.load import parse_config
 from trustd.net.credentials import Credentials
 from trustd.policy.engine import Verdict
 from trustd.service.audit import audit_record

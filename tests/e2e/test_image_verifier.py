@@ -30,7 +30,7 @@ from tests.e2e.verifier_helpers import (
     unique_repo,
 )
 from tests.stack import NotaryServer, Registry, Stack, free_port
-from trustd.config.model import load_config
+from trustd.config.load import load_config
 from trustd.formats.notary.engine import TrustEngine
 from trustd.formats.notary.resolution import resolve_tag
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from trustd.config.load import config_warnings, load_config, parse_config
 from trustd.config.model import (
     DEFAULT_RULE,
     AuditConfig,
@@ -14,9 +15,6 @@ from trustd.config.model import (
     OfflinePolicy,
     PolicyRule,
     ServerConfig,
-    config_warnings,
-    load_config,
-    parse_config,
 )
 from trustd.errors import ConfigError
 from trustd.names.patterns import (

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.attacks.harness import trustctl
 from tests.unit import notary_factory as f
-from trustd.config.model import parse_config
+from trustd.config.load import parse_config
 from trustd.errors import PinningViolation, RollbackDetected, RootKeyChanged, RootRotationInvalid
 from trustd.formats.notary.keys import canonical_key_id, load_public_key
 from trustd.formats.notary.lifetime import (

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from trustd.config.model import parse_config
+from trustd.config.load import parse_config
 from trustd.errors import ConfigError, NotaryUnavailable
 from trustd.formats.notary.engine import OfflineUse
 from trustd.formats.notary.metadata import TargetFile

@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from trustd.notary.metadata import parse_rfc3339
 
 from tests.attacks import resign
+from trustd.formats.notary.metadata import parse_rfc3339
 
 
 @pytest.mark.parametrize(

@@ -543,6 +543,8 @@ def test_the_daemon_path_imports_nothing_heavy(daemon, tmp_path: Path) -> None:
         "trustd",
         "trustd.programs",
         "trustd.localapi",
+        "trustd.config",
+        "trustd.config.paths",
         "trustd.programs.trustctl",
         "trustd.localapi.client",
         "trustd.localapi.wire",

@@ -359,6 +359,8 @@ def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
         "trustd",
         "trustd.programs",
         "trustd.localapi",
+        "trustd.config",
+        "trustd.config.paths",
         "trustd.programs.image_verifier",
         "trustd.localapi.client",
         "trustd.localapi.wire",
@@ -451,10 +453,8 @@ def test_other_forms_go_to_the_toml_parser(text: str) -> None:
     assert plainly_set_verifier_socket(text) is UNSURE
 
 
-def test_the_fast_path_defaults_are_the_configs() -> None:
-    # The fast paths repeat them so that they never import trustd.config.model.
-    from trustd.config import model as config
+def test_the_fast_path_reads_the_configs_default_socket() -> None:
+    from trustd.config.model import ServerConfig
     from trustd.localapi import client as daemon_socket
 
-    assert str(config.DEFAULT_VERIFIER_SOCKET) == daemon_socket.DEFAULT_VERIFIER_SOCKET
-    assert str(config.DEFAULT_CONFIG_PATH) == daemon_socket.DEFAULT_CONFIG
+    assert str(ServerConfig().verifier_socket) == daemon_socket.DEFAULT_VERIFIER_SOCKET

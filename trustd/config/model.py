@@ -1,37 +1,84 @@
-"""The node-wide configuration file (``/etc/trustd/trustd.toml``), version 1.
+"""The node-wide configuration file (``/etc/trustd/trustd.toml``), version 1: its objects, each key
+declared once.
 
-``load_config`` turns TOML into frozen, validated objects or raises one ``ConfigError`` naming the
-file, the key path and what is wrong (one line in reality)::
+Every key is one ``setting`` line of the frozen object it fills: its name, the kind of value it
+takes (type, checks, conversion) and its default (see ``trustd.config.schema``). Reading the file
+(``trustd.config.load.load_config``) walks these declarations; every section is optional and
+defaults to a production setting, and unknown keys are errors at every level, so that a misspelt
+key in a security policy is never ignored. Relative paths are resolved against the directory of
+the config file; files the config names (CA bundles, client certificates, password files) must
+exist when it is loaded.
 
-    /etc/trustd/trustd.toml: policy[2].mode: must be one of "enforce", "audit", "off"
-    (got "enforced")
+``docs/config.md`` documents every key (a test compares it with these declarations).
 
-Unknown keys are errors at every level: a misspelt key in a security policy must not be ignored.
-Every section is optional and defaults to a production setting. Relative paths are resolved against
-the directory of the config file. Nothing here touches the network; files the config names (CA
-bundles, client certificates, password files) must exist when it is loaded.
+Adding a key is one line in the class of its table, plus its row in ``docs/config.md``::
 
-``docs/config.md`` documents every key.
+    class ServerConfig(Table):
+        max_pulls: int = setting(integer(check=within(1, 64)), default=8)       # a scalar
+        keys_dir: Path = setting(path(), default=Path("/etc/trustd/keys"))      # a path
+        ca: Path | None = setting(existing_file(), default=None)                # a file that exists
+        formats: tuple[Format, ...] = setting(                                  # an array
+            string_list(choice(Format), at_least_one="must name a format", unique=True),
+            default=(Format.NOTARY,),
+        )
+
+    class Config(Table):
+        limits: LimitsConfig = setting(table(LimitsConfig), default=LimitsConfig())  # [limits]
+        cosign_key: tuple[CosignKey, ...] = setting(                          # [[cosign_key]]
+            tables(CosignKey, unique="name"), default=()
+        )
+
+A new table is a new ``Table`` subclass declared the same way; a key without ``default`` is
+required; a kind the schema lacks is a function ``(value: object, where: Where) -> T`` that
+raises ``where.error(problem)``; a rule between keys goes into the table's ``check_keys`` (or
+``Config.check_keys`` across tables, with ``where.key("policy").item(0).key("x")`` for its place).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 from urllib.parse import urlsplit
 
-from trustd.errors import ConfigError, InvalidReference
-from trustd.formats.base import NOTARY_V1_ONLY, SignatureRequirement
+from trustd.config import paths
+from trustd.config.schema import (
+    Check,
+    Table,
+    Where,
+    accepted_by,
+    boolean,
+    byte_count,
+    choice,
+    derived,
+    existing_file,
+    file_mode,
+    integer,
+    mapping,
+    parsed,
+    path,
+    path_or_none,
+    seconds,
+    setting,
+    show,
+    string,
+    string_list,
+    table,
+    tables,
+    toml_key,
+    within,
+)
+from trustd.formats.base import (
+    NOTARY_V1_ONLY,
+    Combination,
+    FormatName,
+    SignatureRequirement,
+)
+from trustd.formats.notary.key_ids import ROOT_KEY_ID_FORM, is_key_id
 from trustd.names.patterns import (
     GunPattern,
-    InvalidPattern,
     RepositoryPattern,
     TagPattern,
     check_gun_prefix,
@@ -39,13 +86,18 @@ from trustd.names.patterns import (
     most_specific_gun_pattern,
 )
 from trustd.names.reference import DEFAULT_REGISTRY, Reference, parse_registry
+from trustd.net.listen import InvalidListenAddress, parse_listen_address
 
 CONFIG_VERSION = 1
-DEFAULT_CONFIG_PATH = Path("/etc/trustd/trustd.toml")
 DOCKER_HUB_NOTARY = "https://notary.docker.io"
+DOCKER_HUB_NOTARY_END = "2026-12-08"
 DEFAULT_ROLES = ("targets/releases", "targets")  # docker's search order with content trust
 MEBIBYTE = 1024 * 1024
-DEFAULT_VERIFIER_SOCKET = Path("/run/trustd/verify.sock")
+DEFAULT_VERIFIER_SOCKET = Path(paths.DEFAULT_VERIFIER_SOCKET)
+# Longer windows delay revocation by as long; an hour is far past any sensible setting.
+MAX_FRESHNESS_WINDOW = 3600.0
+MAX_WARNING_DAYS = 3650  # root metadata lives 10 years; anything longer is a unit mistake
+MAX_RETRIES = 10
 
 
 class Mode(StrEnum):
@@ -61,26 +113,140 @@ class OfflinePolicy(StrEnum):
     DENY = "deny"  # fail closed on any outage
 
 
+# --- checks of single keys ------------------------------------------------------------------------
+
+
+def _containerd_problem(address: str) -> str | None:
+    if address.startswith("unix:///") and len(address) > len("unix:///"):
+        return None
+    return f"must be unix:// followed by an absolute socket path (got {show(address)})"
+
+
+_CONTAINERD_NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
+
+
+def _namespace_problem(namespace: str) -> str | None:
+    if _CONTAINERD_NAMESPACE.fullmatch(namespace) and len(namespace) <= 76:
+        return None
+    return (
+        "must be letters and digits separated by '.', '_' or '-', at most 76 characters "
+        f"(got {show(namespace)})"
+    )
+
+
+def _warning_days(value: object, where: Where) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise where.error(f"must be a whole number of days (got {show(value)})")
+    if not 0 <= value <= MAX_WARNING_DAYS:
+        raise where.error(
+            f"must be from 0 (never warn) to {MAX_WARNING_DAYS} days (got {value}; the value is "
+            "in days, not seconds)"
+        )
+    return value
+
+
+def _listen_problem(listen: str) -> str | None:
+    if not listen:
+        return None  # disabled
+    try:
+        parse_listen_address(listen)
+    except InvalidListenAddress as error:
+        hint = ' ("" disables metrics)' if error.not_host_port else ""
+        return f"{error.problem}{hint} (got {show(listen)})"
+    return None
+
+
+def _registry_problem(registry: str) -> str | None:
+    problem = accepted_by(parse_registry)(registry)
+    return None if problem is None else f"{problem} (write host[:port] as in image names)"
+
+
+def _url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        return f"is not a valid URL: {error} (got {show(url)})"
+    if parts.scheme != "https":
+        problem = "must be an https:// URL (trust data is never fetched over plain HTTP)"
+    elif not parts.hostname:
+        problem = "has no host"
+    elif parts.username is not None or parts.password is not None:
+        problem = "must not contain credentials; use username and password_file"
+    elif parts.query or parts.fragment:
+        problem = "must not have a query or fragment"
+    elif port == 0:
+        problem = "port must be a number from 1 to 65535"
+    else:
+        return None
+    return f"{problem} (got {show(url)})"
+
+
+_URL = string(empty=False, check=_url_problem)
+
+
+def _notary_url(value: object, where: Where) -> str:
+    return _URL(value, where).rstrip("/")
+
+
+def _root_key_id_problem(key_id: str) -> str | None:
+    return None if is_key_id(key_id) else f"must be {ROOT_KEY_ID_FORM} (got {show(key_id)})"
+
+
+_ROLE = re.compile(r"targets(?:/[A-Za-z0-9_.-]+)*")
+
+
+def _role(*, top_level: bool) -> Check[str]:
+    """``targets/<name>`` (and ``targets`` itself when ``top_level``)."""
+    expected = '"targets" or "targets/<name>"' if top_level else '"targets/<name>"'
+
+    def check(role: str) -> str | None:
+        valid = _ROLE.fullmatch(role) is not None and not any(
+            part in (".", "..") for part in role.split("/")
+        )
+        if valid and (top_level or role != "targets"):
+            return None
+        return f"must be {expected} (got {show(role)})"
+
+    return check
+
+
+def _version_problem(version: int) -> str | None:
+    return None if version == CONFIG_VERSION else f"must be {CONFIG_VERSION} (got {version})"
+
+
 # --- the configuration objects --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    socket: Path = Path("/run/trustd/cri.sock")
-    containerd: str = "unix:///run/containerd/containerd.sock"
-    containerd_namespace: str = "k8s.io"
-    state_dir: Path = Path("/var/lib/trustd")
-    pull_timeout: float = 600.0
-    shutdown_grace: float = 30.0
-    socket_mode: int = 0o660
+class ServerConfig(Table):
+    socket: Path = setting(path(), default=Path("/run/trustd/cri.sock"))
+    containerd: str = setting(
+        string(check=_containerd_problem), default="unix:///run/containerd/containerd.sock"
+    )
+    containerd_namespace: str = setting(string(check=_namespace_problem), default="k8s.io")
+    state_dir: Path = setting(path(), default=Path("/var/lib/trustd"))
+    pull_timeout: float = setting(seconds(), default=600.0)
+    shutdown_grace: float = setting(seconds(zero=True), default=30.0)
+    socket_mode: int = setting(file_mode(), default=0o660)
     # Lookups of one repository within this many seconds of a verified refresh reuse it
     # (kubelet's ImageStatus, PullImage, ImageStatus for one container start); 0 = always fetch.
-    freshness_window: float = 1.0
+    freshness_window: float = setting(
+        seconds(
+            zero=True,
+            at_most=MAX_FRESHNESS_WINDOW,
+            because="a re-signed or removed tag is seen only that much later",
+        ),
+        default=1.0,
+    )
     # Warn this many days before trust data or a root certificate expires (0: never warn).
-    expiry_warning_days: int = 30
+    expiry_warning_days: int = setting(_warning_days, default=30)
     # Where containerd's image-verifier hook (trustd.programs.image_verifier) asks the daemon;
-    # None: not served.
-    verifier_socket: Path | None = DEFAULT_VERIFIER_SOCKET
+    # None ("" in the file): not served.
+    verifier_socket: Path | None = setting(path_or_none(), default=DEFAULT_VERIFIER_SOCKET)
+
+    def check_keys(self, where: Where) -> None:
+        if self.verifier_socket == self.socket:
+            raise where.key("verifier_socket").error(f"must not be server.socket ({self.socket})")
 
     @property
     def containerd_socket(self) -> Path:
@@ -88,42 +254,55 @@ class ServerConfig:
         return Path(self.containerd.removeprefix("unix://"))
 
 
-@dataclass(frozen=True)
-class AuditConfig:
-    file: Path | None = Path("/var/log/trustd/audit.log")  # None: no audit file
-    stdout: bool = True
+class AuditConfig(Table):
+    # None ("" in the file): no audit file
+    file: Path | None = setting(path_or_none(), default=Path("/var/log/trustd/audit.log"))
+    stdout: bool = setting(boolean(), default=True)
 
 
-@dataclass(frozen=True)
-class MetricsConfig:
-    listen: str = "127.0.0.1:9879"  # "" disables the metrics endpoint
+class MetricsConfig(Table):
+    # "" disables the metrics endpoint
+    listen: str = setting(string(check=_listen_problem), default="127.0.0.1:9879")
 
     @property
     def address(self) -> tuple[str, int] | None:
         """``(host, port)`` to listen on (IPv6 without brackets), or None when disabled."""
-        if not self.listen:
-            return None
-        host, _, port = self.listen.rpartition(":")
-        return host.removeprefix("[").removesuffix("]"), int(port)
+        return parse_listen_address(self.listen) if self.listen else None
 
 
-@dataclass(frozen=True)
-class NotaryServer:
+class NotaryServer(Table):
     """The Notary server holding the trust data of one registry's repositories."""
 
-    registry: str
-    url: str
-    ca: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    timeout: float = 10.0
-    max_metadata_bytes: int = 16 * MEBIBYTE
-    root_max_bytes: int = MEBIBYTE
-    timestamp_max_bytes: int = 64 * 1024
-    retries: int = 2  # further attempts after a transient failure (reset, timeout, 502-504)
-    source: str = "default"  # "notary[0]" when configured; for messages
+    REFUSED_KEYS: ClassVar[dict[str, str]] = {
+        "password": "passwords are never read from the config file; put it in a file readable "
+        "only by trustd and set password_file",
+    }
+
+    registry: str = setting(string(empty=False, check=_registry_problem))
+    url: str = setting(_notary_url)  # without a trailing "/"
+    client_cert: Path | None = setting(existing_file(), default=None)
+    client_key: Path | None = setting(existing_file(), default=None)
+    username: str | None = setting(string(empty=False), default=None)
+    password_file: Path | None = setting(existing_file(), default=None)
+    ca: Path | None = setting(existing_file(), default=None)  # None: the system's CAs
+    timeout: float = setting(seconds(), default=10.0)
+    max_metadata_bytes: int = setting(byte_count(), default=16 * MEBIBYTE)
+    root_max_bytes: int = setting(byte_count(), default=MEBIBYTE)
+    timestamp_max_bytes: int = setting(byte_count(), default=64 * 1024)
+    # Further attempts after a transient failure (reset, timeout, 502-504).
+    retries: int = setting(integer(check=within(0, MAX_RETRIES)), default=2)
+    # "notary[0]" when configured; for messages
+    source: str = derived(lambda where: where.path, default="default")
+
+    def check_keys(self, where: Where) -> None:
+        if (self.client_cert is None) != (self.client_key is None):
+            missing = "client_key" if self.client_key is None else "client_cert"
+            present = "client_cert" if self.client_key is None else "client_key"
+            raise where.key(missing).error(f"is required when {present} is set")
+        if self.password_file is not None and self.username is None:
+            raise where.key("username").error("is required when password_file is set")
+        if self.username is not None and self.password_file is None:
+            raise where.key("password_file").error("is required when username is set")
 
 
 @dataclass(frozen=True)
@@ -136,11 +315,23 @@ class PinningRule:
     source: str  # the config entry it came from, for messages
 
 
-@dataclass(frozen=True)
-class TrustPinningConfig:
-    disable_tofu: bool = False
-    certs: tuple[tuple[GunPattern, tuple[str, ...]], ...] = ()
-    ca: tuple[tuple[str, Path], ...] = ()
+class TrustPinningConfig(Table):
+    disable_tofu: bool = setting(boolean(), default=False)
+    # GUN or "prefix*" -> the root key IDs pinned for it
+    certs: tuple[tuple[GunPattern, tuple[str, ...]], ...] = setting(
+        mapping(
+            GunPattern,
+            string_list(
+                string(check=_root_key_id_problem),
+                at_least_one="must list at least one root key ID",
+            ),
+        ),
+        default=(),
+    )
+    # GUN prefix -> the CA bundle its first root's certificate must chain to
+    ca: tuple[tuple[str, Path], ...] = setting(
+        mapping(check_gun_prefix, existing_file()), default=()
+    )
 
     def rule_for(self, gun: str) -> PinningRule:
         """notary's precedence: pinned key IDs (exact GUN, then longest ``prefix*``), then the
@@ -148,12 +339,12 @@ class TrustPinningConfig:
         key_ids = dict(self.certs)
         pattern = most_specific_gun_pattern(gun, key_ids)
         if pattern is not None:
-            source = f"trust_pinning.certs.{_key(pattern.text)}"
+            source = f"trust_pinning.certs.{toml_key(pattern.text)}"
             return PinningRule(key_ids[pattern], None, allow_tofu=False, source=source)
         ca_files = dict(self.ca)
         prefix = longest_gun_prefix(gun, ca_files)
         if prefix is not None:
-            source = f"trust_pinning.ca.{_key(prefix)}"
+            source = f"trust_pinning.ca.{toml_key(prefix)}"
             return PinningRule((), ca_files[prefix], allow_tofu=False, source=source)
         if self.disable_tofu:
             return PinningRule((), None, allow_tofu=False, source="trust_pinning.disable_tofu")
@@ -168,6 +359,19 @@ class ExemptPattern:
     repository: RepositoryPattern
     tag: TagPattern | None
 
+    @classmethod
+    def parse(cls, text: str) -> ExemptPattern:
+        """Raises InvalidPattern."""
+        repository_text, tag_text = text, None
+        colon = text.rfind(":")
+        if colon > text.rfind("/"):  # a ":" after the last "/" starts the tag pattern
+            repository_text, tag_text = text[:colon], text[colon + 1 :]
+        return cls(
+            text=text,
+            repository=RepositoryPattern(repository_text),
+            tag=TagPattern(tag_text) if tag_text is not None else None,
+        )
+
     def matches(self, reference: Reference) -> bool:
         if not self.repository.matches(reference.repository):
             return False
@@ -176,19 +380,63 @@ class ExemptPattern:
         return reference.tag is not None and self.tag.matches(reference.tag)
 
 
-@dataclass(frozen=True)
-class PolicyRule:
+def _signature_requirement(value: object, where: Where) -> SignatureRequirement:
+    """``"notation"``, or ``{ any_of = [...] }`` / ``{ all_of = [...] }`` of format names."""
+    names = ", ".join(f'"{name.value}"' for name in FormatName)
+    if isinstance(value, str):
+        return SignatureRequirement((_format_name(value, where, names),))
+    if not isinstance(value, dict) or len(value) != 1:
+        raise where.error(
+            f"must be a format name ({names}) or a table with one key, any_of or all_of, "
+            f"listing format names (got {show(value)})"
+        )
+    [(key, listed)] = value.items()
+    try:
+        combination = Combination(key)
+    except ValueError:
+        raise where.error(f"unknown key {toml_key(key)}: use any_of or all_of") from None
+    inner = where.key(key)
+    if not isinstance(listed, list) or not listed:
+        raise inner.error(f"must be a non-empty array of format names (got {show(listed)})")
+    formats = tuple(_format_name(item, inner, names) for item in listed)
+    if len(set(formats)) != len(formats):
+        raise inner.error("names a format more than once")
+    return SignatureRequirement(formats, combination)
+
+
+def _format_name(value: object, where: Where, names: str) -> FormatName:
+    if isinstance(value, str):
+        try:
+            return FormatName(value)
+        except ValueError:
+            pass
+    raise where.error(f"unknown signature format {show(value)} (known: {names})")
+
+
+class PolicyRule(Table):
     """One ``[[policy]]`` entry, or the built-in default (``index`` None)."""
 
-    match: str
-    mode: Mode = Mode.ENFORCE
-    roles: tuple[str, ...] = DEFAULT_ROLES
-    signers: tuple[str, ...] = ()
-    require_signed_digests: bool = True
-    offline: OfflinePolicy = OfflinePolicy.CACHED
-    max_offline_age: float | None = None  # seconds; cached data older than this is not used
-    signatures: SignatureRequirement = NOTARY_V1_ONLY  # the formats that must verify
-    index: int | None = None  # position in the [[policy]] array; None for the default rule
+    match: str = setting(string(empty=False, check=accepted_by(RepositoryPattern)))
+    mode: Mode = setting(choice(Mode), default=Mode.ENFORCE)
+    roles: tuple[str, ...] = setting(
+        string_list(
+            string(check=_role(top_level=True)),
+            at_least_one="must name at least one role",
+            unique=True,
+        ),
+        default=DEFAULT_ROLES,
+    )
+    signers: tuple[str, ...] = setting(
+        string_list(string(check=_role(top_level=False)), unique=True), default=()
+    )
+    require_signed_digests: bool = setting(boolean(), default=True)
+    offline: OfflinePolicy = setting(choice(OfflinePolicy), default=OfflinePolicy.CACHED)
+    # Seconds; cached data older than this is not used.
+    max_offline_age: float | None = setting(seconds(), default=None)
+    # Which signature formats must verify: one format, or any_of / all_of several.
+    signatures: SignatureRequirement = setting(_signature_requirement, default=NOTARY_V1_ONLY)
+    # Position in the [[policy]] array; None for the default rule.
+    index: int | None = derived(lambda where: where.index, default=None)
     pattern: RepositoryPattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -205,16 +453,23 @@ class PolicyRule:
 DEFAULT_RULE = PolicyRule(match="**")
 
 
-@dataclass(frozen=True)
-class Config:
-    server: ServerConfig = ServerConfig()
-    audit: AuditConfig = AuditConfig()
-    metrics: MetricsConfig = MetricsConfig()
-    notary: tuple[NotaryServer, ...] = ()
-    trust_pinning: TrustPinningConfig = TrustPinningConfig()
-    exempt: tuple[ExemptPattern, ...] = ()
-    policy: tuple[PolicyRule, ...] = ()
-    source: Path | None = None
+class Config(Table):
+    """The whole file."""
+
+    version: int = setting(integer(check=_version_problem), default=CONFIG_VERSION)
+    server: ServerConfig = setting(table(ServerConfig), default=ServerConfig())
+    audit: AuditConfig = setting(table(AuditConfig), default=AuditConfig())
+    metrics: MetricsConfig = setting(table(MetricsConfig), default=MetricsConfig())
+    notary: tuple[NotaryServer, ...] = setting(tables(NotaryServer, unique="registry"), default=())
+    trust_pinning: TrustPinningConfig = setting(
+        table(TrustPinningConfig), default=TrustPinningConfig()
+    )
+    exempt: tuple[ExemptPattern, ...] = setting(
+        string_list(parsed(ExemptPattern.parse)), default=()
+    )
+    policy: tuple[PolicyRule, ...] = setting(tables(PolicyRule), default=())
+    # The file it was read from.
+    source: Path | None = derived(lambda where: Path(where.source), default=None)
 
     def notary_for(self, registry: str) -> NotaryServer:
         """The configured Notary server of ``registry``, or docker's default for it."""
@@ -244,684 +499,3 @@ class Config:
             if rule.matches(repository):
                 return rule
         return DEFAULT_RULE
-
-
-# --- advice on a valid config --------------------------------------------------------------------
-
-DOCKER_HUB_NOTARY_END = "2026-12-08"
-
-
-def config_warnings(config: Config) -> list[str]:
-    """Things a valid config does that are probably not meant (``trustd check-config`` prints
-    them, the daemon logs them)."""
-    warnings = []
-    if not any(server.registry == DEFAULT_REGISTRY for server in config.notary):
-        verifying = _rules_verifying_registry(config, DEFAULT_REGISTRY)
-        if verifying:
-            warnings.append(
-                f"{', '.join(verifying)} verif{'ies' if len(verifying) == 1 else 'y'} "
-                f"{DEFAULT_REGISTRY} images, but no [[notary]] entry is configured for "
-                f"{DEFAULT_REGISTRY}: trustd would ask {DOCKER_HUB_NOTARY}, which Docker shuts "
-                f"down on {DOCKER_HUB_NOTARY_END} (the Official Images' trust data already fails "
-                "to verify). Sign the images you use in your own notary-server (a [[notary]] "
-                f'entry with registry = "{DEFAULT_REGISTRY}", or mirror them into your registry), '
-                'or exempt them knowingly; see docs/operations.md, "Docker Hub images"'
-            )
-    return warnings
-
-
-def _rules_verifying_registry(config: Config, registry: str) -> list[str]:
-    """Labels of the rules that verify (enforce or audit) some repository of ``registry``."""
-    found = [
-        f"{rule.source} ({_show(rule.match)}, {rule.mode})"
-        for rule in config.policy
-        if rule.mode is not Mode.OFF and _may_match_registry(rule.match, registry)
-    ]
-    # A name of the registry no rule and no exemption names falls to the default enforce rule.
-    probes = (f"{registry}/library/trustd-probe", f"{registry}/trustd-probe/trustd-probe")
-    if any(
-        config.rule_for(name) is DEFAULT_RULE
-        and not any(
-            exemption.tag is None and exemption.repository.matches(name)
-            for exemption in config.exempt
-        )
-        for name in probes
-    ):
-        found.append("the default rule (enforce)")
-    return found
-
-
-def _may_match_registry(pattern: str, registry: str) -> bool:
-    """Whether a repository glob can match a name on ``registry`` (its first component)."""
-    first = pattern.split("/", 1)[0]
-    if "**" in first:
-        return True  # "**" crosses "/": the registry is whatever it spans
-    regex = "".join(
-        "[^/]*" if char == "*" else "[^/]" if char == "?" else re.escape(char) for char in first
-    )
-    return re.fullmatch(regex, registry) is not None
-
-
-# --- loading --------------------------------------------------------------------------------------
-
-
-def load_config(path: Path | str) -> Config:
-    """Read and validate the config file at ``path``."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text ({error.reason})") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
-    return parse_config(text, str(path))
-
-
-def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config:
-    """Validate TOML ``text``; ``source`` names it in errors, relative paths resolve against
-    ``base_dir`` (default: the directory of ``source``)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{source}: {_describe_syntax_error(error, text)}") from None
-    if base_dir is None:
-        base_dir = Path(source).parent
-    context = _Context(source, Path(os.path.abspath(base_dir)))
-    return _parse_document(_Table(data, "", context))
-
-
-_TOML_POSITION = re.compile(r"^(?P<message>.*?) \(at line (?P<line>\d+), column (?P<column>\d+)\)$")
-
-
-_TOML_AT_END = " (at end of document)"
-
-
-def _describe_syntax_error(error: tomllib.TOMLDecodeError, text: str) -> str:
-    """``line L, column C: invalid TOML: ...`` from tomllib's message."""
-    message = str(error)
-    found = _TOML_POSITION.match(message)
-    if found is not None:
-        message, line, column = found["message"], int(found["line"]), int(found["column"])
-    elif message.endswith(_TOML_AT_END):
-        message = message.removesuffix(_TOML_AT_END)
-        lines = text.split("\n")
-        line, column = len(lines), len(lines[-1]) + 1
-    else:
-        return f"invalid TOML: {message}"
-    return f"line {line}, column {column}: invalid TOML: {message[:1].lower()}{message[1:]}"
-
-
-def _parse_document(document: _Table) -> Config:
-    document.allow(
-        "version", "server", "audit", "metrics", "notary", "trust_pinning", "exempt", "policy"
-    )
-    version = document.integer("version", CONFIG_VERSION)
-    if version != CONFIG_VERSION:
-        raise document.error("version", f"must be {CONFIG_VERSION} (got {version})")
-    return Config(
-        server=_parse_server(document.table("server")),
-        audit=_parse_audit(document.table("audit")),
-        metrics=_parse_metrics(document.table("metrics")),
-        notary=_parse_notary_servers(document.tables("notary")),
-        trust_pinning=_parse_trust_pinning(document.table("trust_pinning")),
-        exempt=_parse_exempt(document),
-        policy=tuple(
-            _parse_rule(rule, index) for index, rule in enumerate(document.tables("policy"))
-        ),
-        source=document.context.source_path,
-    )
-
-
-def _parse_server(table: _Table) -> ServerConfig:
-    table.allow(
-        "socket",
-        "containerd",
-        "containerd_namespace",
-        "state_dir",
-        "pull_timeout",
-        "shutdown_grace",
-        "socket_mode",
-        "freshness_window",
-        "expiry_warning_days",
-        "verifier_socket",
-    )
-    default = ServerConfig()
-    containerd = table.string("containerd", default.containerd)
-    if not containerd.startswith("unix:///") or len(containerd) == len("unix:///"):
-        raise table.error(
-            "containerd",
-            f"must be unix:// followed by an absolute socket path (got {_show(containerd)})",
-        )
-    namespace = table.string("containerd_namespace", default.containerd_namespace)
-    if not _CONTAINERD_NAMESPACE.fullmatch(namespace) or len(namespace) > 76:
-        raise table.error(
-            "containerd_namespace",
-            "must be letters and digits separated by '.', '_' or '-', at most 76 characters "
-            f"(got {_show(namespace)})",
-        )
-    socket = table.path("socket", default.socket)
-    verifier_socket = _parse_verifier_socket(table)
-    if verifier_socket == socket:
-        raise table.error("verifier_socket", f"must not be server.socket ({socket})")
-    return ServerConfig(
-        socket=socket,
-        containerd=containerd,
-        containerd_namespace=namespace,
-        state_dir=table.path("state_dir", default.state_dir),
-        pull_timeout=table.seconds("pull_timeout", default.pull_timeout),
-        shutdown_grace=table.seconds("shutdown_grace", default.shutdown_grace, allow_zero=True),
-        socket_mode=_parse_mode_bits(table, "socket_mode", default.socket_mode),
-        freshness_window=_parse_freshness_window(table, default.freshness_window),
-        expiry_warning_days=_parse_days(table, "expiry_warning_days", default.expiry_warning_days),
-        verifier_socket=verifier_socket,
-    )
-
-
-# Longer windows delay revocation by as long; an hour is far past any sensible setting.
-_MAX_FRESHNESS_WINDOW = 3600.0
-
-
-def _parse_freshness_window(table: _Table, default: float) -> float:
-    window = table.seconds("freshness_window", default, allow_zero=True)
-    if window > _MAX_FRESHNESS_WINDOW:
-        raise table.error(
-            "freshness_window",
-            f"must be at most {_MAX_FRESHNESS_WINDOW:g} seconds: a re-signed or removed tag is "
-            f"seen only that much later (got {_show(table.data['freshness_window'])})",
-        )
-    return window
-
-
-MAX_WARNING_DAYS = 3650  # root metadata lives 10 years; anything longer is a unit mistake
-
-
-def _parse_days(table: _Table, key: str, default: int) -> int:
-    if key not in table.data:
-        return default
-    value = table.data[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise table.error(key, f"must be a whole number of days (got {_show(value)})")
-    if not 0 <= value <= MAX_WARNING_DAYS:
-        raise table.error(
-            key,
-            f"must be from 0 (never warn) to {MAX_WARNING_DAYS} days (got {value}; the value is "
-            "in days, not seconds)",
-        )
-    return value
-
-
-def _parse_verifier_socket(table: _Table) -> Path | None:
-    text = table.string("verifier_socket", str(DEFAULT_VERIFIER_SOCKET))
-    return table.context.resolve(text) if text else None
-
-
-_CONTAINERD_NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
-
-
-def _parse_mode_bits(table: _Table, key: str, default: int) -> int:
-    if key not in table.data:
-        return default
-    value = table.data[key]
-    if not isinstance(value, str):
-        raise table.error(
-            key,
-            f'must be a string of octal digits such as "0660" (got {_show(value)}; a TOML '
-            "number would be read as decimal)",
-        )
-    if not re.fullmatch(r"0?[0-7]{3}", value):
-        raise table.error(key, f'must be octal permission bits such as "0660" (got {_show(value)})')
-    return int(value, 8)
-
-
-def _parse_audit(table: _Table) -> AuditConfig:
-    table.allow("file", "stdout")
-    default = AuditConfig()
-    file_text = table.string("file", str(default.file))
-    return AuditConfig(
-        file=table.context.resolve(file_text) if file_text else None,
-        stdout=table.boolean("stdout", default.stdout),
-    )
-
-
-def _parse_metrics(table: _Table) -> MetricsConfig:
-    table.allow("listen")
-    listen = table.string("listen", MetricsConfig().listen)
-    if listen:
-        problem = _listen_problem(listen)
-        if problem is not None:
-            raise table.error("listen", f"{problem} (got {_show(listen)})")
-    return MetricsConfig(listen=listen)
-
-
-_HOST_NAME = re.compile(
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-)
-
-
-def _listen_problem(listen: str) -> str | None:
-    host, colon, port = listen.rpartition(":")
-    if not colon or not host:
-        return 'must be host:port, e.g. "127.0.0.1:9879" ("" disables metrics)'
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        return "port must be a number from 1 to 65535"
-    if host.startswith("["):
-        if not host.endswith("]"):
-            return "IPv6 address must be in brackets, e.g. [::1]:9879"
-        import ipaddress  # only for this check; `trustctl` starts quicker without it
-
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            return f"{host} is not an IPv6 address"
-        return None
-    if ":" in host:
-        return "IPv6 address must be in brackets, e.g. [::1]:9879"
-    if not _HOST_NAME.fullmatch(host):
-        return f"{_show(host)} is not a host name or IPv4 address"
-    return None
-
-
-def _parse_notary_servers(tables: list[_Table]) -> tuple[NotaryServer, ...]:
-    servers: list[NotaryServer] = []
-    first_index: dict[str, int] = {}
-    for index, table in enumerate(tables):
-        server = _parse_notary(table, index)
-        if server.registry in first_index:
-            raise table.error(
-                "registry",
-                f"{_show(server.registry)} is already configured in "
-                f"notary[{first_index[server.registry]}]",
-            )
-        first_index[server.registry] = index
-        servers.append(server)
-    return tuple(servers)
-
-
-def _parse_notary(table: _Table, index: int) -> NotaryServer:
-    if "password" in table.data:
-        raise table.error(
-            "password",
-            "passwords are never read from the config file; put it in a file readable only by "
-            "trustd and set password_file",
-        )
-    table.allow(
-        "registry",
-        "url",
-        "ca",
-        "client_cert",
-        "client_key",
-        "username",
-        "password_file",
-        "timeout",
-        "max_metadata_bytes",
-        "root_max_bytes",
-        "timestamp_max_bytes",
-        "retries",
-    )
-    registry = table.required_string("registry")
-    try:
-        parse_registry(registry)
-    except InvalidReference as error:
-        raise table.error("registry", f"{error} (write host[:port] as in image names)") from None
-    url = table.required_string("url")
-    problem = _url_problem(url)
-    if problem is not None:
-        raise table.error("url", f"{problem} (got {_show(url)})")
-
-    client_cert = table.existing_file("client_cert")
-    client_key = table.existing_file("client_key")
-    if (client_cert is None) != (client_key is None):
-        missing = "client_key" if client_key is None else "client_cert"
-        present = "client_cert" if client_key is None else "client_key"
-        raise table.error(missing, f"is required when {present} is set")
-    username = table.optional_string("username")
-    if username is not None and not username:
-        raise table.error("username", "must not be empty")
-    password_file = table.existing_file("password_file")
-    if password_file is not None and username is None:
-        raise table.error("username", "is required when password_file is set")
-    if username is not None and password_file is None:
-        raise table.error("password_file", "is required when username is set")
-
-    default = NotaryServer(registry="", url="")
-    return NotaryServer(
-        registry=registry,
-        url=url.rstrip("/"),
-        ca=table.existing_file("ca"),
-        client_cert=client_cert,
-        client_key=client_key,
-        username=username,
-        password_file=password_file,
-        timeout=table.seconds("timeout", default.timeout),
-        max_metadata_bytes=table.byte_count("max_metadata_bytes", default.max_metadata_bytes),
-        root_max_bytes=table.byte_count("root_max_bytes", default.root_max_bytes),
-        timestamp_max_bytes=table.byte_count("timestamp_max_bytes", default.timestamp_max_bytes),
-        retries=_parse_retries(table, default.retries),
-        source=f"notary[{index}]",
-    )
-
-
-_MAX_RETRIES = 10
-
-
-def _parse_retries(table: _Table, default: int) -> int:
-    retries = table.integer("retries", default)
-    if not 0 <= retries <= _MAX_RETRIES:
-        raise table.error("retries", f"must be from 0 to {_MAX_RETRIES} (got {retries})")
-    return retries
-
-
-def _url_problem(url: str) -> str | None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as error:
-        return f"is not a valid URL: {error}"
-    if parts.scheme != "https":
-        return "must be an https:// URL (trust data is never fetched over plain HTTP)"
-    if not parts.hostname:
-        return "has no host"
-    if parts.username is not None or parts.password is not None:
-        return "must not contain credentials; use username and password_file"
-    if parts.query or parts.fragment:
-        return "must not have a query or fragment"
-    if port == 0:
-        return "port must be a number from 1 to 65535"
-    return None
-
-
-_KEY_ID = re.compile(r"[a-f0-9]{64}")
-
-
-def _parse_trust_pinning(table: _Table) -> TrustPinningConfig:
-    table.allow("disable_tofu", "certs", "ca")
-    certs_table = table.table("certs")
-    certs: list[tuple[GunPattern, tuple[str, ...]]] = []
-    for gun in certs_table.data:
-        try:
-            pattern = GunPattern(gun)
-        except InvalidPattern as error:
-            raise certs_table.error(gun, str(error)) from None
-        key_ids = certs_table.string_list(gun, None)
-        if not key_ids:
-            raise certs_table.error(gun, "must list at least one root key ID")
-        for position, key_id in enumerate(key_ids):
-            if not _KEY_ID.fullmatch(key_id):
-                raise certs_table.error(
-                    gun,
-                    "must be a root key ID: 64 lowercase hexadecimal characters "
-                    f"(got {_show(key_id)})",
-                    position,
-                )
-        certs.append((pattern, tuple(key_ids)))
-
-    ca_table = table.table("ca")
-    ca: list[tuple[str, Path]] = []
-    for prefix in ca_table.data:
-        try:
-            check_gun_prefix(prefix)
-        except InvalidPattern as error:
-            raise ca_table.error(prefix, str(error)) from None
-        ca_file = ca_table.existing_file(prefix)
-        assert ca_file is not None  # the key is present
-        ca.append((prefix, ca_file))
-
-    return TrustPinningConfig(
-        disable_tofu=table.boolean("disable_tofu", False),
-        certs=tuple(certs),
-        ca=tuple(ca),
-    )
-
-
-def _parse_exempt(document: _Table) -> tuple[ExemptPattern, ...]:
-    entries = document.string_list("exempt", [])
-    exemptions: list[ExemptPattern] = []
-    for position, text in enumerate(entries):
-        repository_text, tag_text = text, None
-        colon = text.rfind(":")
-        if colon > text.rfind("/"):  # a ":" after the last "/" starts the tag pattern
-            repository_text, tag_text = text[:colon], text[colon + 1 :]
-        try:
-            exemption = ExemptPattern(
-                text=text,
-                repository=RepositoryPattern(repository_text),
-                tag=TagPattern(tag_text) if tag_text is not None else None,
-            )
-        except InvalidPattern as error:
-            raise document.error("exempt", str(error), position) from None
-        exemptions.append(exemption)
-    return tuple(exemptions)
-
-
-_ROLE = re.compile(r"targets(?:/[A-Za-z0-9_.-]+)*")
-
-
-def _parse_rule(table: _Table, index: int) -> PolicyRule:
-    table.allow(
-        "match",
-        "mode",
-        "roles",
-        "signers",
-        "require_signed_digests",
-        "offline",
-        "max_offline_age",
-    )
-    match = table.required_string("match")
-    try:
-        RepositoryPattern(match)
-    except InvalidPattern as error:
-        raise table.error("match", str(error)) from None
-    mode_text = table.string("mode", Mode.ENFORCE.value)
-    try:
-        mode = Mode(mode_text)
-    except ValueError:
-        choices = ", ".join(json.dumps(mode.value) for mode in Mode)
-        raise table.error("mode", f"must be one of {choices} (got {_show(mode_text)})") from None
-
-    roles = table.string_list("roles", list(DEFAULT_ROLES))
-    if not roles:
-        raise table.error("roles", "must name at least one role")
-    _check_roles(table, "roles", roles, allow_top_level=True)
-    signers = table.string_list("signers", [])
-    _check_roles(table, "signers", signers, allow_top_level=False)
-    offline_text = table.string("offline", OfflinePolicy.CACHED.value)
-    try:
-        offline = OfflinePolicy(offline_text)
-    except ValueError:
-        choices = ", ".join(json.dumps(policy.value) for policy in OfflinePolicy)
-        raise table.error(
-            "offline", f"must be one of {choices} (got {_show(offline_text)})"
-        ) from None
-    max_offline_age = None
-    if "max_offline_age" in table.data:
-        max_offline_age = table.seconds("max_offline_age", 0.0)
-    return PolicyRule(
-        match=match,
-        mode=mode,
-        roles=tuple(roles),
-        signers=tuple(signers),
-        require_signed_digests=table.boolean("require_signed_digests", True),
-        offline=offline,
-        max_offline_age=max_offline_age,
-        index=index,
-    )
-
-
-def _check_roles(table: _Table, key: str, roles: list[str], allow_top_level: bool) -> None:
-    seen: set[str] = set()
-    for position, role in enumerate(roles):
-        valid = _ROLE.fullmatch(role) is not None and not any(
-            part in (".", "..") for part in role.split("/")
-        )
-        if not valid or (role == "targets" and not allow_top_level):
-            expected = '"targets" or "targets/<name>"' if allow_top_level else '"targets/<name>"'
-            raise table.error(key, f"must be {expected} (got {_show(role)})", position)
-        if role in seen:
-            raise table.error(key, f"{_show(role)} is listed twice", position)
-        seen.add(role)
-
-
-# --- reading TOML tables with located errors ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Context:
-    source: str
-    base_dir: Path
-
-    @property
-    def source_path(self) -> Path:
-        return Path(self.source)
-
-    def resolve(self, text: str) -> Path:
-        path = Path(text)
-        return path if path.is_absolute() else Path(os.path.normpath(self.base_dir / path))
-
-
-class _Table:
-    """One TOML table and its key path; every accessor checks the type and names the key."""
-
-    def __init__(self, data: Mapping[str, Any], key_path: str, context: _Context) -> None:
-        self.data = data
-        self.key_path = key_path
-        self.context = context
-
-    def error(self, key: str, problem: str, index: int | None = None) -> ConfigError:
-        """An error at ``key`` (or its element ``index``) of this table."""
-        return ConfigError(f"{self.context.source}: {self._key_path(key, index)}: {problem}")
-
-    def _key_path(self, key: str, index: int | None = None) -> str:
-        path = f"{self.key_path}.{_key(key)}" if self.key_path else _key(key)
-        return path if index is None else f"{path}[{index}]"
-
-    def allow(self, *keys: str) -> None:
-        for key in self.data:
-            if key not in keys:
-                import difflib  # only for this message; `trustctl` starts quicker without it
-
-                close = difflib.get_close_matches(key, keys, n=1)
-                hint = f'; did you mean "{close[0]}"?' if close else ""
-                raise self.error(key, f"unknown key (known: {', '.join(keys)}){hint}")
-
-    def _typed(self, key: str, expected: type | tuple[type, ...], description: str) -> Any:
-        value = self.data[key]
-        if isinstance(value, bool) and bool not in _as_tuple(expected):
-            raise self.error(key, f"must be {description} (got {_show(value)})")
-        if not isinstance(value, expected):
-            raise self.error(key, f"must be {description} (got {_show(value)})")
-        return value
-
-    def string(self, key: str, default: str) -> str:
-        return self._typed(key, str, "a string") if key in self.data else default
-
-    def optional_string(self, key: str) -> str | None:
-        return self._typed(key, str, "a string") if key in self.data else None
-
-    def required_string(self, key: str) -> str:
-        if key not in self.data:
-            raise self.error(key, "is required")
-        value: str = self._typed(key, str, "a string")
-        if not value:
-            raise self.error(key, "must not be empty")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        return self._typed(key, bool, "true or false") if key in self.data else default
-
-    def integer(self, key: str, default: int) -> int:
-        return self._typed(key, int, "an integer") if key in self.data else default
-
-    def seconds(self, key: str, default: float, allow_zero: bool = False) -> float:
-        if key not in self.data:
-            return default
-        value = float(self._typed(key, (int, float), "a number of seconds"))
-        if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
-            bound = "zero or more" if allow_zero else "more than zero"
-            raise self.error(key, f"must be {bound} seconds (got {_show(self.data[key])})")
-        return value
-
-    def byte_count(self, key: str, default: int) -> int:
-        if key not in self.data:
-            return default
-        value: int = self._typed(key, int, "a number of bytes")
-        if value <= 0:
-            raise self.error(key, f"must be more than zero bytes (got {value})")
-        return value
-
-    def path(self, key: str, default: Path) -> Path:
-        if key not in self.data:
-            return default
-        text: str = self._typed(key, str, "a path")
-        if not text:
-            raise self.error(key, "must not be empty")
-        return self.context.resolve(text)
-
-    def existing_file(self, key: str) -> Path | None:
-        if key not in self.data:
-            return None
-        text: str = self._typed(key, str, "a path")
-        if not text:
-            raise self.error(key, "must not be empty (leave the key out instead)")
-        path = self.context.resolve(text)
-        if not path.is_file():
-            relative = "" if Path(text).is_absolute() else f" (relative to {self.context.base_dir})"
-            raise self.error(key, f"file {path} does not exist{relative}")
-        return path
-
-    def string_list(self, key: str, default: list[str] | None) -> list[str]:
-        if key not in self.data:
-            if default is None:
-                raise self.error(key, "is required")
-            return default
-        values: list[Any] = self._typed(key, list, "an array of strings")
-        for position, value in enumerate(values):
-            if not isinstance(value, str):
-                raise self.error(key, f"must be a string (got {_show(value)})", position)
-        return values
-
-    def table(self, key: str) -> _Table:
-        value = self.data.get(key, {})
-        if not isinstance(value, dict):
-            raise self.error(key, f"must be a table (got {_show(value)})")
-        return _Table(value, self._key_path(key), self.context)
-
-    def tables(self, key: str) -> list[_Table]:
-        """An array of tables (``[[key]]``), each with its index in the key path."""
-        values = self.data.get(key, [])
-        if not isinstance(values, list):
-            raise self.error(key, f"must be an array of tables, written [[{key}]]")
-        tables = []
-        for position, value in enumerate(values):
-            if not isinstance(value, dict):
-                raise self.error(key, f"must be a table (got {_show(value)})", position)
-            tables.append(_Table(value, self._key_path(key, position), self.context))
-        return tables
-
-
-def _as_tuple(expected: type | tuple[type, ...]) -> tuple[type, ...]:
-    return expected if isinstance(expected, tuple) else (expected,)
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _key(key: str) -> str:
-    """A key as written in a TOML key path: bare when it can be, quoted otherwise."""
-    return key if _BARE_KEY.fullmatch(key) else json.dumps(key)
-
-
-def _show(value: object) -> str:
-    """A value as TOML would write it, for "(got ...)"; tables and arrays by kind only."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value[:200] + ("..." if len(value) > 200 else ""))
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return f"a {type(value).__name__}"  # dates and times

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 
+from trustd.config.paths import DEFAULT_VERIFIER_SOCKET
 from trustd.localapi.wire import MAX_ANSWER_BYTES, AnswerTimeout, ProtocolError, read_frame
 
 # typing costs the fast path an import of re; type checkers treat this name as always true.
@@ -22,10 +23,6 @@ if TYPE_CHECKING:
     from typing import TypeVar
 
     Answer = TypeVar("Answer")
-
-# trustd.config.model's defaults, repeated so that the fast path never imports it (a test compares).
-DEFAULT_CONFIG = "/etc/trustd/trustd.toml"  # trustd.config.model.DEFAULT_CONFIG_PATH
-DEFAULT_VERIFIER_SOCKET = "/run/trustd/verify.sock"  # trustd.config.model.DEFAULT_VERIFIER_SOCKET
 
 
 # --- where the daemon listens --------------------------------------------------------------------

@@ -207,7 +207,7 @@ def judge_locally(
     """The judgement of ``name`` resolved to ``digest`` in this process, as the daemon would
     give it: same policy, same state directory, same audit log (never standard output, which
     carries the judgement to containerd)."""
-    from trustd.config.model import load_config
+    from trustd.config.load import load_config
     from trustd.formats.notary.engine import TrustEngine
     from trustd.policy.engine import PolicyEngine
     from trustd.service.audit import AuditLog

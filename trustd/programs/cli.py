@@ -10,14 +10,16 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trustd.config.model import Config, PolicyRule, load_config
+from trustd.config.load import load_config
+from trustd.config.model import Config, PolicyRule
+from trustd.config.paths import CONFIG_VARIABLE, DEFAULT_CONFIG, config_file
 from trustd.errors import ConfigError, InvalidReference, TrustError
+from trustd.formats.notary.key_ids import ROOT_KEY_ID_FORM, is_key_id
 from trustd.names.reference import parse_reference
 from trustd.policy.queries import EXIT_OK, EXIT_UNTRUSTED, EXIT_USAGE, status_for
 
@@ -31,16 +33,16 @@ if TYPE_CHECKING:
     from trustd.formats.notary.view import VerifiedRepository
     from trustd.net.credentials import Credentials
 
-DEFAULT_CONFIG = Path("/etc/trustd/trustd.toml")
-
 
 def _config_path(argument: str | None) -> Path:
-    return Path(argument or os.environ.get("TRUSTD_CONFIG") or DEFAULT_CONFIG)
+    return Path(config_file(argument))
 
 
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-c", "--config", help=f"config file (default: $TRUSTD_CONFIG or {DEFAULT_CONFIG})"
+        "-c",
+        "--config",
+        help=f"config file (default: ${CONFIG_VARIABLE} or {DEFAULT_CONFIG})",
     )
 
 
@@ -318,8 +320,8 @@ def _forget_root(args: argparse.Namespace) -> int:
     pattern = args.target if any(char in args.target for char in "*?") else None
     if args.pin is not None and pattern is not None:
         return _fail("--pin takes one repository, not a pattern", EXIT_USAGE)
-    if args.pin is not None and not all(_KEY_ID.fullmatch(key) for key in args.pin):
-        return _fail("--pin must be a root key ID: 64 lowercase hexadecimal characters", EXIT_USAGE)
+    if args.pin is not None and not all(is_key_id(key) for key in args.pin):
+        return _fail(f"--pin must be {ROOT_KEY_ID_FORM}", EXIT_USAGE)
     try:
         guns, registry = _forget_targets(args.target, pattern, engine)
     except ValueError as error:
@@ -357,9 +359,6 @@ def _forget_root(args: argparse.Namespace) -> int:
         if audit is not None:
             audit.close()
     return EXIT_OK
-
-
-_KEY_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def _forget_targets(target: str, pattern: str | None, engine: TrustEngine) -> tuple[list[str], str]:
@@ -706,7 +705,7 @@ def _days(text: str) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from trustd.config.model import config_warnings
+    from trustd.config.load import config_warnings
 
     path = _config_path(args.file or args.config)
     try:

@@ -27,8 +27,8 @@ import os
 import sys
 import time
 
+from trustd.config.paths import config_file
 from trustd.localapi.client import (
-    DEFAULT_CONFIG,
     DaemonAbsent,
     DaemonFailed,
     ask_daemon,
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             # all the policy needs, so judge from them.
             shown = media_type or "(none)"
             _note(f"stdin media type {shown!r} not understood; judging from -name and -digest")
-        config = options.get("config") or os.environ.get("TRUSTD_CONFIG") or DEFAULT_CONFIG
+        config = config_file(options.get("config"))
         allowed, message, judged_by = _judge(config, name, digest, deadline, timeout)
     except NotJudged as error:
         _report(f"trustd: image verifier: {error}")

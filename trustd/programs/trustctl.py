@@ -31,8 +31,8 @@ import os
 import sys
 import time
 
+from trustd.config.paths import config_file
 from trustd.localapi.client import (
-    DEFAULT_CONFIG,
     DaemonAbsent,
     DaemonFailed,
     ask_daemon,
@@ -99,7 +99,7 @@ def fast_verify_arguments(arguments: list[str]) -> tuple[str, str | None, bool] 
 def _ask_daemon(image: str, config: str | None, as_json: bool) -> tuple[int, str, str] | None:
     """The daemon's (exit status, stdout, stderr) for ``verify image``; None to judge here."""
     # The config file as trustd.programs.cli finds it; only its server.verifier_socket is read here.
-    config_path = config or os.environ.get("TRUSTD_CONFIG") or DEFAULT_CONFIG
+    config_path = config_file(config)
     socket_path = verifier_socket(config_path)
     if socket_path is None:
         _debug(f"{config_path} serves no verifier socket; judging in this process")

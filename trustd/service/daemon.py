@@ -23,7 +23,8 @@ from pathlib import Path
 
 from cri_shim.containerd import ContainerdClient
 from cri_shim.server import RunningServer, serve
-from trustd.config.model import Config, config_warnings, load_config
+from trustd.config.load import config_warnings, load_config
+from trustd.config.model import Config
 from trustd.errors import ConfigError
 from trustd.formats.notary.engine import TrustEngine
 from trustd.localapi.server import VerifierSocketServer

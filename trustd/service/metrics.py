@@ -8,7 +8,6 @@ observer; the trust engine and the daemon report cache lookups and reloads throu
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from trustd.errors import TrustError
 from trustd.formats.notary.lifetime import Expiry, ExpiryKind
+from trustd.net.listen import InvalidListenAddress, parse_listen_address
 
 if TYPE_CHECKING:
     from trustd.policy.engine import Decision
@@ -222,15 +222,10 @@ class MetricsServer:
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """``"127.0.0.1:9879"``, ``"[::1]:9879"``, ``":9879"`` -> (host, port); port 0 picks one."""
-    host, colon, port_text = listen.rpartition(":")
-    if not colon or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"metrics listen address {listen!r} is not host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        ipaddress.IPv6Address(host)  # raises ValueError for anything else in brackets
-    elif ":" in host:
-        raise ValueError(f"metrics listen address {listen!r}: put an IPv6 address in brackets")
-    return host or DEFAULT_HOST, int(port_text)
+    try:
+        return parse_listen_address(listen, default_host=DEFAULT_HOST, any_port=True)
+    except InvalidListenAddress as error:
+        raise ValueError(f"metrics listen address {listen!r}: {error}") from None
 
 
 def _installed_version() -> str:
