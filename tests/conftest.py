@@ -21,7 +21,9 @@ from tests.stack import (
 )
 
 _TESTS_DIR = Path(__file__).parent
-_E2E_DIRS = (_TESTS_DIR / "e2e", _TESTS_DIR / "attacks")
+# Tests that run real programs: the stack (e2e, attacks), or pip and systemd-analyze (node).
+# ``-m "not e2e"`` leaves the fast, pure tests of tests/unit.
+_E2E_DIRS = (_TESTS_DIR / "e2e", _TESTS_DIR / "attacks", _TESTS_DIR / "node")
 _stack_workdir: Path | None = None
 T = TypeVar("T")
 
