@@ -145,7 +145,8 @@ def verify_cosign(
     skipped = len(signatures) - MAX_CANDIDATES
     rejected = [str(exc) for exc in failures]
     if skipped > 0:
-        rejected.append(f"{skipped} further signature(s) not examined (limit {MAX_CANDIDATES})")
+        # First, so that a shortened denial message still says it.
+        rejected.insert(0, f"{skipped} signature(s) not examined (limit {MAX_CANDIDATES})")
 
     signed_ids = {key_id for sig in accepted for key_id in sig.key_ids}
     key_ids = tuple(key.key_id for key in distinct if key.key_id in signed_ids)
