@@ -100,6 +100,26 @@ _BASE: Final[_Point] = (
 )
 
 
+def _base_powers() -> tuple[_Point, ...]:
+    powers = [_BASE]
+    for _ in range(252):
+        powers.append(_add(powers[-1], powers[-1]))
+    return tuple(powers)
+
+
+# 2^i * B, so that [S]B needs additions only (S < L < 2^253).
+_BASE_POWERS: Final = _base_powers()
+
+
+def _multiply_base(scalar: int) -> _Point:
+    result: _Point = (0, 1, 1, 0)
+    for power in _BASE_POWERS:
+        if scalar & 1:
+            result = _add(result, power)
+        scalar >>= 1
+    return result
+
+
 def verify_prehashed(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """Whether ``signature`` is an Ed25519ph signature (empty context) of ``message``."""
     return _verify(public_key, signature, _DOM2_PH, hashlib.sha512(message).digest())
@@ -121,5 +141,5 @@ def _verify(public_key: bytes, signature: bytes, dom: bytes, message: bytes) -> 
     if s >= _L:
         return False
     k = int.from_bytes(hashlib.sha512(dom + r_bytes + public_key + message).digest(), "little")
-    check = _add(_multiply(s, _BASE), _negate(_multiply(k % _L, a)))
+    check = _add(_multiply_base(s), _negate(_multiply(k % _L, a)))
     return _encode(check) == r_bytes

@@ -110,7 +110,10 @@ def verify_cosign(
     """
     if not is_digest(manifest_digest):
         raise ValueError(f"{manifest_digest!r} is not a manifest digest")
-    distinct = list({key.key_id: key for key in reversed(keys)}.values())[::-1]
+    by_id: dict[str, CosignPublicKey] = {}
+    for key in keys:
+        by_id.setdefault(key.key_id, key)
+    distinct = list(by_id.values())
     if not distinct:
         raise KeylessNotSupported(
             f"no cosign public keys are configured to verify {manifest_digest}; {KEYLESS_MESSAGE}"
