@@ -76,10 +76,16 @@ def test_bundle_referrers_are_filtered_by_artifact_type() -> None:
                 artifactType="application/vnd.cncf.notary.signature",
             ),
             _descriptor("application/vnd.oci.image.manifest.v1+json", "c"),
+            # How go-containerregistry lists cosign's bundles in the tag-schema index.
+            _descriptor(
+                "application/vnd.oci.image.manifest.v1+json",
+                "d",
+                artifactType="application/vnd.oci.empty.v1+json",
+            ),
         ],
     }
     found = bundle_referrers(json.dumps(index).encode(), "referrers of sha256:ab")
-    assert [entry.digest[-1] for entry in found] == ["a"]
+    assert [entry.digest[-1] for entry in found] == ["a", "d"]
     empty = bundle_referrers(b'{"schemaVersion": 2, "manifests": []}', "x")
     assert empty == ()
 
@@ -99,13 +105,21 @@ def _bundle_manifest(**changes: Any) -> bytes:
 
 
 def test_bundle_manifest_layer() -> None:
-    assert bundle_manifest_layer(_bundle_manifest(), "r").media_type == BUNDLE
+    layer = bundle_manifest_layer(_bundle_manifest(), "r")
+    assert layer is not None and layer.media_type == BUNDLE
+
+
+def test_other_referrers_are_not_bundles() -> None:
+    notation = _bundle_manifest(artifactType="application/vnd.cncf.notary.signature")
+    assert bundle_manifest_layer(notation, "r") is None
+    untyped = json.loads(_bundle_manifest())
+    del untyped["artifactType"]
+    assert bundle_manifest_layer(json.dumps(untyped).encode(), "r") is None
 
 
 @pytest.mark.parametrize(
     ("changes", "fragment"),
     [
-        ({"artifactType": "application/vnd.in-toto+json"}, "artifactType"),
         ({"layers": []}, "has 0 layers"),
         ({"layers": [_descriptor(BUNDLE, "1"), _descriptor(BUNDLE, "2")]}, "has 2 layers"),
         ({"layers": [_descriptor(SIMPLE, "1")]}, "not a Sigstore bundle"),

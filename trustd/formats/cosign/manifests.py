@@ -11,7 +11,10 @@ What a discovery step looks for, for an image manifest digest ``sha256:<hex>`` i
   ``application/vnd.dev.sigstore.bundle.v0.3+json``, found with ``GET /v2/R/referrers/<digest>``
   or, where the registry has no referrers API, in the image index tagged ``sha256-<hex>`` (the
   OCI referrers tag schema). Each such manifest has exactly one layer, the bundle JSON
-  (``bundle.BundleSignature``).
+  (``bundle.BundleSignature``). cosign writes that tag-schema index through go-containerregistry,
+  which lists the bundle manifests under their config's media type,
+  ``application/vnd.oci.empty.v1+json``, not under their ``artifactType`` (seen with cosign
+  2.6.5 against docker-registry 2.8): such entries must be fetched and looked at too.
 
 Indexes, tags and manifests are unauthenticated hints: they only say where to look. Whatever
 they list is verified by signature, and a listing that lies can only hide signatures, which
@@ -31,6 +34,10 @@ from trustd.net.descriptor import Descriptor, DescriptorError
 # Neither cosign nor a registry makes documents with more entries than this for one image.
 MAX_LAYERS: Final = 1000
 MAX_REFERRERS: Final = 1000
+
+# Index entries that may be bundle referrers (see the module docstring).
+EMPTY_CONFIG_TYPE: Final = "application/vnd.oci.empty.v1+json"
+_BUNDLE_INDEX_TYPES: Final = frozenset({REFERRER_ARTIFACT_TYPE, EMPTY_CONFIG_TYPE})
 
 _IMAGE_MANIFEST_TYPES: Final = frozenset(
     {
@@ -80,24 +87,25 @@ def signature_manifest_layers(data: bytes, where: str) -> tuple[Descriptor, ...]
 
 
 def bundle_referrers(data: bytes, where: str) -> tuple[Descriptor, ...]:
-    """The Sigstore bundle manifests listed in a referrers index (the API's answer or the
-    ``sha256-<hex>`` tag-schema index); other referrers are left out."""
+    """The entries of a referrers index (the API's answer or the ``sha256-<hex>`` tag-schema
+    index) that may be Sigstore bundle manifests: those listed as bundles, and those listed under
+    the empty config's media type. Fetch each and read it with ``bundle_manifest_layer``."""
     err = MalformedCosignSignature
     document = _json.expect_object(_json.loads(data, where, err), where, err)
     if document.get("schemaVersion") != 2:
         raise err(f"{where}: schemaVersion is not 2")
     manifests = _descriptors(document.get("manifests", []), f"{where}: manifests", MAX_REFERRERS)
-    return tuple(entry for entry in manifests if entry.artifact_type == REFERRER_ARTIFACT_TYPE)
+    return tuple(entry for entry in manifests if entry.artifact_type in _BUNDLE_INDEX_TYPES)
 
 
-def bundle_manifest_layer(data: bytes, where: str) -> Descriptor:
-    """The one bundle layer of a cosign 3 bundle referrer manifest; fetch its blob by digest to
-    make a ``BundleSignature``."""
+def bundle_manifest_layer(data: bytes, where: str) -> Descriptor | None:
+    """The one bundle layer of a bundle referrer manifest (fetch its blob by digest to make a
+    ``BundleSignature``); None for a manifest whose ``artifactType`` is not a bundle's (another
+    kind of referrer, not a signature)."""
     err = MalformedCosignSignature
     document = _manifest(data, where)
-    artifact_type = document.get("artifactType")
-    if artifact_type != REFERRER_ARTIFACT_TYPE:
-        raise err(f"{where}: artifactType {artifact_type!r} is not {REFERRER_ARTIFACT_TYPE!r}")
+    if document.get("artifactType") != REFERRER_ARTIFACT_TYPE:
+        return None
     layers = _descriptors(document.get("layers", []), f"{where}: layers", MAX_LAYERS)
     if len(layers) != 1:
         raise err(f"{where} has {len(layers)} layers; a bundle referrer has exactly one")
