@@ -35,7 +35,7 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519Pri
 class Signer:
     private: PrivateKey
     name: str
-    hash_name: str = "sha256"  # ECDSA hash; "ed25519ph" pre-hashes Ed25519 (not offered here)
+    hash_name: str = "sha256"  # the ECDSA hash: "sha256", "sha384" or "sha512"
 
     @property
     def pem(self) -> bytes:
