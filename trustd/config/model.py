@@ -413,6 +413,29 @@ def _format_name(value: object, where: Where, names: str) -> FormatName:
     raise where.error(f"unknown signature format {show(value)} (known: {names})")
 
 
+class CosignRule(Table):
+    """A rule's ``[policy.cosign]``: the public keys its cosign signatures must verify with."""
+
+    keys: tuple[Path, ...] = setting(
+        string_list(
+            existing_file(), at_least_one="must name at least one public key file", unique=True
+        )
+    )
+    # How many distinct keys of ``keys`` must have signed the digest.
+    threshold: int = setting(integer(check=within(1, 64)), default=1)
+    # Rekor's public keys: when set, a classic signature counts only with a Rekor signed entry
+    # timestamp (the ``dev.sigstore.cosign/bundle`` annotation) one of them verifies, offline.
+    rekor_public_keys: tuple[Path, ...] = setting(
+        string_list(existing_file(), unique=True), default=()
+    )
+
+    def check_keys(self, where: Where) -> None:
+        if self.threshold > len(self.keys):
+            raise where.key("threshold").error(
+                f"is {self.threshold}, more than the {len(self.keys)} key(s) in keys"
+            )
+
+
 class PolicyRule(Table):
     """One ``[[policy]]`` entry, or the built-in default (``index`` None)."""
 
@@ -435,12 +458,20 @@ class PolicyRule(Table):
     max_offline_age: float | None = setting(seconds(), default=None)
     # Which signature formats must verify: one format, or any_of / all_of several.
     signatures: SignatureRequirement = setting(_signature_requirement, default=NOTARY_V1_ONLY)
+    # The keys cosign signatures must verify with, where ``signatures`` names cosign.
+    cosign: CosignRule | None = setting(table(CosignRule), default=None)
     # Position in the [[policy]] array; None for the default rule.
     index: int | None = derived(lambda where: where.index, default=None)
     pattern: RepositoryPattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pattern", RepositoryPattern(self.match))
+
+    def check_keys(self, where: Where) -> None:
+        if FormatName.COSIGN in self.signatures.formats and self.cosign is None:
+            raise where.key("signatures").error(
+                "names cosign, but the rule has no [policy.cosign] keys to verify with"
+            )
 
     def matches(self, repository: str) -> bool:
         return self.pattern.matches(repository)
@@ -451,6 +482,28 @@ class PolicyRule(Table):
 
 
 DEFAULT_RULE = PolicyRule(match="**")
+
+
+class RegistryConfig(Table):
+    """``[registry]``: how trustd reads signatures stored in registries (Notation, cosign)."""
+
+    # containerd's hosts.toml directories (its registry config_path): where each registry is
+    # reached and with which TLS settings, as containerd reaches it.
+    hosts_dirs: tuple[Path, ...] = setting(
+        string_list(path(), unique=True), default=(Path("/etc/containerd/certs.d"),)
+    )
+    # Seconds for a whole request (connection, headers and body), and never past the call's.
+    timeout: float = setting(seconds(at_most=300, because="a pull waits for it"), default=10.0)
+    max_manifest_bytes: int = setting(byte_count(), default=4 * 1024 * 1024)
+    max_signature_bytes: int = setting(byte_count(), default=4 * 1024 * 1024)
+
+
+class NotationConfig(Table):
+    """``[notation]``: the Notation trust policy and trust store, as the notation CLI keeps them."""
+
+    # A directory holding trustpolicy.oci.json (or trustpolicy.json) and truststore/x509/;
+    # None ("" in the file): Notation signatures cannot be verified on this node.
+    config_dir: Path | None = setting(path_or_none(), default=None)
 
 
 class Config(Table):
@@ -468,8 +521,22 @@ class Config(Table):
         string_list(parsed(ExemptPattern.parse)), default=()
     )
     policy: tuple[PolicyRule, ...] = setting(tables(PolicyRule), default=())
+    registry: RegistryConfig = setting(table(RegistryConfig), default=RegistryConfig())
+    notation: NotationConfig = setting(table(NotationConfig), default=NotationConfig())
     # The file it was read from.
     source: Path | None = derived(lambda where: Path(where.source), default=None)
+
+    def check_keys(self, where: Where) -> None:
+        if self.notation.config_dir is not None:
+            return
+        for index, rule in enumerate(self.policy):
+            if FormatName.NOTATION in rule.signatures.formats:
+                raise (
+                    where.key("policy")
+                    .item(index)
+                    .key("signatures")
+                    .error("names notation, but [notation] config_dir is not set")
+                )
 
     def notary_for(self, registry: str) -> NotaryServer:
         """The configured Notary server of ``registry``, or docker's default for it."""

@@ -1,0 +1,136 @@
+"""cosign behind the format interface: the image's cosign signatures, found in its registry
+(the classic ``sha256-<hex>.sig`` tag and Sigstore bundles among its referrers) and verified
+with the public keys the policy rule configures."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from trustd.errors import ConfigError, RegistryUnavailable, TrustError
+from trustd.formats.base import FormatName, SignatureQuery
+from trustd.formats.cosign.bundle import BundleSignature
+from trustd.formats.cosign.classic import ClassicSignature, signature_tag
+from trustd.formats.cosign.errors import NoCosignSignatures
+from trustd.formats.cosign.keys import CosignPublicKey
+from trustd.formats.cosign.loader import load_public_key_files
+from trustd.formats.cosign.manifests import (
+    EMPTY_CONFIG_TYPE,
+    REFERRER_ARTIFACT_TYPE,
+    bundle_manifest_layer,
+    signature_manifest_layers,
+)
+from trustd.formats.cosign.verify import verify_cosign
+from trustd.formats.registry_format import RegistrySignatureFormat, Verified
+from trustd.formats.verified_cache import VerifiedDigests
+from trustd.net.descriptor import Descriptor
+from trustd.registry.client import RegistryClient
+from trustd.registry.clients import RegistryClients
+
+# Signature candidates read per image (layers of the .sig manifest plus bundles).
+MAX_CANDIDATES = 32
+_BUNDLE_LISTED_AS = frozenset({REFERRER_ARTIFACT_TYPE, EMPTY_CONFIG_TYPE, ""})
+
+Candidate = ClassicSignature | BundleSignature
+
+
+class CosignFormat(RegistrySignatureFormat):
+    """Verifies cosign signatures against the keys of the rule that applies."""
+
+    def __init__(self, registries: RegistryClients, verified: VerifiedDigests) -> None:
+        super().__init__(registries, verified)
+        self._keys = _KeyFiles()
+
+    @property
+    def name(self) -> FormatName:
+        return FormatName.COSIGN
+
+    def verify_manifest(
+        self, client: RegistryClient, query: SignatureQuery, target: Descriptor, now: datetime
+    ) -> Verified:
+        settings = query.rule.cosign
+        if settings is None:
+            raise ConfigError(
+                f"{query.rule.source} requires cosign signatures but configures no cosign keys"
+            )
+        keys = self._keys.load(settings.keys)
+        rekor_keys = self._keys.load(settings.rekor_public_keys)
+        candidates, problems = discover(client, query.reference.path, target)
+        if not candidates:
+            why = f" ({'; '.join(problems[:3])})" if problems else ""
+            raise NoCosignSignatures(
+                f"no cosign signature of {query.reference.repository}@{target.digest} was "
+                f"found in {client.endpoint.describe()}{why}"
+            )
+        result = verify_cosign(
+            candidates, target.digest, keys, settings.threshold, now, rekor_public_keys=rekor_keys
+        )
+        by_id = {key.key_id: key for key in keys}
+        signers = ", ".join(by_id[key_id].describe() for key_id in result.key_ids)
+        return Verified(signer=f"key {signers}")
+
+
+def discover(
+    client: RegistryClient, path: str, target: Descriptor
+) -> tuple[list[Candidate], list[str]]:
+    """Both storage forms of ``target``'s cosign signatures, and why any listed one could not be
+    read. A registry that cannot be reached raises (an outage)."""
+    candidates: list[Candidate] = []
+    problems: list[str] = []
+    try:
+        found = client.tag_manifest(path, signature_tag(target.digest))
+        if found is not None:
+            descriptor, data = found
+            where = f"signature manifest {descriptor.digest} (tag {signature_tag(target.digest)})"
+            for layer in signature_manifest_layers(data, where)[:MAX_CANDIDATES]:
+                payload = client.blob(path, layer)
+                candidates.append(ClassicSignature(layer, payload, f"{where} layer {layer.digest}"))
+    except RegistryUnavailable:
+        raise
+    except TrustError as error:
+        problems.append(str(error))
+    for listed in client.referrers(path, target.digest):
+        if len(candidates) >= MAX_CANDIDATES:
+            problems.append(f"more than {MAX_CANDIDATES} signatures; the rest were not read")
+            break
+        if listed.artifact_type not in _BUNDLE_LISTED_AS:
+            continue
+        try:
+            manifest, data = client.manifest(path, listed)
+            where = f"bundle referrer {manifest.digest}"
+            layer = bundle_manifest_layer(data, where)
+            if layer is None:
+                continue
+            bundle = client.blob(path, layer)
+        except RegistryUnavailable:
+            raise
+        except TrustError as error:
+            problems.append(str(error))
+            continue
+        candidates.append(BundleSignature(bundle, layer.media_type, where))
+    return candidates, problems
+
+
+class _KeyFiles:
+    """Public key files read once and again when they change on disk."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[tuple[Path, ...], tuple[tuple[int, ...], tuple[CosignPublicKey, ...]]] = {}
+
+    def load(self, paths: tuple[Path, ...]) -> tuple[CosignPublicKey, ...]:
+        if not paths:
+            return ()
+        try:
+            stamp = tuple(p.stat().st_mtime_ns for p in paths)
+        except OSError as error:
+            raise ConfigError(f"cannot read a cosign key file: {error}") from None
+        with self._lock:
+            held = self._held.get(paths)
+        if held is not None and held[0] == stamp:
+            return held[1]
+        keys = load_public_key_files(list(paths))
+        with self._lock:
+            self._held[paths] = (stamp, keys)
+        return keys
