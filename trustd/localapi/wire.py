@@ -22,21 +22,21 @@ limit. A daemon that predates a kind of request answers it as a bad request, in 
 shape, which the newer client recognises as "not understood".
 
 This module is on the verifier's fast path, which runs once per pull on the node: it imports
-nothing beyond what the interpreter has loaded at start-up and C modules (``json`` alone costs
-more than the whole answer, because it compiles regular expressions at import).
+the standard library's ``json`` and nothing of the trust engine.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
-# typing costs the fast path an import of re; type checkers treat this name as always true.
+# typing would cost the fast path an import; type checkers treat this name as always true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
 
     class Receiver(Protocol):
-        """What ``read_frame`` needs of a socket (``socket.socket`` and ``_socket.socket``)."""
+        """What ``read_frame`` needs of a socket."""
 
         def settimeout(self, seconds: float | None, /) -> None: ...
 
@@ -85,74 +85,33 @@ class VerifyQuery:
         return f"VerifyQuery({self.image!r}, as_json={self.as_json}, timeout={self.timeout})"
 
 
-# --- JSON without importing json -----------------------------------------------------------------
+# --- JSON ----------------------------------------------------------------------------------------
 
 
-class _ScannerContext:
-    """The settings json.decoder.JSONDecoder would give the C scanner (strict, no hooks)."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-
-    @staticmethod
-    def parse_constant(name: str) -> float:
-        raise ValueError(f"{name} is not JSON")
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
 
 
 def loads_object(data: bytes) -> dict[str, object]:
     """One JSON object from ``data``; ProtocolError for anything else."""
     try:
-        text = data.decode("utf-8").strip(" \t\r\n")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ProtocolError(f"not UTF-8: {error.reason}") from None
     try:
-        from _json import make_scanner  # CPython's C scanner: all of JSON, no regex compiling
-    except ImportError:  # pragma: no cover - other interpreters
-        import json
-
-        try:
-            value = json.loads(text)
-        except (ValueError, SystemError):
-            # The C scanner builds its errors from json.decoder, and fails oddly (SystemError on
-            # CPython 3.11) when that is not imported: let json itself say what is wrong.
-            value, end = _loads_with_json(text), len(text)
-    else:
-        try:
-            value, end = make_scanner(_ScannerContext())(text, 0)
-        except StopIteration as error:  # the scanner's "no value at this index"
-            raise ProtocolError(f"not JSON (at character {error.value})") from None
-        except (ValueError, SystemError):
-            # The C scanner builds its errors from json.decoder, and fails oddly (SystemError on
-            # CPython 3.11) when that is not imported: let json itself say what is wrong.
-            value, end = _loads_with_json(text), len(text)
-        if end != len(text):
-            raise ProtocolError(f"not one JSON value: extra data at character {end}")
+        value = json.loads(text, parse_constant=_no_constant)
+    except ValueError as error:
+        raise ProtocolError(f"not JSON: {error}") from None
+    except RecursionError:
+        raise ProtocolError("not JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise ProtocolError(f"not a JSON object: {type(value).__name__}")
     return value
 
 
-def _loads_with_json(text: str) -> object:
-    import json
-
-    try:
-        return json.loads(text)
-    except ValueError as error:
-        raise ProtocolError(f"not JSON: {error}") from None
-
-
 def json_string(text: str) -> str:
-    """``text`` as a JSON string literal (ASCII, as json.dumps writes it)."""
-    try:
-        from _json import encode_basestring_ascii
-    except ImportError:  # pragma: no cover - other interpreters
-        import json
-
-        return json.dumps(text)
-    return str(encode_basestring_ascii(text))
+    """``text`` as a JSON string literal (ASCII only)."""
+    return json.dumps(text)
 
 
 # --- frames --------------------------------------------------------------------------------------
