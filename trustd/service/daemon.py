@@ -27,7 +27,7 @@ from trustd.config.model import Config, config_warnings, load_config
 from trustd.errors import ConfigError
 from trustd.formats.notary.engine import TrustEngine
 from trustd.localapi.server import VerifierSocketServer
-from trustd.localapi.wire import VerifyQuery
+from trustd.localapi.wire import TrustctlVerify
 from trustd.net.deadline import call_deadline
 from trustd.policy.engine import Decision, PolicyEngine, Verdict
 from trustd.policy.queries import VerifyAnswer, verify_answer
@@ -107,7 +107,7 @@ class Daemon:
         if verifier_socket is not None:
             # The same PolicyEngine (and so the same cache and single flight) as the shim.
             self._verifier_server = VerifierSocketServer(
-                verifier_socket, self.policy.judge_resolved, query=self.answer_query
+                verifier_socket, self.config_path, self.policy.judge_resolved, self.answer_query
             )
             try:
                 self._verifier_server.start()
@@ -128,7 +128,7 @@ class Daemon:
         self.notifier.ready()
         self.notifier.status(self.counts.summary())
 
-    def answer_query(self, query: VerifyQuery) -> VerifyAnswer:
+    def answer_query(self, query: TrustctlVerify) -> VerifyAnswer:
         """``trustctl verify`` as the daemon sees it: its loaded config and its trust engine
         (the shim's cache, single flight and freshness window)."""
         with call_deadline(query.timeout):
