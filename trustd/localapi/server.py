@@ -217,28 +217,12 @@ def judge_locally(
     config_path: Path, name: str, digest: str, timeout: float | None = None
 ) -> tuple[bool, str]:
     """The judgement of ``name`` resolved to ``digest`` in this process, as the daemon would
-    give it: same policy, same state directory, same audit log (never standard output, which
-    carries the judgement to containerd)."""
+    give it: an engine built as the daemon's (``trustd.service.engine``), same policy, same state
+    directory, same audit log (never standard output, which carries the judgement to
+    containerd). ConfigError, AuditLogUnavailable included, when it cannot be made."""
     from trustd.config.model import load_config
-    from trustd.formats.notary.engine import TrustEngine
-    from trustd.policy.engine import PolicyEngine
-    from trustd.service.audit import AuditLog
+    from trustd.service.engine import Audit, build_engine
 
-    config = load_config(config_path)  # ConfigError: the caller reports it
-    trust = TrustEngine(config, config.server.state_dir)
-    policy = PolicyEngine(config, trust)
-    audit: AuditLog | None = None
-    if config.audit.file is not None:
-        try:
-            audit = AuditLog(config.audit.file, stdout=False)
-        except OSError as error:
-            # Auditing is best effort, as in the daemon's AuditLog: the judgement still counts.
-            log.error("cannot open the audit log %s: %s", config.audit.file, error)
-        else:
-            policy.add_observer(audit)
-    try:
-        return judgement_of(policy.judge_resolved(name, digest, timeout))
-    finally:
-        trust.close()
-        if audit is not None:
-            audit.close()
+    config = load_config(config_path)
+    with build_engine(config, audit=Audit.DECISIONS_TO_FILE) as engine:
+        return judgement_of(engine.policy.judge_resolved(name, digest, timeout))

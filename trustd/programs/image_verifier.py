@@ -10,7 +10,8 @@ blocks it; standard output is the reason containerd reports (so its first line s
 standard error goes to containerd's debug log.
 
 Exit statuses: 0 allowed (also an audit-mode failure, which is recorded), 1 denied, 2 not judged
-(bad arguments or stdin, unusable config, no judgement before ``--timeout``). All but 0 block.
+(bad arguments or stdin, unusable config, an audit log it cannot open when it judges in its own
+process, no judgement before ``--timeout``). All but 0 block.
 
 Fast path: ask the running daemon on its verifier socket (``server.verifier_socket``), the one
 owner of the trust cache (``trustd.localapi.client.ask``; a default install does not even read its
