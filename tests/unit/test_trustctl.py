@@ -513,4 +513,6 @@ def test_the_daemon_path_imports_nothing_heavy(daemon, tmp_path: Path) -> None:
         assert not {m for m in modules if m.partition(".")[0] in HEAVY}
         assert not modules & {"argparse", "logging", "dataclasses"}
         assert ("tomllib" in modules) is not default_install
+        # Nor typing then, which tomllib imports: the fast path's modules do without it.
+        assert ("typing" in modules) is not default_install
     assert len(queries) == 2

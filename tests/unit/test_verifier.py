@@ -588,6 +588,8 @@ def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
         assert not modules & {"logging", "dataclasses", "argparse"}
         # A config of its own is read with tomllib; a default install's is not read at all.
         assert ("tomllib" in modules) is not default_install
+        # Nor typing then, which tomllib imports: the fast path's modules do without it.
+        assert ("typing" in modules) is not default_install
 
 
 def test_where_the_verifier_looks_for_the_daemon(tmp_path: Path) -> None:
