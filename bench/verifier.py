@@ -10,6 +10,12 @@ judgement, exit) is added to the pull. Measured here per judgement of a signed t
 - with no daemon: the verifier builds a trust engine on the same state directory and judges in
   its own process (for contrast);
 - the floor: the same interpreter started the same way (``-IS``) doing nothing.
+
+The file is installed as on a node: install.sh names ``/etc/trustd/trustd.toml``, whose daemon
+listens on ``/run/trustd/verify.sock``, and the verifier of such a default install asks there
+without reading its config (``trustd.localapi.client.ask``). The bench's node lives in its work
+dir, not at those paths (they are the machine's), so its file makes the bench's config and socket
+the client's defaults before the program starts: the code that runs is a node's.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 from bench.shim import REPO_ROOT
 from bench.stats import Summary, interleaved_calls, timed
 from tests.stack import PushedImage
+from trustd.config.load import load_config
 from trustd.programs.image_verifier import DESCRIPTOR_MEDIA_TYPE, entry_script
 
 TARGET_MS = 50.0
@@ -38,12 +45,23 @@ class VerifierTimes:
 
 
 def _install(directory: Path, config: Path, name: str) -> Path:
-    """The file install.sh puts into containerd's bin_dir, importing trustd from this tree."""
+    """The file install.sh puts into containerd's bin_dir, importing trustd from this tree, with
+    ``config`` and its verifier socket in place of the default paths (see above)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = sysconfig.get_paths()
     import_paths = [str(REPO_ROOT), *dict.fromkeys((paths["purelib"], paths["platlib"]))]
+    script = entry_script(sys.executable, str(config), import_paths)
+    socket = load_config(config).server.verifier_socket
+    defaults = (
+        "from trustd.localapi import client\n"
+        f"client.DEFAULT_CONFIG = {str(config)!r}\n"
+        f"client.DEFAULT_VERIFIER_SOCKET = {str(socket)!r}\n"
+    )
+    start = "from trustd.programs.image_verifier import main\n"
+    if socket is None or start not in script:
+        raise RuntimeError(f"cannot install the bench's verifier for {config}: {script!r}")
     executable = directory / name
-    executable.write_text(entry_script(sys.executable, str(config), import_paths))
+    executable.write_text(script.replace(start, defaults + start))
     executable.chmod(0o755)
     return executable
 

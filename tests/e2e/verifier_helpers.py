@@ -34,6 +34,9 @@ from trustd.programs.image_verifier import DESCRIPTOR_MEDIA_TYPE, entry_script
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 150.0
 UNREACHABLE_REGISTRY = "notary-down.test"  # a registry whose Notary server is down
+# What the programs' fast paths (the daemon answering) must never import: the trust engine's
+# dependencies.
+HEAVY = {"cryptography", "requests", "urllib3", "grpc", "google", "prometheus_client"}
 
 PushImage = Callable[..., PushedImage]
 

@@ -37,9 +37,24 @@ REFERENCE = parse_reference("registry.example.com/app:1.0")
 NOTARY, NOTATION, COSIGN = FormatName.NOTARY_V1, FormatName.NOTATION, FormatName.COSIGN
 
 
+# Every format configured, so a rule may name any of them.
+_FORMATS = '[notation]\nconfig_dir = "notation"\n'
+_COSIGN_KEYS = f'[policy.cosign]\nkeys = ["{__file__}"]\n'
+
+
 def rule_with(signatures: str) -> PolicyRule:
-    text = f'[[policy]]\nmatch = "registry.example.com/**"\nsignatures = {signatures}\n'
+    text = (
+        f'{_FORMATS}[[policy]]\nmatch = "registry.example.com/**"\n'
+        f"signatures = {signatures}\n{_COSIGN_KEYS}"
+    )
     return parse_config(text, "trustd.toml").policy[0]
+
+
+def test_a_rule_naming_a_format_needs_its_configuration() -> None:
+    with pytest.raises(ConfigError, match=r"policy\[0\]\.signatures: names notation, but "):
+        parse_config('[[policy]]\nmatch = "**"\nsignatures = "notation"\n', "trustd.toml")
+    with pytest.raises(ConfigError, match=r"policy\[0\]\.signatures: names cosign, but "):
+        parse_config('[[policy]]\nmatch = "**"\nsignatures = "cosign"\n', "trustd.toml")
 
 
 @pytest.mark.parametrize(

@@ -22,23 +22,23 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_policy import GOOD, engine
+from tests.unit.test_verifier import HEAVY, exchange, serving, write_config
 from trustd.localapi.client import DaemonAbsent, ask_daemon
 from trustd.localapi.server import VerifierSocketServer
 from trustd.localapi.wire import (
     MAX_REQUEST_BYTES,
     ProtocolError,
-    QueryError,
-    VerifyQuery,
-    answer_frame,
+    Refused,
+    TrustctlVerify,
+    error_frame,
     frame,
-    parse_answer,
-    parse_any_request,
-    parse_query_answer,
     parse_request,
-    query_answer_frame,
-    query_frame,
+    parse_trustctl_verify_answer,
+    parse_verify_pull_answer,
     read_frame,
-    request_frame,
+    trustctl_verify_answer_frame,
+    trustctl_verify_frame,
+    verify_pull_frame,
 )
 from trustd.policy.engine import PolicyEngine
 from trustd.policy.queries import VerifyAnswer, verify_answer
@@ -46,6 +46,7 @@ from trustd.programs import trustctl as ctl
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIGNED = "example.com/app:1"
+CONFIG = "/etc/trustd/trustd.toml"
 
 
 # --- wire format ---------------------------------------------------------------------------------
@@ -57,79 +58,71 @@ def _payload(data: bytes) -> bytes:
 
 def test_query_round_trip() -> None:
     image = 'example.com/app:1"\\\u00e9\t'
-    assert parse_any_request(_payload(query_frame(image, True, 59.5))) == VerifyQuery(
-        image, True, 59.5
+    assert parse_request(_payload(trustctl_verify_frame(CONFIG, image, True, 59.5))) == (
+        TrustctlVerify(CONFIG, image, True, 59.5)
     )
-    assert parse_any_request(_payload(query_frame(image, False))) == VerifyQuery(image, False)
-    # An image verifier's request reads as it always did.
-    assert parse_any_request(_payload(request_frame(SIGNED, GOOD, 7.5))) == (SIGNED, GOOD, 7.5)
+    assert parse_request(_payload(trustctl_verify_frame(CONFIG, image, False))) == (
+        TrustctlVerify(CONFIG, image, False)
+    )
 
 
 def test_query_answer_round_trip() -> None:
     stdout = f"{SIGNED}@{GOOD}\tsize 100\tsigned by targets\n"
     stderr = "trustctl: tag 2 is not signed in example.com/app \u00e9\n"
     for status in (0, 1, 2, 3, 255):
-        payload = _payload(query_answer_frame(status, stdout, stderr))
-        assert parse_query_answer(payload) == (status, stdout, stderr)
+        payload = _payload(trustctl_verify_answer_frame(status, stdout, stderr))
+        assert parse_trustctl_verify_answer(payload) == (status, stdout, stderr)
 
 
-def test_a_daemon_that_predates_queries_refuses_them_as_bad_requests() -> None:
-    # What an older daemon (parse_request only) makes of a query, and what trustctl makes of the
-    # answer it sends back: not a query answer, so trustctl judges in its own process.
-    with pytest.raises(ProtocolError, match='a request needs "name" and "digest"') as refused:
-        parse_request(_payload(query_frame(SIGNED, False)))
-    old_answer = answer_frame(False, f"trustd: bad request to the daemon: {refused.value}")
-    with pytest.raises(ProtocolError, match="not a query answer: trustd: bad request"):
-        parse_query_answer(_payload(old_answer))
+def test_an_answer_of_the_other_kind_is_not_a_query_answer() -> None:
+    with pytest.raises(
+        ProtocolError, match='an answer of kind "verify-pull" to a "trustctl-verify'
+    ):
+        parse_trustctl_verify_answer(_payload(error_frame("x").replace(b"error", b"verify-pull")))
+
+
+_QUERY = b'"version": 1, "kind": "trustctl-verify", "config": "/t.toml"'
 
 
 @pytest.mark.parametrize(
     ("payload", "problem"),
     [
-        (b'{"verify": 1, "json": false}', '"verify" must be the image as a string'),
-        (b'{"verify": null}', '"verify" must be the image as a string'),
-        (b'{"verify": "a:1", "json": "yes"}', '"json" must be true or false'),
-        (b'{"verify": "a:1", "json": 1}', '"json" must be true or false'),
-        (b'{"verify": "a:1", "timeout": 0}', '"timeout" must be a number'),
-        (b'{"verify": "a:1", "timeout": true}', '"timeout" must be a number'),
-        (b'{"verify": "a:1", "timeout": "5"}', '"timeout" must be a number'),
+        (b"{%s}" % _QUERY, 'a "trustctl-verify" request needs "image" as a string'),
+        (b'{%s, "image": 1, "json": false}' % _QUERY, 'needs "image" as a string'),
+        (b'{%s, "image": null}' % _QUERY, 'needs "image" as a string'),
+        (b'{%s, "image": "a:1", "json": "yes"}' % _QUERY, '"json" must be true or false'),
+        (b'{%s, "image": "a:1", "json": 1}' % _QUERY, '"json" must be true or false'),
+        (b'{%s, "image": "a:1", "timeout": 0}' % _QUERY, '"timeout" must be seconds'),
+        (b'{%s, "image": "a:1", "timeout": true}' % _QUERY, '"timeout" must be seconds'),
+        (b'{%s, "image": "a:1", "timeout": "5"}' % _QUERY, '"timeout" must be seconds'),
+        (b'{%s, "image": "a:1", "timeout": 3601}' % _QUERY, '"timeout" must be seconds'),
     ],
 )
 def test_malformed_queries(payload: bytes, problem: str) -> None:
-    with pytest.raises(QueryError, match=problem):
-        parse_any_request(payload)
+    with pytest.raises(ProtocolError, match=problem):
+        parse_request(payload)
 
 
 @pytest.mark.parametrize(
     ("payload", "problem"),
     [
-        (b'{"verify": "a:1",', "not JSON"),
-        (b"[]", "not a JSON object"),
-        (b'{"name": "a:1"}', 'needs "name" and "digest"'),
-    ],
-)
-def test_other_malformed_requests_are_the_verifiers_kind(payload: bytes, problem: str) -> None:
-    with pytest.raises(ProtocolError, match=problem) as raised:
-        parse_any_request(payload)
-    assert not isinstance(raised.value, QueryError)
-
-
-@pytest.mark.parametrize(
-    ("payload", "problem"),
-    [
-        (b'{"status": true, "stdout": "", "stderr": ""}', '"status", an exit status'),
-        (b'{"status": 256, "stdout": "", "stderr": ""}', '"status", an exit status'),
-        (b'{"status": -1, "stdout": "", "stderr": ""}', '"status", an exit status'),
-        (b'{"status": "0", "stdout": "", "stderr": ""}', '"status", an exit status'),
-        (b'{"status": 1.0, "stdout": "", "stderr": ""}', '"status", an exit status'),
-        (b'{"status": 0, "stderr": ""}', '"stdout" and "stderr" strings'),
-        (b'{"status": 0, "stdout": "", "stderr": null}', '"stdout" and "stderr" strings'),
-        (b'{"status": 0', "not JSON"),
+        (b'{"status": 0, "stdout": "", "stderr": ""}', 'an answer needs "version"'),
+        (b'{"version": 1, "kind": "trustctl-verify", "status": true}', '"status", an exit status'),
+        (b'{"version": 1, "kind": "trustctl-verify", "status": 256}', '"status", an exit status'),
+        (b'{"version": 1, "kind": "trustctl-verify", "status": -1}', '"status", an exit status'),
+        (b'{"version": 1, "kind": "trustctl-verify", "status": "0"}', '"status", an exit status'),
+        (b'{"version": 1, "kind": "trustctl-verify", "status": 1.0}', '"status", an exit status'),
+        (b'{"version": 1, "kind": "trustctl-verify", "status": 0}', '"stdout" and "stderr"'),
+        (
+            b'{"version": 1, "kind": "trustctl-verify", "status": 0, "stdout": "", "stderr": null}',
+            '"stdout" and "stderr" strings',
+        ),
+        (b'{"version": 1', "not JSON"),
     ],
 )
 def test_malformed_query_answers(payload: bytes, problem: str) -> None:
     with pytest.raises(ProtocolError, match=problem):
-        parse_query_answer(payload)
+        parse_trustctl_verify_answer(payload)
 
 
 # --- the daemon's side ---------------------------------------------------------------------------
@@ -140,56 +133,46 @@ def _socket_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="trustctl-"))
 
 
-def _answer_with(policy: PolicyEngine) -> Callable[[VerifyQuery], VerifyAnswer]:
+def _answer_with(policy: PolicyEngine) -> Callable[[TrustctlVerify], VerifyAnswer]:
     """The daemon's handler (trustd.service.daemon.Daemon.answer_query) over a stand-in trust
     engine."""
 
-    def answer(query: VerifyQuery) -> VerifyAnswer:
+    def answer(query: TrustctlVerify) -> VerifyAnswer:
         return verify_answer(policy, query.image, None, query.as_json)
 
     return answer
 
 
 @pytest.fixture
-def daemon() -> Iterator[tuple[VerifierSocketServer, list, list[VerifyQuery]]]:
+def daemon() -> Iterator[tuple[VerifierSocketServer, list, list[TrustctlVerify]]]:
     """A verifier socket answering queries as the daemon does; (server, decisions, queries)."""
     policy, decisions = engine({("example.com/app", "1"): GOOD})
-    queries: list[VerifyQuery] = []
+    queries: list[TrustctlVerify] = []
     answer = _answer_with(policy)
 
-    def handler(query: VerifyQuery) -> VerifyAnswer:
+    def handler(query: TrustctlVerify) -> VerifyAnswer:
         queries.append(query)
         return answer(query)
 
-    directory = _socket_dir()
-    server = VerifierSocketServer(directory / "verify.sock", policy.judge_resolved, query=handler)
-    server.start()
-    try:
+    with serving(policy, handler) as server:
         yield server, decisions, queries
-    finally:
-        server.stop()
-        for leftover in directory.iterdir():
-            leftover.unlink()
-        directory.rmdir()
 
 
-def exchange(path: Path, data: bytes) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.connect(str(path))
-        connection.sendall(data)
-        return read_frame(connection, 1 << 16, time.monotonic() + 10)
+def query(server: VerifierSocketServer, image: str, as_json: bool, timeout: float | None = None):
+    request = trustctl_verify_frame(str(server.config), image, as_json, timeout)
+    return parse_trustctl_verify_answer(exchange(server.path, request))
 
 
 def test_the_daemon_answers_queries_as_the_command_prints(daemon) -> None:
     server, decisions, queries = daemon
-    signed = parse_query_answer(exchange(server.path, query_frame(SIGNED, False, 5)))
+    signed = query(server, SIGNED, False, 5)
     assert signed == (0, f"example.com/app@{GOOD}\tsize 100\tsigned by targets\n", "")
-    status, stdout, stderr = parse_query_answer(exchange(server.path, query_frame(SIGNED, True)))
+    status, stdout, stderr = query(server, SIGNED, True)
     assert (status, stderr) == (0, "")
     assert stdout.startswith('{\n  "reference": "example.com/app:1",\n') and stdout.endswith("}\n")
-    unsigned = parse_query_answer(exchange(server.path, query_frame("example.com/app:2", False)))
+    unsigned = query(server, "example.com/app:2", False)
     assert unsigned == (1, "", "trustctl: tag 2 is not signed in example.com/app\n")
-    status, stdout, stderr = parse_query_answer(exchange(server.path, query_frame("A B", False)))
+    status, stdout, stderr = query(server, "A B", False)
     assert (status, stdout) == (2, "")
     assert stderr.startswith('trustctl: invalid image reference "A B"')
     assert [query.timeout for query in queries] == [5.0, None, None, None]
@@ -198,7 +181,7 @@ def test_the_daemon_answers_queries_as_the_command_prints(daemon) -> None:
 
 def test_the_daemon_answers_a_notary_outage_with_status_3() -> None:
     policy, _ = engine({}, down=True)
-    answer = _answer_with(policy)(VerifyQuery(SIGNED, False))
+    answer = _answer_with(policy)(TrustctlVerify(CONFIG, SIGNED, False))
     assert answer == (
         3,
         "",
@@ -207,24 +190,18 @@ def test_the_daemon_answers_a_notary_outage_with_status_3() -> None:
     )
 
 
-def test_the_daemon_refuses_malformed_queries_in_their_shape_and_goes_on(daemon) -> None:
+def test_the_daemon_refuses_malformed_queries_and_goes_on(daemon) -> None:
     server, _, queries = daemon
-    answer = parse_query_answer(exchange(server.path, frame(b'{"verify": 5}')))
-    assert answer == (
-        2,
-        "",
-        'trustctl: bad request to the daemon: "verify" must be the image as a string\n',
-    )
-    # Anything else malformed is answered as the image verifier's bad request, as before.
-    allowed, message = parse_answer(exchange(server.path, frame(b"\xff")))
-    assert not allowed and message.startswith("trustd: bad request to the daemon: not UTF-8")
-    # A request of more than the limit is refused unread, and the daemon goes on answering.
-    allowed, message = parse_answer(exchange(server.path, frame(b" " * (MAX_REQUEST_BYTES + 1))))
-    assert not allowed and "at most" in message
+    malformed = b'{"version": 1, "kind": "trustctl-verify", "config": "%s", "image": 5}'
+    with pytest.raises(Refused, match=r'^bad request: a "trustctl-verify" request needs "image"'):
+        parse_trustctl_verify_answer(exchange(server.path, frame(malformed % b"/t.toml")))
+    with pytest.raises(Refused, match=r"^bad request: not UTF-8"):
+        parse_trustctl_verify_answer(exchange(server.path, frame(b"\xff")))
     assert queries == []
-    assert parse_query_answer(exchange(server.path, query_frame(SIGNED, False)))[0] == 0
-    # The image verifier's request on the same socket, unchanged.
-    assert parse_answer(exchange(server.path, request_frame(SIGNED, GOOD))) == (
+    assert query(server, SIGNED, False)[0] == 0
+    # The image verifier's request on the same socket.
+    request = verify_pull_frame(str(server.config), SIGNED, GOOD)
+    assert parse_verify_pull_answer(exchange(server.path, request)) == (
         True,
         f"trustd: signed by targets as {GOOD}",
     )
@@ -233,37 +210,14 @@ def test_the_daemon_refuses_malformed_queries_in_their_shape_and_goes_on(daemon)
 def test_a_failing_handler_is_an_answer_not_a_dead_daemon() -> None:
     policy, _ = engine({})
 
-    def broken(query: VerifyQuery) -> VerifyAnswer:
+    def broken(query: TrustctlVerify) -> VerifyAnswer:
         raise RuntimeError("a bug")
 
-    directory = _socket_dir()
-    server = VerifierSocketServer(directory / "verify.sock", policy.judge_resolved, query=broken)
-    server.start()
-    try:
+    with serving(policy, broken) as server:
         for _ in range(2):
-            status, stdout, stderr = parse_query_answer(
-                exchange(server.path, query_frame(SIGNED, False))
-            )
+            status, stdout, stderr = query(server, SIGNED, False)
             assert (status, stdout) == (1, "")
             assert stderr.startswith("trustctl: internal error in the trustd daemon (see its log)")
-    finally:
-        server.stop()
-        directory.rmdir()
-
-
-def test_without_a_query_handler_queries_are_bad_requests() -> None:
-    policy, _ = engine({})
-    directory = _socket_dir()
-    server = VerifierSocketServer(directory / "verify.sock", policy.judge_resolved)
-    server.start()
-    try:
-        answer = exchange(server.path, query_frame(SIGNED, False))
-    finally:
-        server.stop()
-        directory.rmdir()
-    assert parse_answer(answer) == (False, "trustd: bad request to the daemon: no trustctl queries")
-    with pytest.raises(ProtocolError, match="not a query answer"):
-        parse_query_answer(answer)
 
 
 # --- the program's arguments ---------------------------------------------------------------------
@@ -306,14 +260,6 @@ def test_only_a_plain_verify_is_asked_of_the_daemon(
 # --- the program ---------------------------------------------------------------------------------
 
 
-def write_config(directory: Path, verifier_socket: Path | str) -> Path:
-    path = directory / "trustd.toml"
-    path.write_text(
-        f'[server]\nstate_dir = "{directory / "state"}"\nverifier_socket = "{verifier_socket}"\n'
-    )
-    return path
-
-
 @pytest.fixture
 def in_process(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """trustd.programs.cli.trustctl_main replaced: the arguments of each in-process run (it returns
@@ -332,10 +278,10 @@ def in_process(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
 
 def test_verify_prints_the_daemons_answer(
-    daemon, in_process, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    daemon, in_process, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server, _, queries = daemon
-    config = write_config(tmp_path, server.path)
+    config = server.config
     assert ctl.main(["verify", SIGNED, "-c", str(config)]) == 0
     out, err = capsys.readouterr()
     assert out == f"example.com/app@{GOOD}\tsize 100\tsigned by targets\n"
@@ -346,23 +292,23 @@ def test_verify_prints_the_daemons_answer(
     assert err.endswith("trustctl: tag 2 is not signed in example.com/app\n")
     assert in_process == []
     assert queries == [
-        VerifyQuery(SIGNED, False, ctl.DAEMON_TIMEOUT - 0.5),
-        VerifyQuery("example.com/app:2", True, ctl.DAEMON_TIMEOUT - 0.5),
+        TrustctlVerify(str(config), SIGNED, False, ctl.DAEMON_TIMEOUT - 0.5),
+        TrustctlVerify(str(config), "example.com/app:2", True, ctl.DAEMON_TIMEOUT - 0.5),
     ]
 
 
 def test_trustd_config_names_the_config(
-    daemon, in_process, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    daemon, in_process, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server, _, _ = daemon
-    monkeypatch.setenv("TRUSTD_CONFIG", str(write_config(tmp_path, server.path)))
+    monkeypatch.setenv("TRUSTD_CONFIG", str(server.config))
     assert ctl.main(["verify", SIGNED]) == 0
     assert in_process == []
 
 
 def test_everything_else_is_judged_in_process(daemon, in_process, tmp_path: Path) -> None:
     server, _, queries = daemon
-    config = str(write_config(tmp_path, server.path))
+    config = str(server.config)
     for arguments in (
         ["verify", SIGNED, "-c", config, "--local"],
         ["verify", SIGNED, "-c", config, "--state-dir", str(tmp_path)],
@@ -403,22 +349,30 @@ def test_no_daemon_listening(in_process, tmp_path: Path, capsys) -> None:
     assert len(in_process) == 3
 
 
-def test_an_older_daemon_or_a_garbled_answer(in_process, tmp_path: Path, capsys) -> None:
-    policy, _ = engine({("example.com/app", "1"): GOOD})
-    directory = _socket_dir()
-    older = VerifierSocketServer(directory / "verify.sock", policy.judge_resolved)
-    older.start()
-    try:
-        line = _fallback(write_config(tmp_path, older.path), capsys)
-    finally:
-        older.stop()
-        directory.rmdir()
-    assert "gave no usable answer (not a query answer: trustd: bad request" in line
+def test_a_refusal_or_a_garbled_answer(daemon, in_process, tmp_path: Path, capsys) -> None:
+    server, _, queries = daemon
+    line = _fallback(write_config(tmp_path, server.path), capsys)
+    assert line.endswith(
+        f"the trustd daemon on {server.path} refused the request: this daemon serves "
+        f"{server.config}, not {tmp_path / 'trustd.toml'}; judging in this process"
+    )
+    assert queries == []
 
-    with one_shot_server(frame(b'{"status": 0, "stdout": 7}')) as path:
+    newer = error_frame("bad request: unsupported protocol version 1; this daemon speaks version 2")
+    with one_shot_server(newer) as path:
         line = _fallback(write_config(tmp_path, path), capsys)
-    assert "gave no usable answer" in line
-    assert len(in_process) == 2
+    assert "refused the request: bad request: unsupported protocol version 1; this daemon" in line
+
+    future = b'{"version": 2, "kind": "trustctl-verify", "status": 0, "stdout": "", "stderr": ""}'
+    with one_shot_server(frame(future)) as path:
+        line = _fallback(write_config(tmp_path, path), capsys)
+    assert "gave no usable answer (unsupported protocol version 2; this program speaks" in line
+
+    garbled = b'{"version": 1, "kind": "trustctl-verify", "status": 0, "stdout": 7}'
+    with one_shot_server(frame(garbled)) as path:
+        line = _fallback(write_config(tmp_path, path), capsys)
+    assert 'gave no usable answer (an answer needs "stdout" and "stderr" strings)' in line
+    assert len(in_process) == 4
 
 
 def test_a_daemon_that_does_not_answer_in_time(
@@ -432,9 +386,9 @@ def test_a_daemon_that_does_not_answer_in_time(
     assert "did not answer before the deadline" in line
 
 
-def test_an_image_too_long_to_ask_is_judged_in_process(daemon, in_process, tmp_path, capsys):
+def test_an_image_too_long_to_ask_is_judged_in_process(daemon, in_process, capsys):
     server, _, queries = daemon
-    config = write_config(tmp_path, server.path)
+    config = server.config
     assert ctl.main(["verify", "x" * MAX_REQUEST_BYTES, "-c", str(config)]) == 42
     assert "too long to ask the daemon" in capsys.readouterr().err
     assert queries == []
@@ -485,7 +439,7 @@ def test_a_socket_this_user_may_not_open(daemon, in_process, capsys) -> None:
     server, _, queries = daemon
     directory = server.path.parent
     directory.chmod(0o755)  # only the socket's own mode keeps nobody out
-    config = write_config(directory, server.path)
+    config = server.config
     config.chmod(0o644)
     reader, writer = os.pipe()
     child = os.fork()
@@ -496,7 +450,8 @@ def test_a_socket_this_user_may_not_open(daemon, in_process, capsys) -> None:
             os.setuid(65534)
             try:
                 deadline = time.monotonic() + 5
-                ask_daemon(str(server.path), query_frame(SIGNED, False), deadline, repr)
+                request = trustctl_verify_frame(str(config), SIGNED, False)
+                ask_daemon(str(server.path), request, deadline, repr)
             except DaemonAbsent as error:
                 os.write(writer, str(error).encode())
             code = ctl.main(["verify", SIGNED, "-c", str(config)])
@@ -506,8 +461,7 @@ def test_a_socket_this_user_may_not_open(daemon, in_process, capsys) -> None:
     _, status = os.waitpid(child, 0)
     with os.fdopen(reader, "rb") as pipe:
         reason = pipe.read().decode()
-    config.unlink()
-    assert reason == "Permission denied"
+    assert reason == f"no daemon on {server.path} (Permission denied)"
     assert os.waitstatus_to_exitcode(status) == 42  # judged in process, by the child
     assert queries == []
 
@@ -516,38 +470,50 @@ def test_a_socket_this_user_may_not_open(daemon, in_process, capsys) -> None:
 
 
 def test_the_daemon_path_imports_nothing_heavy(daemon, tmp_path: Path) -> None:
-    """With the daemon answering, the program loads three small modules of trustd and no
-    argparse, json, re, tomllib, requests, cryptography or typing."""
+    """With the daemon answering, the program loads three small modules of trustd, the standard
+    library's json and socket (and tomllib to read a config of its own), and no argparse,
+    logging or trust engine."""
     server, _, queries = daemon
-    config = write_config(tmp_path, server.path)
-    # -I -S: neither the environment nor site's .pth files bring modules of their own.
-    code = (
-        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
-        "from trustd.programs.trustctl import main; "
-        "status = main(); print('modules', sorted(sys.modules), file=sys.stderr); "
-        "sys.exit(status)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code, "verify", SIGNED, "--json", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith('{\n  "reference": "example.com/app:1"')
-    assert len(queries) == 1
-    [line] = [line for line in result.stderr.splitlines() if line.startswith("modules ")]
-    modules = set(ast.literal_eval(line.removeprefix("modules ")))
-    assert {m for m in modules if m.startswith("trustd")} == {
-        "trustd",
-        "trustd.programs",
-        "trustd.localapi",
-        "trustd.config",
-        "trustd.config.paths",
-        "trustd.programs.trustctl",
-        "trustd.localapi.client",
-        "trustd.localapi.wire",
-    }
-    heavy = {"argparse", "json", "re", "tomllib", "requests", "cryptography", "typing", "socket"}
-    assert not modules & (heavy | {"dataclasses", "logging", "trustd.config.model"})
+    for default_install in (False, True):
+        # -I -S: neither the environment nor site's .pth files bring modules of their own.
+        code = f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
+        if default_install:  # as if the config and the socket were the default paths
+            code += (
+                "from trustd.localapi import client; "
+                f"client.DEFAULT_CONFIG = {str(server.config)!r}; "
+                f"client.DEFAULT_VERIFIER_SOCKET = {str(server.path)!r}; "
+            )
+        code += (
+            "from trustd.programs.trustctl import main; "
+            "status = main(); print('modules', sorted(sys.modules), file=sys.stderr); "
+            "sys.exit(status)"
+        )
+        arguments = ["verify", SIGNED, "--json", "-c", str(server.config)]
+        result = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", code, *arguments],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith('{\n  "reference": "example.com/app:1"')
+        [line] = [line for line in result.stderr.splitlines() if line.startswith("modules ")]
+        modules = set(ast.literal_eval(line.removeprefix("modules ")))
+        assert {m for m in modules if m.startswith("trustd")} == {
+            "trustd",
+            "trustd.programs",
+            "trustd.localapi",
+            "trustd.config",
+            "trustd.config.paths",
+            "trustd.programs.trustctl",
+            "trustd.localapi.client",
+            "trustd.localapi.wire",
+        }
+        assert {"json", "socket"} <= modules
+        assert not {m for m in modules if m.partition(".")[0] in HEAVY}
+        assert not modules & {"argparse", "logging", "dataclasses"}
+        assert ("tomllib" in modules) is not default_install
+        # Nor typing then, which tomllib imports: the fast path's modules do without it.
+        assert ("typing" in modules) is not default_install
+    assert len(queries) == 2

@@ -7,6 +7,8 @@ The real judgement against the real notary-server is tested in tests/e2e/test_im
 from __future__ import annotations
 
 import ast
+import contextlib
+import shutil
 import socket
 import stat
 import subprocess
@@ -14,29 +16,38 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.unit.test_policy import GOOD, OTHER, engine
+from trustd.localapi.client import DaemonAbsent, DaemonRefused, ask
 from trustd.localapi.server import VerifierSocketServer, judgement_of
 from trustd.localapi.wire import (
     MAX_REQUEST_BYTES,
     AnswerTimeout,
     ProtocolError,
-    answer_frame,
+    Refused,
+    TrustctlVerify,
+    VerifyPull,
+    error_frame,
     frame,
     loads_object,
-    parse_answer,
     parse_request,
+    parse_trustctl_verify_answer,
+    parse_verify_pull_answer,
     read_frame,
-    request_frame,
+    verify_pull_answer_frame,
+    verify_pull_frame,
 )
 from trustd.policy.engine import Decision, PolicyEngine
 from trustd.programs.image_verifier import DESCRIPTOR_MEDIA_TYPE, entry_script, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# What the fast paths must never import: the trust engine's dependencies.
+HEAVY = {"cryptography", "requests", "urllib3", "grpc", "google", "prometheus_client"}
+CONFIG = "/etc/trustd/trustd.toml"
 
 
 # --- wire format ---------------------------------------------------------------------------------
@@ -51,13 +62,35 @@ def _pipe_frames(data: bytes, limit: int, timeout: float = 2.0) -> bytes:
 
 
 def test_request_and_answer_round_trip() -> None:
-    name = 'registry.example.com/app:1.4"\\\u00e9'
-    payload = _pipe_frames(request_frame(name, GOOD), MAX_REQUEST_BYTES)
-    assert parse_request(payload) == (name, GOOD, None)
-    payload = _pipe_frames(request_frame(name, GOOD, 7.5), MAX_REQUEST_BYTES)
-    assert parse_request(payload) == (name, GOOD, 7.5)
+    name = 'registry.example.com/app:1.4"\\\u00e9\u2028'
+    payload = _pipe_frames(verify_pull_frame(CONFIG, name, GOOD), MAX_REQUEST_BYTES)
+    assert b"\n" not in payload and payload.isascii()  # one line of ASCII, whatever the name
+    assert parse_request(payload) == VerifyPull(CONFIG, name, GOOD, None)
+    payload = _pipe_frames(verify_pull_frame(CONFIG, name, GOOD, 7.5), MAX_REQUEST_BYTES)
+    assert parse_request(payload) == VerifyPull(CONFIG, name, GOOD, 7.5)
     message = "SignatureValidationFailed: trustd: tag 1.1 is not signed in …"
-    assert parse_answer(_pipe_frames(answer_frame(False, message), 1000)) == (False, message)
+    answer = _pipe_frames(verify_pull_answer_frame(False, message), 1000)
+    assert parse_verify_pull_answer(answer) == (False, message)
+
+
+def test_every_frame_says_its_version_and_kind() -> None:
+    import json
+
+    assert json.loads(verify_pull_frame(CONFIG, "a:1", GOOD, 1.25)[4:]) == {
+        "version": 1,
+        "kind": "verify-pull",
+        "config": CONFIG,
+        "name": "a:1",
+        "digest": GOOD,
+        "timeout": 1.25,
+    }
+    assert json.loads(verify_pull_answer_frame(True, "ok")[4:]) == {
+        "version": 1,
+        "kind": "verify-pull",
+        "allowed": True,
+        "message": "ok",
+    }
+    assert json.loads(error_frame("no")[4:]) == {"version": 1, "kind": "error", "error": "no"}
 
 
 @pytest.mark.parametrize(
@@ -81,17 +114,29 @@ def test_a_frame_that_never_completes_times_out() -> None:
             read_frame(right, 100, time.monotonic() + 0.05)
 
 
+_PULL = f'"kind": "verify-pull", "config": "{CONFIG}"'
+
+
 @pytest.mark.parametrize(
     ("payload", "problem"),
     [
         (b"[1]", "not a JSON object"),
-        (b'{"name": "a"}', 'needs "name" and "digest"'),
-        (b'{"name": 1, "digest": "b"}', 'needs "name" and "digest"'),
-        (b'{"name": "a",', "not JSON"),
-        (b'{"name": "\x01"}', "not JSON"),
+        (b'{"version": 1,', "not JSON"),
         (b"\xff", "not UTF-8"),
-        (b'{"name": "a", "digest": "b", "timeout": 0}', '"timeout" must be a number'),
-        (b'{"name": "a", "digest": "b", "timeout": true}', '"timeout" must be a number'),
+        (b'{"kind": "verify-pull"}', 'a request needs "version"; this daemon speaks version 1'),
+        (b'{"version": 2, "kind": "verify-pull"}', "unsupported protocol version 2; this daemon"),
+        (b'{"version": "1"}', 'unsupported protocol version "1"'),
+        (b'{"version": true}', "unsupported protocol version true"),
+        (b'{"version": 1}', 'a request needs a "kind"'),
+        (b'{"version": 1, "kind": "pull"}', 'unknown request kind "pull"; this daemon answers'),
+        (b'{"version": 1, "kind": ["x"]}', "unknown request kind list"),
+        (b'{"version": 1, "kind": "verify-pull"}', 'needs "config", the absolute path'),
+        (b'{"version": 1, "kind": "verify-pull", "config": "t.toml"}', 'needs "config"'),
+        (b'{"version": 1, %s, "name": "a"}' % _PULL.encode(), 'needs "name" and "digest"'),
+        (b'{"version": 1, %s, "name": 1, "digest": "b"}' % _PULL.encode(), '"name" and "digest"'),
+        (b'{"version": 1, %s, "timeout": 0}' % _PULL.encode(), '"timeout" must be seconds'),
+        (b'{"version": 1, %s, "timeout": true}' % _PULL.encode(), '"timeout" must be seconds'),
+        (b'{"version": 1, %s, "timeout": 1e400}' % _PULL.encode(), '"timeout" must be seconds'),
     ],
 )
 def test_malformed_requests(payload: bytes, problem: str) -> None:
@@ -99,12 +144,44 @@ def test_malformed_requests(payload: bytes, problem: str) -> None:
         parse_request(payload)
 
 
-def test_json_without_the_json_module_matches_json() -> None:
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (b'{"allowed": true, "message": "m"}', 'an answer needs "version"; this program speaks'),
+        (b'{"version": 2, "kind": "verify-pull"}', "unsupported protocol version 2; this program"),
+        (b'{"version": 1, "allowed": true, "message": "m"}', 'an answer of kind null to a "verify'),
+        (b'{"version": 1, "kind": "trustctl-verify", "status": 0}', 'kind "trustctl-verify" to'),
+        (b'{"version": 1, "kind": "verify-pull", "allowed": 1, "message": "m"}', '"allowed"'),
+        (b'{"version": 1, "kind": "error"}', 'an error answer needs an "error" string'),
+    ],
+)
+def test_malformed_answers(payload: bytes, problem: str) -> None:
+    with pytest.raises(ProtocolError, match=problem) as raised:
+        parse_verify_pull_answer(payload)
+    assert not isinstance(raised.value, Refused)
+
+
+def test_an_error_answer_is_a_refusal_of_either_kind() -> None:
+    payload = error_frame("unsupported protocol version 2; this daemon speaks version 1")[4:]
+    for parse in (parse_verify_pull_answer, parse_trustctl_verify_answer):
+        with pytest.raises(Refused, match=r"^unsupported protocol version 2; this daemon speaks"):
+            parse(payload)
+
+
+def test_json_objects() -> None:
     import json
 
     document = {"digest": GOOD, "size": 1234, "annotations": {"a": "\u00e9\n"}, "x": [1.5, None]}
     assert loads_object(json.dumps(document).encode()) == document
     assert loads_object(b' {"a": true}\n') == {"a": True}
+    for payload, problem in (
+        (b'{"a": NaN}', "NaN is not JSON"),
+        (b'{"a": -Infinity}', "-Infinity is not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
+        (b'{"a": 1} {"b": 2}', "Extra data"),
+    ):
+        with pytest.raises(ProtocolError, match=problem):
+            loads_object(payload)
 
 
 # --- what containerd reads on stdout -------------------------------------------------------------
@@ -134,34 +211,65 @@ def _socket_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="trustd-verify-"))
 
 
+def write_config(directory: Path, verifier_socket: Path | str, extra: str = "") -> Path:
+    path = directory / "trustd.toml"
+    path.write_text(
+        f'{extra}[server]\nstate_dir = "{directory / "state"}"\n'
+        f'verifier_socket = "{verifier_socket}"\n[audit]\nfile = ""\n'
+    )
+    return path
+
+
+def no_queries(request: TrustctlVerify) -> tuple[int, str, str]:
+    raise AssertionError(f"not asked here: {request}")
+
+
+@contextlib.contextmanager
+def serving(
+    policy: PolicyEngine, query: Callable[[TrustctlVerify], tuple[int, str, str]] = no_queries
+) -> Iterator[VerifierSocketServer]:
+    """A verifier socket answering with ``policy``, for a config file of its own that names it."""
+    directory = _socket_dir()
+    path = directory / "verify.sock"
+    server = VerifierSocketServer(path, write_config(directory, path), policy.judge_resolved, query)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory)
+
+
 @pytest.fixture
 def served() -> Iterator[tuple[VerifierSocketServer, list[Decision], PolicyEngine]]:
     policy, decisions = engine({("example.com/app", "1"): GOOD})
-    directory = _socket_dir()
-    server = VerifierSocketServer(directory / "verify.sock", policy.judge_resolved)
-    server.start()
-    try:
+    with serving(policy) as server:
         yield server, decisions, policy
-    finally:
-        server.stop()
-        directory.rmdir()
 
 
-def ask(path: Path, data: bytes) -> tuple[bool, str]:
+def exchange(path: Path, data: bytes) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.connect(str(path))
         connection.sendall(data)
-        return parse_answer(read_frame(connection, 1 << 16, time.monotonic() + 10))
+        return read_frame(connection, 1 << 16, time.monotonic() + 10)
+
+
+def judged(server: VerifierSocketServer, name: str, digest: str = GOOD) -> tuple[bool, str]:
+    request = verify_pull_frame(str(server.config), name, digest)
+    return parse_verify_pull_answer(exchange(server.path, request))
+
+
+def refusal(path: Path, data: bytes) -> str:
+    with pytest.raises(Refused) as refused:
+        parse_verify_pull_answer(exchange(path, data))
+    return str(refused.value)
 
 
 def test_socket_answers_with_the_policy(served) -> None:
     server, decisions, _ = served
     assert stat.S_IMODE(server.path.stat().st_mode) == 0o600
-    assert ask(server.path, request_frame("example.com/app:1", GOOD)) == (
-        True,
-        f"trustd: signed by targets as {GOOD}",
-    )
-    allowed, message = ask(server.path, request_frame("example.com/app:2", GOOD))
+    assert judged(server, "example.com/app:1") == (True, f"trustd: signed by targets as {GOOD}")
+    allowed, message = judged(server, "example.com/app:2")
     assert not allowed
     assert message == "SignatureValidationFailed: trustd: tag 2 is not signed in example.com/app"
     assert [(d.action, d.image) for d in decisions] == [
@@ -170,12 +278,45 @@ def test_socket_answers_with_the_policy(served) -> None:
     ]
 
 
-def test_socket_refuses_a_bad_request_with_a_reason(served) -> None:
+def test_socket_refuses_what_it_cannot_take_with_a_reason(served) -> None:
     server, decisions, _ = served
-    allowed, message = ask(server.path, frame(b'{"name": "x"}'))
-    assert not allowed
-    assert message.startswith('trustd: bad request to the daemon: a request needs "name"')
+    config = str(server.config)
+    assert refusal(server.path, frame(b'{"name": "x"}')) == (
+        'bad request: a request needs "version"; this daemon speaks version 1'
+    )
+    newer = b'{"version": 2, "kind": "verify-pull", "name": "x", "digest": "y"}'
+    assert refusal(server.path, frame(newer)) == (
+        "bad request: unsupported protocol version 2; this daemon speaks version 1"
+    )
+    other = b'{"version": 1, "kind": "verify-image", "config": "%s"}' % config.encode()
+    assert refusal(server.path, frame(other)) == (
+        'bad request: unknown request kind "verify-image"; this daemon answers "verify-pull" and '
+        '"trustctl-verify"'
+    )
+    too_long = frame(b" " * (MAX_REQUEST_BYTES + 1))
+    assert refusal(server.path, too_long) == (
+        f"bad request: frame of {MAX_REQUEST_BYTES + 1} bytes; at most {MAX_REQUEST_BYTES} are "
+        "accepted"
+    )
     assert decisions == []
+    assert judged(server, "example.com/app:1")[0]  # and it goes on answering
+
+
+def test_socket_answers_only_about_the_config_file_it_serves(served, tmp_path: Path) -> None:
+    server, decisions, _ = served
+    other = write_config(tmp_path, server.path)
+    request = verify_pull_frame(str(other), "example.com/app:1", GOOD)
+    assert refusal(server.path, request) == f"this daemon serves {server.config}, not {other}"
+    missing = tmp_path / "missing.toml"
+    request = verify_pull_frame(str(missing), "example.com/app:1", GOOD)
+    assert refusal(server.path, request) == f"this daemon serves {server.config}, not {missing}"
+    assert decisions == []
+    # The same file by another name is the same config.
+    link = tmp_path / "link.toml"
+    link.symlink_to(server.config)
+    request = verify_pull_frame(str(link), "example.com/app:1", GOOD)
+    assert parse_verify_pull_answer(exchange(server.path, request))[0]
+    assert len(decisions) == 1
 
 
 def test_socket_answers_concurrent_questions(served) -> None:
@@ -184,7 +325,7 @@ def test_socket_answers_concurrent_questions(served) -> None:
     lock = threading.Lock()
 
     def one() -> None:
-        answer = ask(server.path, request_frame("example.com/app:1", GOOD))
+        answer = judged(server, "example.com/app:1")
         with lock:
             answers.append(answer)
 
@@ -201,36 +342,82 @@ def test_stop_removes_the_socket_and_a_stale_one_is_replaced() -> None:
     policy, _ = engine({})
     directory = _socket_dir()
     path = directory / "verify.sock"
+    config = write_config(directory, path)
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))
     stale.close()  # the path stays: a socket file nobody listens on
-    server = VerifierSocketServer(path, policy.judge_resolved)
+    server = VerifierSocketServer(path, config, policy.judge_resolved, no_queries)
     server.start()
-    assert ask(path, request_frame("example.com/app:1", GOOD))[0] is False
+    assert judged(server, "example.com/app:1")[0] is False
     server.stop()
     assert not path.exists()
     path.write_text("not a socket")
     with pytest.raises(OSError, match="exists and is not a socket"):
-        VerifierSocketServer(path, policy.judge_resolved).start()
-    path.unlink()
-    directory.rmdir()
+        VerifierSocketServer(path, config, policy.judge_resolved, no_queries).start()
+    shutil.rmtree(directory)
+
+
+# --- finding the daemon --------------------------------------------------------------------------
+
+
+def test_a_default_install_asks_without_reading_its_config(
+    served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trustd.localapi import client
+
+    server, decisions, _ = served
+    monkeypatch.setattr(client, "DEFAULT_CONFIG", str(server.config))
+    monkeypatch.setattr(client, "DEFAULT_VERIFIER_SOCKET", str(server.path))
+
+    def unread(config: str) -> str | None:
+        raise AssertionError(f"{config} was read")
+
+    monkeypatch.setattr(client, "verifier_socket", unread)
+    request = verify_pull_frame(str(server.config), "example.com/app:1", GOOD)
+    deadline = time.monotonic() + 10
+    answer, path = ask(str(server.config), request, deadline, parse_verify_pull_answer)
+    assert (answer, path) == ((True, f"trustd: signed by targets as {GOOD}"), str(server.path))
+    assert len(decisions) == 1
+
+
+def test_a_daemon_on_the_default_socket_serving_another_config(
+    served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config is read, and the daemon it names asked, when the daemon on the default socket
+    serves another file."""
+    from trustd.localapi import client
+
+    server, decisions, _ = served
+    config = str(server.config)
+    request = verify_pull_frame(config, "example.com/app:1", GOOD)
+    deadline = time.monotonic() + 10
+    stranger_policy, stranger_decisions = engine({})
+    monkeypatch.setattr(client, "DEFAULT_CONFIG", config)
+    with serving(stranger_policy) as stranger:
+        monkeypatch.setattr(client, "DEFAULT_VERIFIER_SOCKET", str(stranger.path))
+        answer, path = ask(config, request, deadline, parse_verify_pull_answer)
+        assert answer[0] is True and path == str(server.path)
+        assert (len(decisions), stranger_decisions) == (1, [])
+
+        # The config names the default socket too: that refusal is the answer, asked once.
+        server.config.write_text(f'[server]\nverifier_socket = "{stranger.path}"\n')
+        with pytest.raises(DaemonRefused, match="refused the request: this daemon serves"):
+            ask(config, request, deadline, parse_verify_pull_answer)
+    # Nothing listens there: the one attempt's reason.
+    with pytest.raises(DaemonAbsent, match=f"^no daemon on {stranger.path} "):
+        ask(config, request, deadline, parse_verify_pull_answer)
+    server.config.write_text('[server]\nverifier_socket = ""\n')
+    with pytest.raises(DaemonAbsent, match=f"^{config} serves no verifier socket$"):
+        ask(config, request, deadline, parse_verify_pull_answer)
+    assert stranger_decisions == []
 
 
 # --- the program, in this process ----------------------------------------------------------------
 
 
-def write_config(directory: Path, verifier_socket: Path | str) -> Path:
-    path = directory / "trustd.toml"
-    path.write_text(
-        f'[server]\nstate_dir = "{directory / "state"}"\nverifier_socket = "{verifier_socket}"\n'
-        '[audit]\nfile = ""\n'
-    )
-    return path
-
-
-def test_main_asks_the_daemon(served, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_main_asks_the_daemon(served, capsys: pytest.CaptureFixture[str]) -> None:
     server, decisions, _ = served
-    config = write_config(tmp_path, server.path)
+    config = server.config
     status = main(["-name", "example.com/app:1", "-digest", GOOD, "--config", str(config)])
     out, err = capsys.readouterr()
     assert (status, out) == (0, f"trustd: signed by targets as {GOOD}\n")
@@ -247,9 +434,26 @@ def test_main_relative_verifier_socket_is_relative_to_the_config(
 ) -> None:
     server, _, _ = served
     config = write_config(server.path.parent, "verify.sock")
+    assert config == server.config
     assert main(["-name", "example.com/app:1", "-digest", GOOD, "--config", str(config)]) == 0
-    assert "judged by the trustd daemon" in capsys.readouterr().err
-    config.unlink()
+    assert f"judged by the trustd daemon on {server.path}" in capsys.readouterr().err
+
+
+def test_main_judges_here_when_the_daemon_serves_another_config(
+    served, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    server, decisions, _ = served
+    # Exempt here (judging it needs no Notary), signed there.
+    config = write_config(tmp_path, server.path, 'exempt = ["example.com/app:*"]\n')
+    assert main(["-name", "example.com/app:1", "-digest", GOOD, "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "trustd: exempt by pattern 'example.com/app:*'\n"
+    assert (
+        f"trustd-image-verifier: the trustd daemon on {server.path} refused the request: this "
+        f"daemon serves {server.config}, not {config}; judging in this process\n"
+    ) in err
+    assert "judged by this process (no daemon)" in err
+    assert decisions == []
 
 
 @pytest.mark.parametrize(
@@ -293,9 +497,9 @@ def run_verifier(
         directory.rmdir()
 
 
-def test_descriptor_on_stdin_must_match_the_digest(served, tmp_path: Path) -> None:
+def test_descriptor_on_stdin_must_match_the_digest(served) -> None:
     server, decisions, _ = served
-    config = write_config(tmp_path, server.path)
+    config = server.config
     base = ["-name", "example.com/app:1", "-digest", GOOD, "-stdin-media-type"]
     descriptor = (
         b'{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"%s","size":1}\n'
@@ -333,18 +537,25 @@ def test_entry_script() -> None:
         entry_script("/path with space/python", "/c.toml")
 
 
-def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
-    """With the daemon answering, the verifier process never loads the trust engine."""
-    server, _, _ = served
-    config = write_config(tmp_path, server.path)
+def _fast_path_modules(
+    tmp_path: Path, server: VerifierSocketServer, default_install: bool
+) -> set[str]:
+    """The modules a verifier process loaded to have the daemon judge; ``default_install``: as
+    one whose config and socket are the default paths (here: made so in the process)."""
     # -I -S: neither the environment nor site's .pth files bring modules of their own.
-    code = (
-        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
+    code = f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
+    if default_install:
+        code += (
+            "from trustd.localapi import client; "
+            f"client.DEFAULT_CONFIG = {str(server.config)!r}; "
+            f"client.DEFAULT_VERIFIER_SOCKET = {str(server.path)!r}; "
+        )
+    code += (
         "from trustd.programs.image_verifier import main; "
         "status = main(sys.argv[1:]); "
         "print('modules', sorted(sys.modules), file=sys.stderr); sys.exit(status)"
     )
-    arguments = ["-name", "example.com/app:1", "-digest", GOOD, "-c", str(config)]
+    arguments = ["-name", "example.com/app:1", "-digest", GOOD, "-c", str(server.config)]
     result = subprocess.run(
         [sys.executable, "-I", "-S", "-c", code, *arguments],
         capture_output=True,
@@ -353,20 +564,34 @@ def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+    assert f"judged by the trustd daemon on {server.path}" in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("modules ")]
-    modules = set(ast.literal_eval(line.removeprefix("modules ")))
-    assert {m for m in modules if m.startswith("trustd")} == {
-        "trustd",
-        "trustd.programs",
-        "trustd.localapi",
-        "trustd.config",
-        "trustd.config.paths",
-        "trustd.programs.image_verifier",
-        "trustd.localapi.client",
-        "trustd.localapi.wire",
-    }
-    # Nor the TOML parser or re, whose imports would cost more than the daemon's answer.
-    assert not modules & {"json", "tomllib", "re", "socket", "typing", "dataclasses"}
+    return set(ast.literal_eval(line.removeprefix("modules ")))
+
+
+def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
+    """With the daemon answering, the verifier process never loads the trust engine."""
+    server, _, _ = served
+    for default_install in (False, True):
+        modules = _fast_path_modules(tmp_path, server, default_install)
+        assert {m for m in modules if m.startswith("trustd")} == {
+            "trustd",
+            "trustd.programs",
+            "trustd.localapi",
+            "trustd.config",
+            "trustd.config.paths",
+            "trustd.programs.image_verifier",
+            "trustd.localapi.client",
+            "trustd.localapi.wire",
+        }
+        # The standard library's json and socket; nothing of the trust engine.
+        assert {"json", "socket"} <= modules
+        assert not {m for m in modules if m.partition(".")[0] in HEAVY}
+        assert not modules & {"logging", "dataclasses", "argparse"}
+        # A config of its own is read with tomllib; a default install's is not read at all.
+        assert ("tomllib" in modules) is not default_install
+        # Nor typing then, which tomllib imports: the fast path's modules do without it.
+        assert ("typing" in modules) is not default_install
 
 
 def test_where_the_verifier_looks_for_the_daemon(tmp_path: Path) -> None:
@@ -409,48 +634,6 @@ def test_a_daemon_that_does_not_answer_in_time_blocks_with_trustds_reason(tmp_pa
         f"trustd: image verifier: no judgement within 1s: the trustd daemon on {path} did not "
         "answer before the deadline\n"
     )
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("", None),
-        ("[server]\nstate_dir = '/srv'\n", None),
-        ('[server]\nverifier_socket = "/x/v.sock"\n', "/x/v.sock"),
-        ("[server]\n  verifier_socket='/x/v.sock'   # the daemon's\n", "/x/v.sock"),
-        ('[ server ] # ours\nverifier_socket = ""\n[audit]\nfile = ""\n', ""),
-        ('# verifier_socket = "/not/this"\n[server]\nsocket = "/run/c.sock"\n', None),
-    ],
-)
-def test_the_plain_forms_of_verifier_socket_are_read_without_toml(
-    text: str, expected: str | None
-) -> None:
-    import tomllib
-
-    from trustd.localapi.client import plainly_set_verifier_socket
-
-    assert plainly_set_verifier_socket(text) == expected
-    assert tomllib.loads(text).get("server", {}).get("verifier_socket") == expected
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        'server.verifier_socket = "/x"\n',
-        '[server]\n"verifier_socket" = "/x"\n',
-        '[server]\nverifier_socket = "/x\\\\y"\n',
-        '[server]\nverifier_socket = """/x"""\n',
-        '[server]\n"verifier\\u005fsocket" = "/x"\n',
-        '[metrics]\nverifier_socket = "/x"\n',
-        '[server]\nverifier_socket = "/x"\nverifier_socket = "/y"\n',
-        '[server]\nverifier_socket = "/x" junk\n',
-        "[server]\nverifier_socket = 5\n",
-    ],
-)
-def test_other_forms_go_to_the_toml_parser(text: str) -> None:
-    from trustd.localapi.client import UNSURE, plainly_set_verifier_socket
-
-    assert plainly_set_verifier_socket(text) is UNSURE
 
 
 def test_the_fast_path_reads_the_configs_default_socket() -> None:

@@ -1,19 +1,22 @@
-"""The judgement behind containerd's image-verifier hook, in the daemon or in the verifier itself.
+"""The daemon's side of the local socket, and the judgement behind containerd's image-verifier hook
+in a process without the daemon.
 
 ``trustd.programs.image_verifier`` (the program containerd runs per pull) asks the running daemon
-through
-``VerifierSocketServer``: one cache owner, whose single-flight refreshes serve the CRI shim and
-the verifier alike. When no daemon listens, the verifier calls ``judge_locally``: the same
-config, state directory (the store's per-repository lock serialises it with any other process)
-and audit log, in its own process.
+through ``VerifierSocketServer`` (``verify-pull`` requests): one cache owner, whose single-flight
+refreshes serve the CRI shim and the verifier alike. When no daemon answers, the verifier calls
+``judge_locally``: an engine built as the daemon builds it (``trustd.service.engine``), with the
+same config, state directory (the store's per-repository lock serialises it with any other
+process) and audit log, in its own process.
 
 Either way the question goes to ``PolicyEngine.judge_resolved`` and the answer is
 ``judgement_of(decision)``: whether containerd may go on, and the line it reports.
 
-The same socket answers ``trustctl verify`` (``trustd.programs.trustctl``) when the daemon gives
-the server a
-query handler: what the command prints and its exit status, not a decision (nothing is pulled,
-nothing audited).
+The same socket answers ``trustctl verify`` (``trustd.programs.trustctl``, ``trustctl-verify``
+requests) with the daemon's query handler: what the command prints and its exit status, not a
+decision (nothing is pulled, nothing audited).
+
+The server answers only requests about the config file the daemon serves: a client that names
+another file gets an error answer and judges in its own process, under its own file.
 """
 
 from __future__ import annotations
@@ -31,15 +34,15 @@ from pathlib import Path
 from trustd.localapi.wire import (
     MAX_REQUEST_BYTES,
     ProtocolError,
-    QueryError,
-    VerifyQuery,
-    answer_frame,
-    parse_any_request,
-    query_answer_frame,
+    TrustctlVerify,
+    error_frame,
+    parse_request,
     read_frame,
+    trustctl_verify_answer_frame,
+    verify_pull_answer_frame,
 )
 from trustd.policy.engine import Decision, Verdict
-from trustd.policy.queries import EXIT_UNTRUSTED, EXIT_USAGE
+from trustd.policy.queries import EXIT_UNTRUSTED
 from trustd.service.unix_socket import prepare_socket_path
 
 log = logging.getLogger(__name__)
@@ -59,24 +62,25 @@ def judgement_of(decision: Decision) -> tuple[bool, str]:
 
 Judge = Callable[[str, str, float | None], Decision]  # (name, digest, timeout)
 # trustctl's query -> (exit status, stdout, stderr), e.g. a trustd.policy.queries.VerifyAnswer.
-QueryHandler = Callable[[VerifyQuery], tuple[int, str, str]]
+QueryHandler = Callable[[TrustctlVerify], tuple[int, str, str]]
 
 
 class VerifierSocketServer:
-    """Answers verifier requests on a unix socket, each with ``judge(name, digest, timeout)``,
-    and trustctl's queries with ``query(query)`` if given (else as bad requests, as a daemon that
-    predates them did)."""
+    """Answers on a unix socket, for the config file ``config``: the image verifier's requests
+    with ``judge(name, digest, timeout)``, trustctl's with ``query(request)``."""
 
     def __init__(
         self,
         path: Path,
+        config: Path,
         judge: Judge,
+        query: QueryHandler,
         *,
-        query: QueryHandler | None = None,
         mode: int = 0o600,
         max_workers: int = 8,
     ) -> None:
         self.path = path
+        self.config = config.absolute()
         self._judge = judge
         self._query = query
         self._mode = mode
@@ -144,35 +148,43 @@ class VerifierSocketServer:
                 payload = read_frame(
                     connection, MAX_REQUEST_BYTES, time.monotonic() + REQUEST_TIMEOUT
                 )
-                request = parse_any_request(payload)
-            except QueryError as error:
-                log.warning("verifier socket %s: bad trustctl query: %s", self.path, error)
-                message = f"trustctl: bad request to the daemon: {error}\n"
-                self._send(connection, query_answer_frame(EXIT_USAGE, "", message))
-                return
+                request = parse_request(payload)
             except ProtocolError as error:
-                log.warning("verifier socket %s: bad request: %s", self.path, error)
-                message = f"trustd: bad request to the daemon: {error}"
-                self._send(connection, answer_frame(False, message))
+                log.warning("verifier socket %s: request not taken: %s", self.path, error)
+                self._send(connection, error_frame(f"bad request: {error}"))
                 return
             except OSError as error:
                 log.warning("verifier socket %s: %s", self.path, error)
                 return
-            if isinstance(request, VerifyQuery):
+            if not self._serves(request.config):
+                log.warning(
+                    "verifier socket %s: a request about %s, not %s",
+                    self.path,
+                    request.config,
+                    self.config,
+                )
+                message = f"this daemon serves {self.config}, not {request.config}"
+                self._send(connection, error_frame(message))
+                return
+            if isinstance(request, TrustctlVerify):
                 self._send(connection, self._answer_query(request))
                 return
-            name, digest, timeout = request
+            name, digest = request.name, request.digest
             try:
-                allowed, message = judgement_of(self._judge(name, digest, timeout))
+                allowed, message = judgement_of(self._judge(name, digest, request.timeout))
             except Exception:  # the policy never raises for bad input; this is a bug
                 log.exception("judging %s (%s) for containerd failed", name, digest)
                 allowed, message = False, "trustd: internal error in the daemon; see its log"
-            self._send(connection, answer_frame(allowed, message))
+            self._send(connection, verify_pull_answer_frame(allowed, message))
 
-    def _answer_query(self, query: VerifyQuery) -> bytes:
-        if self._query is None:
-            log.warning("verifier socket %s: a trustctl query, not answered here", self.path)
-            return answer_frame(False, "trustd: bad request to the daemon: no trustctl queries")
+    def _serves(self, config: str) -> bool:
+        """Whether ``config`` is the file this daemon serves (by any name)."""
+        try:
+            return os.path.samefile(config, self.config)
+        except OSError:  # e.g. one of them was removed: then the names must match
+            return os.path.realpath(config) == os.path.realpath(self.config)
+
+    def _answer_query(self, query: TrustctlVerify) -> bytes:
         started = time.monotonic()
         try:
             status, stdout, stderr = self._query(query)
@@ -191,7 +203,7 @@ class VerifierSocketServer:
             status,
             (time.monotonic() - started) * 1000,
         )
-        return query_answer_frame(status, stdout, stderr)
+        return trustctl_verify_answer_frame(status, stdout, stderr)
 
     def _send(self, connection: socket.socket, answer: bytes) -> None:
         try:
@@ -205,28 +217,12 @@ def judge_locally(
     config_path: Path, name: str, digest: str, timeout: float | None = None
 ) -> tuple[bool, str]:
     """The judgement of ``name`` resolved to ``digest`` in this process, as the daemon would
-    give it: same policy, same state directory, same audit log (never standard output, which
-    carries the judgement to containerd)."""
+    give it: an engine built as the daemon's (``trustd.service.engine``), same policy, same state
+    directory, same audit log (never standard output, which carries the judgement to
+    containerd). ConfigError, AuditLogUnavailable included, when it cannot be made."""
     from trustd.config.load import load_config
-    from trustd.formats.notary.engine import TrustEngine
-    from trustd.policy.engine import PolicyEngine
-    from trustd.service.audit import AuditLog
+    from trustd.service.engine import Audit, build_engine
 
-    config = load_config(config_path)  # ConfigError: the caller reports it
-    trust = TrustEngine(config, config.server.state_dir)
-    policy = PolicyEngine(config, trust)
-    audit: AuditLog | None = None
-    if config.audit.file is not None:
-        try:
-            audit = AuditLog(config.audit.file, stdout=False)
-        except OSError as error:
-            # Auditing is best effort, as in the daemon's AuditLog: the judgement still counts.
-            log.error("cannot open the audit log %s: %s", config.audit.file, error)
-        else:
-            policy.add_observer(audit)
-    try:
-        return judgement_of(policy.judge_resolved(name, digest, timeout))
-    finally:
-        trust.close()
-        if audit is not None:
-            audit.close()
+    config = load_config(config_path)
+    with build_engine(config, audit=Audit.DECISIONS_TO_FILE) as engine:
+        return judgement_of(engine.policy.judge_resolved(name, digest, timeout))

@@ -3,49 +3,66 @@
 
 One question per connection on a unix socket: the client sends a request frame, the daemon
 answers with one frame and closes. A frame is a 4-byte big-endian length and that many bytes of
-UTF-8 JSON, one object. The image verifier asks whether containerd may pull what it resolved:
+UTF-8 JSON, one object. Every frame carries the protocol ``version`` (1) and its ``kind``; every
+request names the ``config`` file (absolute path) it is asked under, and the daemon answers only
+questions about the config file it serves.
 
-    request  {"name": "registry.example.com/app:1.4", "digest": "sha256:…", "timeout": 7.5}
-    answer   {"allowed": true, "message": "trustd: signed by targets/releases as sha256:…"}
+``verify-pull``: may containerd pull what it resolved (the image verifier)::
 
-trustctl asks for what ``trustctl verify IMAGE [--json]`` prints, as typed (a request with a
-``"verify"`` key is this kind):
+    request  {"version": 1, "kind": "verify-pull", "config": "/etc/trustd/trustd.toml",
+              "name": "registry.example.com/app:1.4", "digest": "sha256:…", "timeout": 7.5}
+    answer   {"version": 1, "kind": "verify-pull", "allowed": true,
+              "message": "trustd: signed by targets/releases as sha256:…"}
 
-    request  {"verify": "registry.example.com/app:1.4", "json": false, "timeout": 59.5}
-    answer   {"status": 0, "stdout": "registry.example.com/app:1.4@sha256:…\tsize …\n",
-              "stderr": ""}
+``trustctl-verify``: what ``trustctl verify IMAGE [--json]`` prints, the image as typed::
+
+    request  {"version": 1, "kind": "trustctl-verify", "config": "/etc/trustd/trustd.toml",
+              "image": "registry.example.com/app:1.4", "json": false, "timeout": 59.5}
+    answer   {"version": 1, "kind": "trustctl-verify", "status": 0,
+              "stdout": "registry.example.com/app:1.4@sha256:…\\tsize …\\n", "stderr": ""}
+
+A request the daemon does not take (malformed, another version or kind, another config file) is
+answered with an error, which the client reports and then judges in its own process::
+
+    answer   {"version": 1, "kind": "error", "error": "unsupported protocol version 2; …"}
 
 ``timeout`` (seconds, optional) is how long the client will wait: the daemon bounds its Notary
 requests by it, so that a slow Notary is reported with trustd's reason rather than as a client
 that timed out. Lengths are bounded on both sides, so neither end can be made to buffer without
-limit. A daemon that predates a kind of request answers it as a bad request, in the verifier's
-shape, which the newer client recognises as "not understood".
+limit.
 
-This module is on the verifier's fast path, which runs once per pull on the node: it imports
-nothing beyond what the interpreter has loaded at start-up and C modules (``json`` alone costs
-more than the whole answer, because it compiles regular expressions at import).
+This module is on the fast paths of both programs, which run as short processes: it imports the
+standard library's ``json`` and nothing of the trust engine.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
-# typing costs the fast path an import of re; type checkers treat this name as always true.
+# typing would cost the fast path an import; type checkers treat this name as always true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
 
     class Receiver(Protocol):
-        """What ``read_frame`` needs of a socket (``socket.socket`` and ``_socket.socket``)."""
+        """What ``read_frame`` needs of a socket."""
 
         def settimeout(self, seconds: float | None, /) -> None: ...
 
         def recv(self, size: int, /) -> bytes: ...
 
 
-MAX_REQUEST_BYTES = 16 * 1024  # a name is at most ~400 characters
+VERSION = 1
+VERIFY_PULL = "verify-pull"
+TRUSTCTL_VERIFY = "trustctl-verify"
+ERROR = "error"
+
+MAX_REQUEST_BYTES = 16 * 1024  # a name is at most ~400 characters, a config path at most 4096
 MAX_ANSWER_BYTES = 64 * 1024
 HEADER_BYTES = 4  # the big-endian length before each payload
+MAX_TIMEOUT = 3600.0  # seconds; no client waits longer
+_SHOWN_CHARS = 100  # of a value echoed in an error
 
 
 class ProtocolError(Exception):
@@ -56,135 +73,202 @@ class AnswerTimeout(ProtocolError):
     """The other end did not complete its frame before the deadline."""
 
 
-class QueryError(ProtocolError):
-    """A trustctl query (a request with a ``"verify"`` key) that is malformed: answered in the
-    query's shape, not the image verifier's."""
+class Refused(ProtocolError):
+    """The daemon answered with an error: it did not take the request; the message is its."""
 
 
-class VerifyQuery:
+# --- requests ------------------------------------------------------------------------------------
+
+# Plain classes: dataclasses would cost the fast path an import of inspect.
+
+
+class VerifyPull:
+    """The image verifier's question: may containerd pull ``name`` resolved to ``digest``?"""
+
+    __slots__ = ("config", "digest", "name", "timeout")
+
+    def __init__(self, config: str, name: str, digest: str, timeout: float | None = None) -> None:
+        self.config = config
+        self.name = name
+        self.digest = digest
+        self.timeout = timeout
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.config, self.name, self.digest, self.timeout)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, VerifyPull):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"VerifyPull{self._fields()!r}"
+
+
+class TrustctlVerify:
     """trustctl's ``verify IMAGE [--json]`` asked of the daemon: the image as typed."""
 
-    # A plain class: dataclasses would cost the fast path imports of inspect and re.
-    __slots__ = ("as_json", "image", "timeout")
+    __slots__ = ("as_json", "config", "image", "timeout")
 
-    def __init__(self, image: str, as_json: bool, timeout: float | None = None) -> None:
+    def __init__(
+        self, config: str, image: str, as_json: bool, timeout: float | None = None
+    ) -> None:
+        self.config = config
         self.image = image
         self.as_json = as_json
         self.timeout = timeout
 
+    def _fields(self) -> tuple[object, ...]:
+        return (self.config, self.image, self.as_json, self.timeout)
+
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, VerifyQuery):
+        if not isinstance(other, TrustctlVerify):
             return NotImplemented
-        return (self.image, self.as_json, self.timeout) == (
-            other.image,
-            other.as_json,
-            other.timeout,
-        )
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
 
     def __repr__(self) -> str:
-        return f"VerifyQuery({self.image!r}, as_json={self.as_json}, timeout={self.timeout})"
+        return f"TrustctlVerify{self._fields()!r}"
 
 
-# --- JSON without importing json -----------------------------------------------------------------
+Request = VerifyPull | TrustctlVerify
 
 
-class _ScannerContext:
-    """The settings json.decoder.JSONDecoder would give the C scanner (strict, no hooks)."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-
-    @staticmethod
-    def parse_constant(name: str) -> float:
-        raise ValueError(f"{name} is not JSON")
+def verify_pull_frame(config: str, name: str, digest: str, timeout: float | None = None) -> bytes:
+    fields: dict[str, object] = {"config": config, "name": name, "digest": digest}
+    if timeout is not None:
+        fields["timeout"] = round(timeout, 3)
+    return _frame(VERIFY_PULL, fields)
 
 
-def loads_object(data: bytes) -> dict[str, object]:
-    """One JSON object from ``data``; ProtocolError for anything else."""
-    try:
-        text = data.decode("utf-8").strip(" \t\r\n")
-    except UnicodeDecodeError as error:
-        raise ProtocolError(f"not UTF-8: {error.reason}") from None
-    try:
-        from _json import make_scanner  # CPython's C scanner: all of JSON, no regex compiling
-    except ImportError:  # pragma: no cover - other interpreters
-        import json
-
-        try:
-            value = json.loads(text)
-        except (ValueError, SystemError):
-            # The C scanner builds its errors from json.decoder, and fails oddly (SystemError on
-            # CPython 3.11) when that is not imported: let json itself say what is wrong.
-            value, end = _loads_with_json(text), len(text)
-    else:
-        try:
-            value, end = make_scanner(_ScannerContext())(text, 0)
-        except StopIteration as error:  # the scanner's "no value at this index"
-            raise ProtocolError(f"not JSON (at character {error.value})") from None
-        except (ValueError, SystemError):
-            # The C scanner builds its errors from json.decoder, and fails oddly (SystemError on
-            # CPython 3.11) when that is not imported: let json itself say what is wrong.
-            value, end = _loads_with_json(text), len(text)
-        if end != len(text):
-            raise ProtocolError(f"not one JSON value: extra data at character {end}")
-    if not isinstance(value, dict):
-        raise ProtocolError(f"not a JSON object: {type(value).__name__}")
-    return value
+def trustctl_verify_frame(
+    config: str, image: str, as_json: bool, timeout: float | None = None
+) -> bytes:
+    fields: dict[str, object] = {"config": config, "image": image, "json": as_json}
+    if timeout is not None:
+        fields["timeout"] = round(timeout, 3)
+    return _frame(TRUSTCTL_VERIFY, fields)
 
 
-def _loads_with_json(text: str) -> object:
-    import json
+def parse_request(payload: bytes) -> Request:
+    """The request in ``payload``; ProtocolError, in words for the client, when the daemon cannot
+    take it."""
+    request = loads_object(payload)
+    _check_version(request, "a request", "this daemon")
+    kind = request.get("kind")
+    config = request.get("config")
+    if kind not in (VERIFY_PULL, TRUSTCTL_VERIFY):
+        if kind is None:
+            raise ProtocolError('a request needs a "kind"')
+        raise ProtocolError(
+            f"unknown request kind {_shown(kind)}; this daemon answers "
+            f'"{VERIFY_PULL}" and "{TRUSTCTL_VERIFY}"'
+        )
+    if not isinstance(config, str) or not config.startswith("/"):
+        raise ProtocolError('a request needs "config", the absolute path of a config file')
+    timeout = _timeout(request)
+    if kind == VERIFY_PULL:
+        name, digest = request.get("name"), request.get("digest")
+        if not isinstance(name, str) or not isinstance(digest, str):
+            raise ProtocolError(f'a "{VERIFY_PULL}" request needs "name" and "digest" strings')
+        return VerifyPull(config, name, digest, timeout)
+    image, as_json = request.get("image"), request.get("json", False)
+    if not isinstance(image, str):
+        raise ProtocolError(f'a "{TRUSTCTL_VERIFY}" request needs "image" as a string')
+    if not isinstance(as_json, bool):
+        raise ProtocolError('"json" must be true or false')
+    return TrustctlVerify(config, image, as_json, timeout)
 
-    try:
-        return json.loads(text)
-    except ValueError as error:
-        raise ProtocolError(f"not JSON: {error}") from None
+
+def _timeout(request: dict[str, object]) -> float | None:
+    timeout = request.get("timeout")
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_TIMEOUT
+    ):
+        raise ProtocolError(f'"timeout" must be seconds above 0, at most {MAX_TIMEOUT:g}')
+    return float(timeout)
 
 
-def json_string(text: str) -> str:
-    """``text`` as a JSON string literal (ASCII, as json.dumps writes it)."""
-    try:
-        from _json import encode_basestring_ascii
-    except ImportError:  # pragma: no cover - other interpreters
-        import json
+# --- answers -------------------------------------------------------------------------------------
 
-        return json.dumps(text)
-    return str(encode_basestring_ascii(text))
+
+def verify_pull_answer_frame(allowed: bool, message: str) -> bytes:
+    return _frame(VERIFY_PULL, {"allowed": allowed, "message": message})
+
+
+def trustctl_verify_answer_frame(status: int, stdout: str, stderr: str) -> bytes:
+    return _frame(TRUSTCTL_VERIFY, {"status": int(status), "stdout": stdout, "stderr": stderr})
+
+
+def error_frame(error: str) -> bytes:
+    return _frame(ERROR, {"error": error})
+
+
+def parse_verify_pull_answer(payload: bytes) -> tuple[bool, str]:
+    """(allowed, message); Refused for an error answer, ProtocolError when malformed."""
+    answer = _answer(payload, VERIFY_PULL)
+    allowed, message = answer.get("allowed"), answer.get("message")
+    if not isinstance(allowed, bool) or not isinstance(message, str):
+        raise ProtocolError('an answer needs "allowed" (true or false) and a "message" string')
+    return allowed, message
+
+
+def parse_trustctl_verify_answer(payload: bytes) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr); Refused for an error answer, ProtocolError when
+    malformed."""
+    answer = _answer(payload, TRUSTCTL_VERIFY)
+    status, stdout, stderr = answer.get("status"), answer.get("stdout"), answer.get("stderr")
+    if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 255:
+        raise ProtocolError('an answer needs "status", an exit status from 0 to 255')
+    if not isinstance(stdout, str) or not isinstance(stderr, str):
+        raise ProtocolError('an answer needs "stdout" and "stderr" strings')
+    return status, stdout, stderr
+
+
+def _answer(payload: bytes, kind: str) -> dict[str, object]:
+    answer = loads_object(payload)
+    _check_version(answer, "an answer", "this program")
+    answered = answer.get("kind")
+    if answered == ERROR:
+        error = answer.get("error")
+        if not isinstance(error, str):
+            raise ProtocolError('an error answer needs an "error" string')
+        raise Refused(error)
+    if answered != kind:
+        raise ProtocolError(f'an answer of kind {_shown(answered)} to a "{kind}" request')
+    return answer
+
+
+def _check_version(document: dict[str, object], what: str, speaker: str) -> None:
+    version = document.get("version")
+    if version is None:
+        raise ProtocolError(f'{what} needs "version"; {speaker} speaks version {VERSION}')
+    if isinstance(version, bool) or version != VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {_shown(version)}; {speaker} speaks version {VERSION}"
+        )
 
 
 # --- frames --------------------------------------------------------------------------------------
 
 
+def _frame(kind: str, fields: dict[str, object]) -> bytes:
+    document = {"version": VERSION, "kind": kind, **fields}
+    # ASCII (json's default) escapes U+2028 and friends too: no reader splits a frame.
+    return frame(json.dumps(document, separators=(",", ":")).encode())
+
+
 def frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(HEADER_BYTES, "big") + payload
-
-
-def request_frame(name: str, digest: str, timeout: float | None = None) -> bytes:
-    fields = f'"name":{json_string(name)},"digest":{json_string(digest)}'
-    if timeout is not None:
-        fields += f',"timeout":{timeout:.3f}'
-    return frame(f"{{{fields}}}".encode())
-
-
-def answer_frame(allowed: bool, message: str) -> bytes:
-    allowed_text = "true" if allowed else "false"
-    return frame(f'{{"allowed":{allowed_text},"message":{json_string(message)}}}'.encode())
-
-
-def query_frame(image: str, as_json: bool, timeout: float | None = None) -> bytes:
-    json_text = "true" if as_json else "false"
-    fields = f'"verify":{json_string(image)},"json":{json_text}'
-    if timeout is not None:
-        fields += f',"timeout":{timeout:.3f}'
-    return frame(f"{{{fields}}}".encode())
-
-
-def query_answer_frame(status: int, stdout: str, stderr: str) -> bytes:
-    fields = f'"status":{int(status)},"stdout":{json_string(stdout)},"stderr":{json_string(stderr)}'
-    return frame(f"{{{fields}}}".encode())
 
 
 def read_frame(connection: Receiver, limit: int, deadline: float) -> bytes:
@@ -195,65 +279,6 @@ def read_frame(connection: Receiver, limit: int, deadline: float) -> bytes:
     if length > limit:
         raise ProtocolError(f"frame of {length} bytes; at most {limit} are accepted")
     return _read_exactly(connection, length, deadline)
-
-
-def parse_request(payload: bytes) -> tuple[str, str, float | None]:
-    """(name, digest, timeout) of an image verifier's request; ProtocolError when malformed."""
-    return _verifier_request(loads_object(payload))
-
-
-def parse_any_request(payload: bytes) -> tuple[str, str, float | None] | VerifyQuery:
-    """An image verifier's request as ``parse_request`` gives it, or a trustctl query;
-    QueryError for a malformed query, ProtocolError for anything else malformed."""
-    request = loads_object(payload)
-    if "verify" not in request:
-        return _verifier_request(request)
-    image, as_json = request["verify"], request.get("json", False)
-    if not isinstance(image, str):
-        raise QueryError('"verify" must be the image as a string')
-    if not isinstance(as_json, bool):
-        raise QueryError('"json" must be true or false')
-    return VerifyQuery(image, as_json, _timeout(request, QueryError))
-
-
-def _verifier_request(request: dict[str, object]) -> tuple[str, str, float | None]:
-    name, digest = request.get("name"), request.get("digest")
-    if not isinstance(name, str) or not isinstance(digest, str):
-        raise ProtocolError('a request needs "name" and "digest" strings')
-    return name, digest, _timeout(request, ProtocolError)
-
-
-def _timeout(request: dict[str, object], error: type[ProtocolError]) -> float | None:
-    timeout = request.get("timeout")
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise error('"timeout" must be a number of seconds above 0')
-    return float(timeout)
-
-
-def parse_answer(payload: bytes) -> tuple[bool, str]:
-    """(allowed, message) of an answer; ProtocolError when malformed."""
-    answer = loads_object(payload)
-    allowed, message = answer.get("allowed"), answer.get("message")
-    if not isinstance(allowed, bool) or not isinstance(message, str):
-        raise ProtocolError('an answer needs "allowed" (true or false) and a "message" string')
-    return allowed, message
-
-
-def parse_query_answer(payload: bytes) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of the answer to a trustctl query; ProtocolError when
-    malformed, or when it is an image verifier's answer (a daemon that predates queries)."""
-    answer = loads_object(payload)
-    status, stdout, stderr = answer.get("status"), answer.get("stdout"), answer.get("stderr")
-    if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 255:
-        message = answer.get("message")
-        if "allowed" in answer and isinstance(message, str):
-            raise ProtocolError(f"not a query answer: {message}")
-        raise ProtocolError('a query answer needs "status", an exit status from 0 to 255')
-    if not isinstance(stdout, str) or not isinstance(stderr, str):
-        raise ProtocolError('a query answer needs "stdout" and "stderr" strings')
-    return status, stdout, stderr
 
 
 def _read_exactly(connection: Receiver, size: int, deadline: float) -> bytes:
@@ -275,3 +300,34 @@ def _read_exactly(connection: Receiver, size: int, deadline: float) -> bytes:
         chunks.append(chunk)
         remaining -= len(chunk)
     return b"".join(chunks)
+
+
+# --- JSON ----------------------------------------------------------------------------------------
+
+
+def loads_object(data: bytes) -> dict[str, object]:
+    """One JSON object from ``data``; ProtocolError for anything else."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ProtocolError(f"not UTF-8: {error.reason}") from None
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except ValueError as error:
+        raise ProtocolError(f"not JSON: {error}") from None
+    except RecursionError:
+        raise ProtocolError("not JSON: nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"not a JSON object: {type(value).__name__}")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _shown(value: object) -> str:
+    """``value`` as it may be echoed in an error: JSON, cut short; the type of a container."""
+    plain = value is None or isinstance(value, str | int | float)
+    text = json.dumps(value) if plain else type(value).__name__
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from trustd.formats.notary.resolution import RepositoryReport
     from trustd.formats.notary.view import VerifiedRepository
     from trustd.net.credentials import Credentials
+    from trustd.service.engine import Audit, Engine
 
 
 def _config_path(argument: str | None) -> Path:
@@ -62,10 +63,16 @@ def _credentials(args: argparse.Namespace) -> Credentials | None:
     return Credentials(username=args.username, password=password)
 
 
-def _engine(config: Config, state_dir: str | None) -> TrustEngine:
-    from trustd.formats.notary.engine import TrustEngine
+def _engine(config: Config, state_dir: str | None, audit: Audit | None = None) -> Engine:
+    """The engine the daemon would build (trustd.service.engine), on ``--state-dir`` if given;
+    auditing nothing unless ``audit`` says (AuditLogUnavailable if it cannot)."""
+    from trustd.service.engine import Audit, build_engine
 
-    return TrustEngine(config, Path(state_dir) if state_dir else config.server.state_dir)
+    return build_engine(
+        config,
+        state_dir=Path(state_dir) if state_dir else None,
+        audit=audit if audit is not None else Audit.NONE,
+    )
 
 
 # --- trustctl ------------------------------------------------------------------------------------
@@ -73,18 +80,12 @@ def _engine(config: Config, state_dir: str | None) -> TrustEngine:
 
 def _verify(args: argparse.Namespace) -> int:
     """In this process (the ``trustctl`` program asks the daemon first: trustd.programs.trustctl);
-    the answer
-    is made by the same function as the daemon's."""
-    from trustd.policy.engine import PolicyEngine
+    the answer is made by the same function as the daemon's."""
     from trustd.policy.queries import verify_answer
 
     config = load_config(_config_path(args.config))
-    engine = _engine(config, args.state_dir)
-    try:
-        policy = PolicyEngine(config, engine)
-        answer = verify_answer(policy, args.reference, _credentials(args), args.json)
-    finally:
-        engine.close()
+    with _engine(config, args.state_dir) as engine:
+        answer = verify_answer(engine.policy, args.reference, _credentials(args), args.json)
     sys.stdout.write(answer.stdout)
     sys.stderr.write(answer.stderr)
     return answer.status
@@ -95,11 +96,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
     config = load_config(_config_path(args.config))
     reference = parse_reference(args.reference)
-    engine = _engine(config, args.state_dir)
-    try:
-        repository = engine.repository(reference.registry, reference.repository, _credentials(args))
-    finally:
-        engine.close()
+    with _engine(config, args.state_dir) as engine:
+        credentials = _credentials(args)
+        repository = engine.trust.repository(reference.registry, reference.repository, credentials)
     report = inspect_repository(repository)
     lifetime = _lifetime_report(repository, config.server.expiry_warning_days)
     if args.json:
@@ -257,23 +256,20 @@ def _expiring(args: argparse.Namespace) -> int:
     days = args.days if args.days is not None else config.server.expiry_warning_days
     if args.days is None and days == 0:
         days = DEFAULT_EXPIRING_DAYS
-    engine = _engine(config, args.state_dir)
     now = datetime.now(UTC)
     found: list[Expiry] = []
     unreadable: list[tuple[str, str]] = []
-    guns = engine.cached_guns()
-    try:
+    with _engine(config, args.state_dir) as engine:
+        guns = engine.trust.cached_guns()
         for gun in guns:
             try:
-                repository = engine.cached_repository(gun)
+                repository = engine.trust.cached_repository(gun)
             except TrustError as error:
                 unreadable.append((gun, str(error)))
                 continue
             if repository is not None:
                 expiries = repository_expiries(gun, repository.root, repository.expires)
                 found += due(expiries, now, timedelta(days=days))
-    finally:
-        engine.close()
     found.sort(key=lambda item: (item.expires, item.gun, item.name))
     if args.json:
         print(
@@ -313,51 +309,39 @@ def _expiring(args: argparse.Namespace) -> int:
 def _forget_root(args: argparse.Namespace) -> int:
     """Forget the trusted root of a GUN (or every cached GUN a pattern matches), or trust the
     served root signed by a given key instead; under each GUN's lock, audited."""
-    from trustd.service.audit import AuditLog
+    from trustd.service.engine import Audit
 
     config = load_config(_config_path(args.config))
-    engine = _engine(config, args.state_dir)
     pattern = args.target if any(char in args.target for char in "*?") else None
     if args.pin is not None and pattern is not None:
         return _fail("--pin takes one repository, not a pattern", EXIT_USAGE)
     if args.pin is not None and not all(is_key_id(key) for key in args.pin):
         return _fail(f"--pin must be {ROOT_KEY_ID_FORM}", EXIT_USAGE)
-    try:
-        guns, registry = _forget_targets(args.target, pattern, engine)
-    except ValueError as error:
-        engine.close()
-        return _fail(str(error), EXIT_USAGE)
-    audit = None
-    if config.audit.file is not None:
+    # An unaudited change of trust is not made: AuditLogUnavailable before anything is done.
+    with _engine(config, args.state_dir, Audit.RECORDS) as engine:
         try:
-            audit = AuditLog(config.audit.file, stdout=False)
-        except OSError as error:  # an unaudited change of trust is not made
-            engine.close()
-            return _fail(f"cannot write the audit log {config.audit.file}: {error}", EXIT_USAGE)
-    try:
-        if not guns or (args.pin is None and guns[0] not in engine.cached_guns()):
+            guns, registry = _forget_targets(args.target, pattern, engine.trust)
+        except ValueError as error:
+            return _fail(str(error), EXIT_USAGE)
+        if not guns or (args.pin is None and guns[0] not in engine.trust.cached_guns()):
             return _fail(
                 f"no trust data cached for {pattern or guns[0]} in "
-                f"{engine.updater.store.state_dir}",
+                f"{engine.trust.updater.store.state_dir}",
                 EXIT_UNTRUSTED,
             )
         for gun in guns:
             if args.pin is not None:
-                old, new = engine.pin_root(registry, gun, args.pin)
+                old, new = engine.trust.pin_root(registry, gun, args.pin)
                 keys = ", ".join(args.pin)
                 print(f"{gun}: now trusting its current root, signed by pinned key {keys}")
                 _note_config_pin(config, gun, args.pin)
             else:
-                old, new = engine.forget(gun), None
+                old, new = engine.trust.forget(gun), None
                 print(f"{gun}: forgot its trusted root; {_next_lookup(config, gun)}")
             if old is not None:
                 print(f"{gun}: it trusted root key {_key_ids_text(old)}")
-            if audit is not None:
-                audit.write_line(_forget_record(gun, pattern, args.pin, old, new))
-    finally:
-        engine.close()
-        if audit is not None:
-            audit.close()
+            if engine.audit is not None:
+                engine.audit.write_line(_forget_record(gun, pattern, args.pin, old, new))
     return EXIT_OK
 
 
@@ -456,17 +440,14 @@ def _forget_record(
 
 def _explain(args: argparse.Namespace) -> int:
     """What trustd would do with an image on this node now, and why; nothing is pulled."""
-    from trustd.policy.engine import PolicyEngine, Verdict, policy_match
+    from trustd.policy.engine import Verdict, policy_match
 
     config = load_config(_config_path(args.config))
     reference = parse_reference(args.reference)
     matched = policy_match(config, reference)
-    engine = _engine(config, args.state_dir)
-    try:
-        decision = PolicyEngine(config, engine).decide(args.reference, _credentials(args))
-        cached = engine.cached_guns()
-    finally:
-        engine.close()
+    with _engine(config, args.state_dir) as engine:
+        decision = engine.policy.decide(args.reference, _credentials(args))
+        cached = engine.trust.cached_guns()
     rule = matched.rule
     notary = config.notary_for(reference.registry)
     pinning = config.pinning_for(reference.repository)

@@ -10,13 +10,16 @@ blocks it; standard output is the reason containerd reports (so its first line s
 standard error goes to containerd's debug log.
 
 Exit statuses: 0 allowed (also an audit-mode failure, which is recorded), 1 denied, 2 not judged
-(bad arguments or stdin, unusable config, no judgement before ``--timeout``). All but 0 block.
+(bad arguments or stdin, unusable config, an audit log it cannot open when it judges in its own
+process, no judgement before ``--timeout``). All but 0 block.
 
 Fast path: ask the running daemon on its verifier socket (``server.verifier_socket``), the one
-owner of the trust cache. That path imports only what the interpreter has at start-up and C
-modules; a Python process that built its own trust engine would cost a cold cache and a Notary
-round trip per role on every pull. When no daemon listens, the same judgement is made in this
-process (``trustd.localapi.server.judge_locally``): same config, state directory and audit log.
+owner of the trust cache (``trustd.localapi.client.ask``; a default install does not even read its
+config for that). That path imports the standard library's json and socket and nothing of the
+trust engine; a Python process that built its own trust engine would cost a cold cache and a
+Notary round trip per role on every pull. When no daemon answers, the same judgement is made in
+this process (``trustd.localapi.server.judge_locally``): same config, state directory and audit
+log.
 
 The file installed into containerd's ``bin_dir`` is made by ``entry_script`` (see install.sh).
 """
@@ -28,13 +31,13 @@ import sys
 import time
 
 from trustd.config.paths import config_file
-from trustd.localapi.client import (
-    DaemonAbsent,
-    DaemonFailed,
-    ask_daemon,
-    verifier_socket,
+from trustd.localapi.client import DaemonAbsent, DaemonFailed, ask
+from trustd.localapi.wire import (
+    ProtocolError,
+    loads_object,
+    parse_verify_pull_answer,
+    verify_pull_frame,
 )
-from trustd.localapi.wire import ProtocolError, loads_object, parse_answer, request_frame
 
 DESCRIPTOR_MEDIA_TYPE = "application/vnd.oci.descriptor.v1+json"
 # Below containerd's usual per_verifier_timeout ("10s" in its docs), so that a slow judgement
@@ -181,27 +184,20 @@ def _check_descriptor(data: bytes, digest: str) -> None:
 def _judge(
     config: str, name: str, digest: str, deadline: float, timeout: float
 ) -> tuple[bool, str, str]:
-    """(allowed, message, who judged): the daemon if it listens, else this process."""
-    socket_path = verifier_socket(config)
-    if socket_path is not None:
-        try:
-            allowed, message = _ask_daemon(socket_path, name, digest, deadline)
-            return allowed, message, f"the trustd daemon on {socket_path}"
-        except DaemonAbsent as error:
-            _note(f"no daemon on {socket_path} ({error}); judging in this process")
-        except DaemonFailed as error:
-            if time.monotonic() >= deadline:
-                raise NotJudged(
-                    f"no judgement within {timeout:g}s: the trustd daemon on {socket_path} {error}"
-                ) from None
-            _note(f"the daemon on {socket_path} {error}; judging in this process")
+    """(allowed, message, who judged): the daemon if it answers, else this process."""
+    config = os.path.abspath(config)
+    request = verify_pull_frame(config, name, digest, _answer_budget(deadline))
+    try:
+        (allowed, message), path = ask(config, request, deadline, parse_verify_pull_answer)
+        return allowed, message, f"the trustd daemon on {path}"
+    except DaemonAbsent as error:
+        _note(f"{error}; judging in this process")
+    except DaemonFailed as error:
+        if time.monotonic() >= deadline:
+            raise NotJudged(f"no judgement within {timeout:g}s: {error}") from None
+        _note(f"{error}; judging in this process")
     allowed, message = _judge_locally(config, name, digest, deadline, timeout)
     return allowed, message, "this process (no daemon)"
-
-
-def _ask_daemon(path: str, name: str, digest: str, deadline: float) -> tuple[bool, str]:
-    request = request_frame(name, digest, _answer_budget(deadline))
-    return ask_daemon(path, request, deadline, parse_answer)
 
 
 def _answer_budget(deadline: float) -> float:

@@ -9,20 +9,18 @@ prints the answer: what ``trustctl verify`` prints and its exit status, made by 
 answers under the config it has loaded (a changed file counts from its next reload) and may reuse
 a lookup verified within its ``freshness_window``.
 
-Like the image verifier (``trustd.programs.image_verifier``), this path imports only what the
-interpreter has
-loaded at start-up, C modules, and three small modules of trustd: no argparse, json, re, typing,
-socket, tomllib or trustd.config.model.
+Like the image verifier (``trustd.programs.image_verifier``), this path imports the standard
+library's json and socket (and tomllib when the config must be read: ``trustd.localapi.client.ask``)
+and three small modules of trustd: no argparse, logging, trust engine or trustd.config.model.
 
 Only ``verify IMAGE`` with ``-c FILE``, ``--config FILE``, ``--config=FILE`` and ``--json`` is
 asked of the daemon. Anything else (``--local``, ``--state-dir``, ``--username``,
 ``--password-stdin``, ``-h``, options argparse would abbreviate or refuse, other commands) goes
-to ``trustd.programs.cli.trustctl_main``, which judges in this process. So does ``verify`` when the
-daemon
-cannot answer: no socket configured, nothing listening, a socket this user may not open (it is
-root's, mode 0600), no answer in ``DAEMON_TIMEOUT``, or an answer this program does not
-understand (a daemon that predates these queries). ``TRUSTCTL_DEBUG=1`` says on stderr which of
-the two answered, and why.
+to ``trustd.programs.cli.trustctl_main``, which judges in this process. So does ``verify`` when
+the daemon cannot answer: no socket configured, nothing listening, a socket this user may not
+open (it is root's, mode 0600), no answer in ``DAEMON_TIMEOUT``, or a refusal (the daemon serves
+another config file, or speaks another version of the protocol). ``TRUSTCTL_DEBUG=1`` says on
+stderr which of the two answered, and why.
 """
 
 from __future__ import annotations
@@ -32,17 +30,12 @@ import sys
 import time
 
 from trustd.config.paths import config_file
-from trustd.localapi.client import (
-    DaemonAbsent,
-    DaemonFailed,
-    ask_daemon,
-    verifier_socket,
-)
+from trustd.localapi.client import DaemonAbsent, DaemonFailed, ask
 from trustd.localapi.wire import (
     HEADER_BYTES,
     MAX_REQUEST_BYTES,
-    parse_query_answer,
-    query_frame,
+    parse_trustctl_verify_answer,
+    trustctl_verify_frame,
 )
 
 # How long to wait for the daemon before judging here: beyond a lookup's worst case under the
@@ -98,26 +91,19 @@ def fast_verify_arguments(arguments: list[str]) -> tuple[str, str | None, bool] 
 
 def _ask_daemon(image: str, config: str | None, as_json: bool) -> tuple[int, str, str] | None:
     """The daemon's (exit status, stdout, stderr) for ``verify image``; None to judge here."""
-    # The config file as trustd.programs.cli finds it; only its server.verifier_socket is read here.
-    config_path = config_file(config)
-    socket_path = verifier_socket(config_path)
-    if socket_path is None:
-        _debug(f"{config_path} serves no verifier socket; judging in this process")
-        return None
-    request = query_frame(image, as_json, DAEMON_TIMEOUT - _ANSWER_MARGIN)
+    # The config file as trustd.programs.cli finds it; the daemon must serve this file.
+    config_path = os.path.abspath(config_file(config))
+    request = trustctl_verify_frame(config_path, image, as_json, DAEMON_TIMEOUT - _ANSWER_MARGIN)
     if len(request) - HEADER_BYTES > MAX_REQUEST_BYTES:
         _debug("the image is too long to ask the daemon; judging in this process")
         return None
     deadline = time.monotonic() + DAEMON_TIMEOUT
     try:
-        answer = ask_daemon(socket_path, request, deadline, parse_query_answer)
-    except DaemonAbsent as error:
-        _debug(f"no daemon on {socket_path} ({error}); judging in this process")
+        answer, path = ask(config_path, request, deadline, parse_trustctl_verify_answer)
+    except (DaemonAbsent, DaemonFailed) as error:
+        _debug(f"{error}; judging in this process")
         return None
-    except DaemonFailed as error:
-        _debug(f"the daemon on {socket_path} {error}; judging in this process")
-        return None
-    _debug(f"answered by the trustd daemon on {socket_path}")
+    _debug(f"answered by the trustd daemon on {path}")
     return answer
 
 

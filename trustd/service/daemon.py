@@ -26,13 +26,12 @@ from cri_shim.server import RunningServer, serve
 from trustd.config.load import config_warnings, load_config
 from trustd.config.model import Config
 from trustd.errors import ConfigError
-from trustd.formats.notary.engine import TrustEngine
 from trustd.localapi.server import VerifierSocketServer
-from trustd.localapi.wire import VerifyQuery
+from trustd.localapi.wire import TrustctlVerify
 from trustd.net.deadline import call_deadline
-from trustd.policy.engine import Decision, PolicyEngine, Verdict
+from trustd.policy.engine import Decision, Verdict
 from trustd.policy.queries import VerifyAnswer, verify_answer
-from trustd.service.audit import AuditLog
+from trustd.service.engine import Audit, AuditLogUnavailable, build_engine
 from trustd.service.expiry import ExpiryWatch
 from trustd.service.metrics import Metrics, MetricsServer
 from trustd.service.sdnotify import SystemdNotifier
@@ -78,17 +77,17 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self.counts = _Counts()
         self.metrics = Metrics()
-        self.audit = AuditLog(_audit_path(config), stdout=config.audit.stdout)
         self.expiry = ExpiryWatch(config.server.expiry_warning_days, self.metrics.expiry)
-        self.trust = TrustEngine(
+        # AuditLogUnavailable: the daemon does not start (trustd.service.engine's rule).
+        self.engine = build_engine(
             config,
-            config.server.state_dir,
+            audit=Audit.DECISIONS,
+            observers=(self.metrics.observe, self.counts),
             on_refresh=self.metrics.record_cache,
             on_verified=self.expiry.observe,
         )
-        self.policy = PolicyEngine(config, self.trust)
-        for observer in (self.audit, self.metrics.observe, self.counts):
-            self.policy.add_observer(observer)
+        self.trust = self.engine.trust
+        self.policy = self.engine.policy
         self.containerd = ContainerdClient(
             config.server.containerd, namespace=config.server.containerd_namespace
         )
@@ -108,7 +107,7 @@ class Daemon:
         if verifier_socket is not None:
             # The same PolicyEngine (and so the same cache and single flight) as the shim.
             self._verifier_server = VerifierSocketServer(
-                verifier_socket, self.policy.judge_resolved, query=self.answer_query
+                verifier_socket, self.config_path, self.policy.judge_resolved, self.answer_query
             )
             try:
                 self._verifier_server.start()
@@ -129,7 +128,7 @@ class Daemon:
         self.notifier.ready()
         self.notifier.status(self.counts.summary())
 
-    def answer_query(self, query: VerifyQuery) -> VerifyAnswer:
+    def answer_query(self, query: TrustctlVerify) -> VerifyAnswer:
         """``trustctl verify`` as the daemon sees it: its loaded config and its trust engine
         (the shim's cache, single flight and freshness window)."""
         with call_deadline(query.timeout):
@@ -165,14 +164,14 @@ class Daemon:
         except ConfigError as error:
             log.error("config reload refused, keeping the running config: %s", error)
             self.metrics.record_reload(success=False)
-            self.audit.reopen()
+            self.engine.reopen_audit()
             self.notifier.ready()
             return False
         self.policy.reconfigure(config)
         self.expiry.warning_days = config.server.expiry_warning_days
         self.config = config
         _log_config_warnings(config)
-        self.audit.reopen()
+        self.engine.reopen_audit()
         self.metrics.record_reload(success=True)
         log.info("config reloaded from %s", self.config_path)
         self.notifier.ready()
@@ -190,18 +189,13 @@ class Daemon:
             self._metrics_handle.shutdown()
         self.expiry.stop()
         self.containerd.close()
-        self.trust.close()
-        self.audit.close()
+        self.engine.close()
         log.info("stopped")
 
 
 def _log_config_warnings(config: Config) -> None:
     for warning in config_warnings(config):
         log.warning("%s: %s", config.source, warning)
-
-
-def _audit_path(config: Config) -> Path | None:
-    return config.audit.file if config.audit.file else None
 
 
 def _check_reloadable(running: Config, new: Config) -> None:
@@ -238,7 +232,7 @@ def run_daemon(config_path: Path) -> int:
         return 2
     try:
         daemon = Daemon(config_path, config)
-    except OSError as error:  # e.g. the audit log directory is not writable
+    except (AuditLogUnavailable, OSError) as error:
         log.error("cannot start: %s", error)
         return 1
     try:

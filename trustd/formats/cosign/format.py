@@ -10,14 +10,13 @@ from pathlib import Path
 
 from trustd.errors import ConfigError, RegistryUnavailable, TrustError
 from trustd.formats.base import FormatName, SignatureQuery
-from trustd.formats.cosign.bundle import BundleSignature
+from trustd.formats.cosign.bundle import REFERRER_ARTIFACT_TYPE, BundleSignature
 from trustd.formats.cosign.classic import ClassicSignature, signature_tag
 from trustd.formats.cosign.errors import NoCosignSignatures
 from trustd.formats.cosign.keys import CosignPublicKey
 from trustd.formats.cosign.loader import load_public_key_files
 from trustd.formats.cosign.manifests import (
     EMPTY_CONFIG_TYPE,
-    REFERRER_ARTIFACT_TYPE,
     bundle_manifest_layer,
     signature_manifest_layers,
 )
