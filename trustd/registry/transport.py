@@ -399,7 +399,12 @@ class RegistryTransport:
         return url
 
     def is_registry_host(self, url: str) -> bool:
+        """``url`` is on the registry's host name (any port): TLS as the endpoint says."""
         return urlsplit(url).hostname == self.endpoint.hostname
+
+    def is_registry_origin(self, url: str) -> bool:
+        """``url`` is the registry itself (scheme, host and port)."""
+        return origin(url) in (origin(self.endpoint.url), origin(self.base_url))
 
     def where(self, url: str) -> str:
         """Who answers ``url``, for messages."""
@@ -454,7 +459,7 @@ class RegistryTransport:
         url = request.url
         for _ in range(MAX_REDIRECTS + 1):
             headers = dict(request.headers)
-            if self.is_registry_host(url):
+            if self.is_registry_origin(url):
                 for name, value in self.endpoint.headers:
                     headers.setdefault(name, value)
             if authorization and origin(url) == first_origin:
