@@ -26,6 +26,7 @@ class Seen:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    client_port: int = 0  # the same port for two requests: one kept-alive connection
 
 
 class Request(BaseHTTPRequestHandler):
@@ -42,7 +43,14 @@ class Request(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         self.server.seen.append(
-            Seen(self.command, parts.path, parse_qs(parts.query), dict(self.headers), body)
+            Seen(
+                self.command,
+                parts.path,
+                parse_qs(parts.query),
+                dict(self.headers),
+                body,
+                self.client_address[1],
+            )
         )
         route = self.server.routes.get((self.command, parts.path))
         if route is None:

@@ -181,6 +181,26 @@ def test_invalid_names_never_reach_the_network(server: ScriptedServer) -> None:
     assert server.seen == []
 
 
+def test_connections_are_kept_alive(server: ScriptedServer) -> None:
+    image = manifest("keep")
+    server.fixed("HEAD", f"{BASE}/manifests/v1", 200, image.body, **image.headers())
+    server.fixed("GET", f"{BASE}/manifests/v1", 200, image.body, **image.headers())
+    bearer_registry(server, f"{server.url}/token")
+    token_service(server)
+    with client(server, Credentials("alice", PASSWORD)) as registry:
+        registry.resolve(REPO, "v1")
+        registry.manifest(REPO, "v1")
+        registry.manifest(REPO, "v1")
+        server.fixed("GET", f"{BASE}/manifests/big", 200, b"x" * 100, Content_Type="a/b")
+        with pytest.raises(ContentTooLarge):
+            registry.manifest(REPO, "big", max_bytes=10)
+        registry.resolve(REPO, "v1")
+    ports = [seen.client_port for seen in server.seen]
+    # One connection for the answers read whole (401s included), a new one after the answer
+    # that was refused unread.
+    assert len(set(ports[:-1])) == 1 and ports[-1] != ports[0]
+
+
 # --- blobs ---------------------------------------------------------------------------------------
 
 

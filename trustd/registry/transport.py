@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import http.client
 import json
 import logging
 import random
@@ -27,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import requests.utils
@@ -53,6 +54,7 @@ RETRYABLE_STATUS = frozenset({502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 RETRY_BACKOFF = 0.2  # seconds before the one retry, plus up to half again as jitter
 _ERROR_BODY_LIMIT = 4096  # bytes of an error answer read for its error codes
+_DRAIN_LIMIT = 8192  # an unread body up to this size is read to keep its connection
 # OpenSSL's reasons for a TLS handshake answered in plain HTTP ("HTTP/1.1 400 ...").
 _PLAIN_HTTP_REASONS = frozenset(
     {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST"}
@@ -251,6 +253,10 @@ class Answer:
         self.url = url  # after redirects
         self.where = where
         self._watch = watch
+        # The whole answer has been read: its connection may serve the next request.
+        self._complete = False
+        self._read_started = False
+        self._bodiless = response.request.method == "HEAD" or response.status_code in (204, 304)
 
     @property
     def status(self) -> int:
@@ -266,6 +272,7 @@ class Answer:
 
     def read(self, limit: int, what: str) -> bytes:
         """The whole body, at most ``limit`` bytes; ContentTooLarge past it (read no further)."""
+        self._read_started = True
         encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise RegistryRequestFailed(
@@ -310,7 +317,26 @@ class Answer:
         if self._watch.fired:
             # The body ended because the watchdog cut the connection, not because it was whole.
             raise self.timeout(what)
+        self._complete = True
         return bytes(body)
+
+    def finish(self) -> None:
+        """Give the connection back for reuse if the answer was read whole (a short body nobody
+        read, such as a 401's, is read first), else close it: unread bytes must never reach the
+        next request, and a body refused at its cap is never read further."""
+        if self._bodiless:
+            # http.client must see the (empty) body read before the connection takes a request.
+            with contextlib.suppress(Exception):
+                self._complete = self.response.raw.read(decode_content=False) == b""
+        elif not self._read_started:
+            declared = self.headers.get("Content-Length", "").strip()
+            if declared.isdigit() and int(declared) <= _DRAIN_LIMIT and not self._watch.expired():
+                with contextlib.suppress(Exception):
+                    self.read(_DRAIN_LIMIT, "the rest of an answer")
+        if self._complete and not self._watch.fired:
+            self.response.raw.release_conn()
+        else:
+            self.response.close()
 
     def timeout(self, what: str) -> RegistryTimeout:
         return RegistryTimeout(f"{self.where} did not deliver {what} in time")
@@ -434,7 +460,7 @@ class RegistryTransport:
         if timeout <= 0:
             raise RegistryTimeout(f"no time left to ask {self.where(url)}")
         watch = _Watch(timeout)
-        response: requests.Response | None = None
+        answer: Answer | None = None
         try:
             response, final_url = self._follow(
                 _Request(method, url, dict(headers or {}), data),
@@ -442,10 +468,11 @@ class RegistryTransport:
                 watch,
                 follow_redirects,
             )
-            yield Answer(response, final_url, watch, self.where(final_url))
+            answer = Answer(response, final_url, watch, self.where(final_url))
+            yield answer
         finally:
-            if response is not None:
-                response.close()
+            if answer is not None:
+                answer.finish()
             watch.close()
 
     def _follow(
@@ -632,16 +659,12 @@ def _short_reason(error: BaseException) -> str:
             return "the host name does not resolve"
         if isinstance(item, TimeoutError | socket.timeout):
             return "timed out"
-    text = str(error)
-    for marker in ("Connection refused", "Name or service not known", "timed out", "reset"):
-        if marker in text:
-            return marker.lower()
-    name = type(error).__name__
-    # Strip URLs from urllib3's messages: a query string could carry a token.
-    return name + (": " + text.split("(", 1)[0][:120] if "://" not in text else "")
-
-
-def scrub(url: str) -> str:
-    """A URL without user information or query, for messages."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+        if isinstance(item, http.client.RemoteDisconnected):
+            return "the connection closed without an answer"
+        if isinstance(item, http.client.IncompleteRead):
+            return "the answer ended early"
+    last = list(_exception_chain(error))[-1]
+    text = str(last)
+    # urllib3's messages name the URL, whose query could carry a token: left out.
+    detail = f": {text[:120]}" if text and "://" not in text else ""
+    return type(last).__name__ + detail
