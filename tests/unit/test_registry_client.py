@@ -241,12 +241,12 @@ def test_blob_redirect_keeps_credentials_at_the_registry(
         "GET", f"{BASE}/blobs/{descriptor.digest}", 307, Location=f"{other.url}{storage}?sig=1"
     )
     other.fixed("GET", storage, 200, data)
-    with client(
-        server, Credentials(registry_token="opaque"), headers=(("X-Node", "n1"),)
-    ) as registry:
+    headers = (("X-Node", "n1"), ("X-Multi", "a"), ("X-Multi", "b"))
+    with client(server, Credentials(registry_token="opaque"), headers=headers) as registry:
         assert registry.blob(REPO, descriptor) == data
     assert server.seen[0].headers["Authorization"] == "Bearer opaque"
     assert server.seen[0].headers["X-Node"] == "n1"
+    assert server.seen[0].headers["X-Multi"] == "a, b"
     assert "Authorization" not in other.seen[0].headers
     assert "X-Node" not in other.seen[0].headers
 

@@ -229,7 +229,7 @@ class Authenticator:
         credentials = self._credentials
         if not credentials or not (credentials.username or credentials.password):
             raise RegistryAuthenticationFailed(
-                f"registry {self._registry} requires a username and password"
+                f"registry {self._registry} requires a username and password (HTTP Basic)"
                 + (f" for {repository}" if repository else "")
                 + " and the pull carries none"
             )

@@ -195,14 +195,13 @@ class RegistryClient:
         check_repository(repository)
         limit = self.limits.manifest_bytes if max_bytes is None else max_bytes
         given = reference if isinstance(reference, Descriptor) else None
-        ref = given.digest if given is not None else reference
+        ref = _check_digest(given.digest) if given is not None else reference
         assert isinstance(ref, str)
         by_digest = is_digest(ref)
         if not by_digest:
             _check_tag(ref)
         what = f"manifest {repository}{'@' if by_digest else ':'}{ref}"
         if given is not None:
-            _check_digest(given.digest)
             if given.size > limit:
                 raise self._too_large(what, given.size, limit)
             limit = given.size

@@ -487,7 +487,7 @@ class RegistryTransport:
         for _ in range(MAX_REDIRECTS + 1):
             headers = dict(request.headers)
             if self.is_registry_origin(url):
-                for name, value in self.endpoint.headers:
+                for name, value in _joined(self.endpoint.headers).items():
                     headers.setdefault(name, value)
             if authorization and origin(url) == first_origin:
                 headers["Authorization"] = authorization
@@ -619,6 +619,14 @@ class RegistryTransport:
                     self._proxies.clear()
                 proxies = self._proxies[key] = dict(requests.utils.get_environ_proxies(url))
         return proxies
+
+
+def _joined(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """hosts.toml headers by name; a name given several values is sent once, comma-joined."""
+    joined: dict[str, list[str]] = {}
+    for name, value in headers:
+        joined.setdefault(name, []).append(value)
+    return {name: ", ".join(values) for name, values in joined.items()}
 
 
 def _exception_chain(error: BaseException) -> Iterator[BaseException]:
