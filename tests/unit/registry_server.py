@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -118,6 +120,7 @@ class ScriptedServer(ThreadingHTTPServer):
         self.routes: dict[tuple[str, str], Handler] = {}
         self.seen: list[Seen] = []
         self.streamed = 0
+        self.scheme = "http"
 
     @property
     def host(self) -> str:
@@ -125,7 +128,7 @@ class ScriptedServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     def route(self, method: str, path: str, handler: Handler) -> None:
         self.routes[(method, path)] = handler
@@ -147,8 +150,20 @@ class ScriptedServer(ThreadingHTTPServer):
         return [s.path for s in self.seen if method is None or s.method == method]
 
 
-def serve() -> Iterator[ScriptedServer]:
+def serve(
+    tls: tuple[Path, Path] | None = None, client_ca: Path | None = None
+) -> Iterator[ScriptedServer]:
+    """A running server; with ``tls`` (certificate, key) it speaks HTTPS, and with
+    ``client_ca`` it requires a client certificate issued by that CA."""
     server = ScriptedServer()
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        if client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=str(client_ca))
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.scheme = "https"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:

@@ -13,10 +13,12 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
 
+from tests.stack.pki import TestPKI
 from tests.unit.registry_server import (
     Request,
     ScriptedServer,
@@ -40,7 +42,7 @@ from trustd.registry.errors import (
     RegistryTimeout,
     TooManyReferrers,
 )
-from trustd.registry.hosts import RegistryEndpoint
+from trustd.registry.hosts import ClientCertificate, RegistryEndpoint
 
 REPO = "team/app"
 BASE = f"/v2/{REPO}"
@@ -354,6 +356,86 @@ def test_mirror_requests_name_the_registry(server: ScriptedServer) -> None:
     with client(server, registry="registry.example.com") as registry:
         registry.resolve(REPO, "v1")
     assert server.seen[0].query == {"ns": ["registry.example.com"]}
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    return TestPKI(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tls_server(pki: TestPKI) -> Iterator[ScriptedServer]:
+    yield from serve(tls=pki.issue_server_cert("registry"))
+
+
+def test_tls_with_the_endpoints_ca_or_skip_verify(tls_server: ScriptedServer, pki: TestPKI) -> None:
+    image = manifest("tls")
+    tls_server.fixed("HEAD", f"{BASE}/manifests/v1", 200, image.body, **image.headers())
+    with client(tls_server, ca_files=(pki.ca_cert,)) as registry:
+        assert registry.resolve(REPO, "v1").digest == image.digest
+    with (
+        client(tls_server) as registry,
+        pytest.raises(RegistryRequestFailed, match="certificate verify failed"),
+    ):
+        registry.resolve(REPO, "v1")
+    with client(tls_server, verify=False) as registry:
+        assert registry.resolve(REPO, "v1").digest == image.digest
+    # A CA file that cannot be loaded names itself.
+    missing = Path("/nonexistent/ca.pem")
+    with pytest.raises(RegistryUnavailable, match=r"/nonexistent/ca\.pem"):
+        client(tls_server, ca_files=(missing,))
+
+
+def test_client_certificate_from_the_endpoint(pki: TestPKI) -> None:
+    server_gen = serve(tls=pki.issue_server_cert("mtls-registry"), client_ca=pki.ca_cert)
+    server = next(server_gen)
+    try:
+        image = manifest("mtls")
+        server.fixed("HEAD", f"{BASE}/manifests/v1", 200, image.body, **image.headers())
+        cert, key = pki.issue_client_cert("node")
+        certificates = (ClientCertificate(cert, key),)
+        with client(server, ca_files=(pki.ca_cert,), client_certificates=certificates) as r:
+            assert r.resolve(REPO, "v1").digest == image.digest
+        with client(server, ca_files=(pki.ca_cert,)) as r, pytest.raises(RegistryUnavailable):
+            r.resolve(REPO, "v1")
+    finally:
+        server_gen.close()
+
+
+def test_trickling_tls_body_fails_at_the_deadline(tls_server: ScriptedServer, pki: TestPKI) -> None:
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+    tls_server.route("GET", f"{BASE}/manifests/v1", lambda request: request.trickle(head))
+    with (
+        client(tls_server, timeout=1.0, ca_files=(pki.ca_cert,)) as registry,
+        pytest.raises(RegistryTimeout),
+    ):
+        registry.manifest(REPO, "v1")
+
+
+def test_http_fallback_only_when_the_server_speaks_http(
+    server: ScriptedServer, tls_server: ScriptedServer, pki: TestPKI
+) -> None:
+    image = manifest("fallback")
+    for answering in (server, tls_server):
+        answering.fixed("HEAD", f"{BASE}/manifests/v1", 200, image.body, **image.headers())
+    plain = RegistryEndpoint(server.host, f"https://{server.host}/v2", http_fallback=True)
+    with RegistryClient(plain) as registry:
+        assert registry.resolve(REPO, "v1").digest == image.digest
+        assert registry.resolve(REPO, "v1").digest == image.digest
+    assert len(server.seen) == 2  # the failed handshake never reached the HTTP layer
+    # A TLS server whose certificate is not trusted is a TLS failure, never a downgrade.
+    tls = RegistryEndpoint(tls_server.host, f"https://{tls_server.host}/v2", http_fallback=True)
+    with (
+        RegistryClient(tls) as registry,
+        pytest.raises(RegistryRequestFailed, match="certificate verify failed"),
+    ):
+        registry.resolve(REPO, "v1")
 
 
 # --- authentication ------------------------------------------------------------------------------

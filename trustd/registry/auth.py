@@ -266,8 +266,10 @@ class Authenticator:
         parts = urlsplit(realm)
         if parts.scheme == "https":
             return True
-        endpoint = self._transport.endpoint
-        return parts.hostname == endpoint.hostname and endpoint.plain_http
+        # Plain HTTP only where the operator chose it: the registry's own host, reached over
+        # http:// (configured so, or by the HTTP fallback actually taken).
+        registry = urlsplit(self._transport.base_url)
+        return parts.hostname == registry.hostname and registry.scheme == "http"
 
     def _fetch_token(
         self, realm: str, service: str, scope: str, repository: str

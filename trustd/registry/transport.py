@@ -231,6 +231,13 @@ def _ssl_context(endpoint: RegistryEndpoint, *, registry_host: bool) -> ssl.SSLC
                 f"({endpoint.source}) cannot be loaded: {error}"
             ) from None
     if not endpoint.verify:
+        log.warning(
+            "TLS certificates of %s are not verified (%s)",
+            endpoint.describe(),
+            "containerd's default for a loopback registry"
+            if endpoint.source == "defaults"
+            else f"skip_verify in {endpoint.source}",
+        )
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
