@@ -43,6 +43,7 @@ from trustd.registry.errors import (
     TooManyReferrers,
 )
 from trustd.registry.hosts import ClientCertificate, RegistryEndpoint
+from trustd.registry.transport import RegistryTransports
 
 REPO = "team/app"
 BASE = f"/v2/{REPO}"
@@ -201,6 +202,29 @@ def test_connections_are_kept_alive(server: ScriptedServer) -> None:
     # One connection for the answers read whole (401s included), a new one after the answer
     # that was refused unread.
     assert len(set(ports[:-1])) == 1 and ports[-1] != ports[0]
+
+
+def test_pooled_transports_share_connections_and_tokens(server: ScriptedServer) -> None:
+    bearer_registry(server, f"{server.url}/token")
+    token_service(server)
+    pool = RegistryTransports(size=1)
+    endpoint = RegistryEndpoint(server.host, server.url + "/v2")
+    for _ in range(2):
+        transport = pool.get(endpoint)
+        with RegistryClient(endpoint, Credentials("alice", PASSWORD), transport=transport) as r:
+            r.resolve(REPO, "v1")
+    assert pool.get(endpoint) is transport
+    assert len({seen.client_port for seen in server.seen}) == 1
+    assert len([seen for seen in server.seen if seen.path == "/token"]) == 1
+    # Other credentials never get the cached token.
+    with (
+        RegistryClient(endpoint, Credentials("bob", "x"), transport=transport) as r,
+        pytest.raises(RegistryAuthenticationFailed, match="user 'bob'"),
+    ):
+        r.resolve(REPO, "v1")
+    mirror = RegistryEndpoint("other.example.com", server.url + "/v2")
+    assert pool.get(mirror) is not transport  # and the first was closed (size 1)
+    pool.close()
 
 
 # --- blobs ---------------------------------------------------------------------------------------

@@ -628,6 +628,37 @@ class RegistryTransport:
         return proxies
 
 
+class RegistryTransports:
+    """One transport per endpoint, kept for reuse across pulls (keep-alive connections and
+    tokens); the least recently used is closed past ``size``. Thread-safe."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._transports: dict[RegistryEndpoint, RegistryTransport] = {}
+        self._lock = threading.Lock()
+
+    def get(self, endpoint: RegistryEndpoint) -> RegistryTransport:
+        with self._lock:
+            transport = self._transports.pop(endpoint, None)
+            if transport is None:
+                transport = RegistryTransport(endpoint)
+            self._transports[endpoint] = transport  # now the most recently used
+            evicted = []
+            while len(self._transports) > self._size:
+                oldest = next(iter(self._transports))
+                evicted.append(self._transports.pop(oldest))
+        for old in evicted:
+            old.close()
+        return transport
+
+    def close(self) -> None:
+        with self._lock:
+            transports = list(self._transports.values())
+            self._transports.clear()
+        for transport in transports:
+            transport.close()
+
+
 def _joined(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
     """hosts.toml headers by name; a name given several values is sent once, comma-joined."""
     joined: dict[str, list[str]] = {}
