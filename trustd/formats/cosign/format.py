@@ -98,16 +98,16 @@ def discover(
         try:
             manifest, data = client.manifest(path, listed)
             where = f"bundle referrer {manifest.digest}"
-            layer = bundle_manifest_layer(data, where)
-            if layer is None:
+            bundle_layer = bundle_manifest_layer(data, where)
+            if bundle_layer is None:
                 continue
-            bundle = client.blob(path, layer)
+            bundle = client.blob(path, bundle_layer)
         except RegistryUnavailable:
             raise
         except TrustError as error:
             problems.append(str(error))
             continue
-        candidates.append(BundleSignature(bundle, layer.media_type, where))
+        candidates.append(BundleSignature(bundle, bundle_layer.media_type, where))
     return candidates, problems
 
 
