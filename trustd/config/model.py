@@ -101,7 +101,7 @@ class MetricsConfig:
     @property
     def address(self) -> tuple[str, int] | None:
         """``(host, port)`` to listen on (IPv6 without brackets), or None when disabled."""
-        if not self.listen:
+        if not self.listen or self.listen.startswith("unix:"):
             return None
         host, _, port = self.listen.rpartition(":")
         return host.removeprefix("[").removesuffix("]"), int(port)
@@ -501,6 +501,11 @@ _HOST_NAME = re.compile(
 
 
 def _listen_problem(listen: str) -> str | None:
+    if listen.startswith("unix:"):
+        path = listen.removeprefix("unix:")
+        if not path.startswith("/") or path.endswith("/"):
+            return 'a unix socket needs an absolute file path, e.g. "unix:/run/trustd/metrics.sock"'
+        return None
     host, colon, port = listen.rpartition(":")
     if not colon or not host:
         return 'must be host:port, e.g. "127.0.0.1:9879" ("" disables metrics)'
