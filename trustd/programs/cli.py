@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from trustd.formats.notary.resolution import RepositoryReport
     from trustd.formats.notary.view import VerifiedRepository
     from trustd.net.credentials import Credentials
+    from trustd.service.audit import AuditLog
 
 DEFAULT_CONFIG = Path("/etc/trustd/trustd.toml")
 
@@ -309,29 +310,40 @@ def _expiring(args: argparse.Namespace) -> int:
 
 
 def _forget_root(args: argparse.Namespace) -> int:
-    """Forget the trusted root of a GUN (or every cached GUN a pattern matches), or trust the
-    served root signed by a given key instead; under each GUN's lock, audited."""
+    """Forget the trusted root of a GUN (or every cached GUN a pattern matches, with ``--all``
+    when that is more than one), or trust the served root signed by a given key instead.
+
+    Under each GUN's lock, the audit record is written first and the change made only once it
+    is: a change of trust that cannot be recorded is not made.
+    """
     from trustd.service.audit import AuditLog
 
     config = load_config(_config_path(args.config))
-    engine = _engine(config, args.state_dir)
+    if config.audit.file is None:
+        return _fail(
+            f"{config.source}: audit.file is off; forget-root records each change in the audit "
+            "log before making it, so set audit.file (or pass a config that does, -c)",
+            EXIT_USAGE,
+        )
     pattern = args.target if any(char in args.target for char in "*?") else None
     if args.pin is not None and pattern is not None:
         return _fail("--pin takes one repository, not a pattern", EXIT_USAGE)
     if args.pin is not None and not all(_KEY_ID.fullmatch(key) for key in args.pin):
         return _fail("--pin must be a root key ID: 64 lowercase hexadecimal characters", EXIT_USAGE)
+    engine = _engine(config, args.state_dir)
     try:
         guns, registry = _forget_targets(args.target, pattern, engine)
     except ValueError as error:
         engine.close()
         return _fail(str(error), EXIT_USAGE)
-    audit = None
-    if config.audit.file is not None:
-        try:
-            audit = AuditLog(config.audit.file, stdout=False)
-        except OSError as error:  # an unaudited change of trust is not made
-            engine.close()
-            return _fail(f"cannot write the audit log {config.audit.file}: {error}", EXIT_USAGE)
+    if len(guns) > 1 and not args.all:
+        engine.close()
+        return _fail(_needs_all(pattern or args.target, guns), EXIT_USAGE)
+    try:
+        audit = AuditLog(config.audit.file, stdout=False)
+    except OSError as error:  # an unaudited change of trust is not made
+        engine.close()
+        return _fail(f"cannot write the audit log {config.audit.file}: {error}", EXIT_USAGE)
     try:
         if not guns or (args.pin is None and guns[0] not in engine.cached_guns()):
             return _fail(
@@ -339,24 +351,102 @@ def _forget_root(args: argparse.Namespace) -> int:
                 f"{engine.updater.store.state_dir}",
                 EXIT_UNTRUSTED,
             )
-        for gun in guns:
+        for done, gun in enumerate(guns):
+            record = _RecordFirst(audit, gun, pattern, args.pin)
+            try:
+                if args.pin is not None:
+                    old, _ = engine.pin_root(registry, gun, args.pin, before=record)
+                else:
+                    old = engine.forget(gun, before=record)
+            except _AuditUnwritable as error:
+                return _fail(
+                    f"cannot write the audit log {config.audit.file}: {error.reason}; nothing "
+                    f"changed for {gun}" + _progress(guns, done),
+                    EXIT_USAGE,
+                )
+            except BaseException as error:
+                if record.written:
+                    record.failed(error)
+                if isinstance(error, OSError):
+                    return _fail(
+                        f"cannot change the trust data of {gun} in "
+                        f"{engine.updater.store.state_dir}: {error} (it may be partly changed: "
+                        "see the forget-root-failed record in the audit log)"
+                        + _progress(guns, done),
+                        EXIT_USAGE,
+                    )
+                raise
             if args.pin is not None:
-                old, new = engine.pin_root(registry, gun, args.pin)
                 keys = ", ".join(args.pin)
                 print(f"{gun}: now trusting its current root, signed by pinned key {keys}")
                 _note_config_pin(config, gun, args.pin)
             else:
-                old, new = engine.forget(gun), None
                 print(f"{gun}: forgot its trusted root; {_next_lookup(config, gun)}")
             if old is not None:
                 print(f"{gun}: it trusted root key {_key_ids_text(old)}")
-            if audit is not None:
-                audit.write_line(_forget_record(gun, pattern, args.pin, old, new))
     finally:
         engine.close()
-        if audit is not None:
-            audit.close()
+        audit.close()
     return EXIT_OK
+
+
+_NAMES_SHOWN = 5
+
+
+def _progress(guns: Sequence[str], done: int) -> str:
+    """What else a run over ``guns`` that stopped at ``guns[done]`` did and did not change."""
+    after = len(guns) - done - 1
+    text = f"; nothing changed for the {after} after it" if after else ""
+    return text + (f"; {done} changed before it, each recorded" if done else "")
+
+
+def _needs_all(pattern: str, guns: Sequence[str]) -> str:
+    shown = ", ".join(guns[:_NAMES_SHOWN])
+    more = f" and {len(guns) - _NAMES_SHOWN} more" if len(guns) > _NAMES_SHOWN else ""
+    return (
+        f"{pattern} matches {len(guns)} cached repositories ({shown}{more}); forgetting their "
+        "roots re-opens trust on first use for every one of them: add --all if that is meant, "
+        "or name one repository"
+    )
+
+
+class _AuditUnwritable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _RecordFirst:
+    """The ``before`` hook of a forget or re-pin: writes its audit record, or stops it."""
+
+    def __init__(
+        self, audit: AuditLog, gun: str, pattern: str | None, pinned: Sequence[str] | None
+    ) -> None:
+        self._audit = audit
+        self._gun = gun
+        self._pattern = pattern
+        self._pinned = pinned
+        self.written = False
+
+    def __call__(self, old: Root | None, new: Root | None) -> None:
+        line = _forget_record(self._gun, self._pattern, self._pinned, old, new)
+        try:
+            self._audit.append_or_raise(line)
+        except OSError as error:
+            raise _AuditUnwritable(error.strerror or str(error)) from None
+        self.written = True
+
+    def failed(self, error: BaseException) -> None:
+        """The change recorded did not happen: say so in the log too, if it can be written."""
+        line = _forget_record(self._gun, self._pattern, self._pinned, None, None, error)
+        try:
+            self._audit.append_or_raise(line)
+        except OSError as write_error:
+            print(
+                f"trustctl: the audit log records a change of {self._gun} that then failed, "
+                f"and the failure cannot be added to it: {write_error}",
+                file=sys.stderr,
+            )
 
 
 _KEY_ID = re.compile(r"[0-9a-f]{64}")
@@ -420,7 +510,10 @@ def _forget_record(
     pinned: Sequence[str] | None,
     old: Root | None,
     new: Root | None,
+    error: BaseException | None = None,
 ) -> str:
+    """The audit line of a forget or re-pin about to be made; with ``error``, of one that was
+    recorded and then failed (``forget-root-failed``: it may be partly done)."""
     import pwd
     from datetime import UTC, datetime
 
@@ -449,6 +542,9 @@ def _forget_record(
         "user": user,
         "sudo_user": os.environ.get("SUDO_USER"),
     }
+    if error is not None:
+        record["action"] = "forget-root-failed"
+        record["error"] = f"{type(error).__name__}: {error}"[:2048]
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 
@@ -671,6 +767,12 @@ def trustctl_main(argv: Sequence[str] | None = None) -> int:
     )
     forget.add_argument(
         "target", help="a repository (GUN), or a pattern of cached ones (registry.example.com/**)"
+    )
+    forget.add_argument(
+        "--all",
+        action="store_true",
+        help="forget every cached repository the pattern matches (needed when it matches more "
+        "than one: each then trusts a first root again)",
     )
     forget.add_argument(
         "--pin",
