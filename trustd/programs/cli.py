@@ -816,7 +816,9 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"trustd: {error}", file=sys.stderr)
         return EXIT_USAGE
-    for warning in config_warnings(config):
+    from trustd.config.permissions import permission_warnings
+
+    for warning in config_warnings(config) + permission_warnings(config):
         print(f"trustd: warning: {path}: {warning}", file=sys.stderr)
     rules = len(config.policy)
     print(f"{path}: OK ({len(config.notary)} notary server(s), {rules} policy rule(s))")

@@ -24,6 +24,7 @@ from pathlib import Path
 from cri_shim.containerd import ContainerdClient
 from cri_shim.server import RunningServer, serve
 from trustd.config.model import Config, config_warnings, load_config
+from trustd.config.permissions import permission_warnings
 from trustd.errors import ConfigError
 from trustd.formats.notary.engine import TrustEngine
 from trustd.localapi.server import VerifierSocketServer
@@ -195,7 +196,7 @@ class Daemon:
 
 
 def _log_config_warnings(config: Config) -> None:
-    for warning in config_warnings(config):
+    for warning in config_warnings(config) + permission_warnings(config):
         log.warning("%s: %s", config.source, warning)
 
 
