@@ -220,8 +220,9 @@ class MetricsServer:
         return min(max(soonest - time.monotonic(), 0.0), _IDLE_TICK)
 
     def _accept_waiting(self) -> None:
-        # Everything queued, so the backlog never fills behind a burst of connections.
-        while True:
+        # What is queued, so the backlog does not fill behind a burst, but at most a pool's
+        # worth per round: a flood of connections must not keep the loop from answering.
+        for _ in range(self.max_connections):
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -250,6 +251,8 @@ class MetricsServer:
             self._close(connection)
 
     def _serve(self, connection: _Connection, mask: int) -> None:
+        if connection.sock not in self._connections:
+            return  # pushed out earlier in this round
         try:
             if connection.answering and mask & selectors.EVENT_WRITE:
                 self._send(connection)
