@@ -6,6 +6,7 @@ systemd; they are skipped where systemd-analyze is not installed.
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import socket
@@ -100,6 +101,27 @@ def test_sandbox_settings() -> None:
     assert single(service, "RestrictAddressFamilies").split() == ["AF_UNIX", "AF_INET", "AF_INET6"]
     assert service["SystemCallFilter"][0] == "@system-service"
     assert "ReadWritePaths" not in service  # only the systemd-managed directories are writable
+
+
+def test_task_and_file_limits_bound_the_daemon_with_room_for_its_pools() -> None:
+    from cri_shim.server import serve
+    from trustd.localapi.server import VerifierSocketServer
+    from trustd.service.metrics_server import MAX_CONNECTIONS
+
+    service = parse_unit(UNIT)["Service"]
+    tasks = int(single(service, "TasksMax"))
+    files = single(service, "LimitNOFILE")
+    assert files.isdigit(), "one limit, soft = hard: trustd cannot raise it past the unit's"
+    # Every thread of trustd's pools busy at once (CRI calls, verifier socket workers), its own
+    # few and gRPC's, twice over; and still a bound far below systemd's default (15% of pid_max).
+    pools = (
+        inspect.signature(serve).parameters["max_workers"].default
+        + inspect.signature(VerifierSocketServer).parameters["max_workers"].default
+    )
+    assert 2 * (pools + 20) <= tasks <= 1024
+    # A connection or two per thread, the metrics clients, listeners; under systemd's hard
+    # default so the unit really bounds it.
+    assert 2 * tasks + MAX_CONNECTIONS <= int(files) <= 65536
 
 
 def test_kubelet_drop_in_orders_without_a_hard_dependency() -> None:

@@ -434,7 +434,12 @@ def test_trustctl_forget_root_by_pattern_is_audited(tmp_path: Path) -> None:
     assert missing.status == 1
     assert "no trust data cached for registry.example.com/nothing/**" in missing.stderr
 
-    run = trustctl("forget-root", "registry.example.com/**", "-c", str(config))
+    several = trustctl("forget-root", "registry.example.com/**", "-c", str(config))
+    assert several.status == 2
+    assert "registry.example.com/** matches 2 cached repositories" in several.stderr
+    assert store.cached_guns() == sorted([GUN, other])
+
+    run = trustctl("forget-root", "registry.example.com/**", "--all", "-c", str(config))
     assert run.status == 0, run.stderr
     assert f"{GUN}: forgot its trusted root; its next lookup trusts" in run.stdout
     assert f"it trusted root key {repo.root_keys[0].key_id}" in run.stdout

@@ -148,6 +148,14 @@ def _warning_days(value: object, where: Where) -> int:
 def _listen_problem(listen: str) -> str | None:
     if not listen:
         return None  # disabled
+    if listen.startswith("unix:"):
+        path = listen.removeprefix("unix:")
+        if not path.startswith("/") or path.endswith("/"):
+            return (
+                'a unix socket needs an absolute file path, e.g. "unix:/run/trustd/metrics.sock" '
+                f"(got {show(listen)})"
+            )
+        return None
     try:
         parse_listen_address(listen)
     except InvalidListenAddress as error:
@@ -267,7 +275,9 @@ class MetricsConfig(Table):
     @property
     def address(self) -> tuple[str, int] | None:
         """``(host, port)`` to listen on (IPv6 without brackets), or None when disabled."""
-        return parse_listen_address(self.listen) if self.listen else None
+        if not self.listen or self.listen.startswith("unix:"):
+            return None
+        return parse_listen_address(self.listen)
 
 
 class NotaryServer(Table):

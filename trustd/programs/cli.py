@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from trustd.formats.notary.resolution import RepositoryReport
     from trustd.formats.notary.view import VerifiedRepository
     from trustd.net.credentials import Credentials
+    from trustd.service.audit import AuditLog
     from trustd.service.engine import Audit, Engine
 
 
@@ -307,42 +308,141 @@ def _expiring(args: argparse.Namespace) -> int:
 
 
 def _forget_root(args: argparse.Namespace) -> int:
-    """Forget the trusted root of a GUN (or every cached GUN a pattern matches), or trust the
-    served root signed by a given key instead; under each GUN's lock, audited."""
+    """Forget the trusted root of a GUN (or every cached GUN a pattern matches, with ``--all``
+    when that is more than one), or trust the served root signed by a given key instead.
+
+    Under each GUN's lock, the audit record is written first and the change made only once it
+    is: a change of trust that cannot be recorded is not made.
+    """
     from trustd.service.engine import Audit
 
     config = load_config(_config_path(args.config))
+    if config.audit.file is None:
+        return _fail(
+            f"{config.source}: audit.file is off; forget-root records each change in the audit "
+            "log before making it, so set audit.file (or pass a config that does, -c)",
+            EXIT_USAGE,
+        )
     pattern = args.target if any(char in args.target for char in "*?") else None
     if args.pin is not None and pattern is not None:
         return _fail("--pin takes one repository, not a pattern", EXIT_USAGE)
     if args.pin is not None and not all(is_key_id(key) for key in args.pin):
         return _fail(f"--pin must be {ROOT_KEY_ID_FORM}", EXIT_USAGE)
-    # An unaudited change of trust is not made: AuditLogUnavailable before anything is done.
-    with _engine(config, args.state_dir, Audit.RECORDS) as engine:
-        try:
-            guns, registry = _forget_targets(args.target, pattern, engine.trust)
-        except ValueError as error:
-            return _fail(str(error), EXIT_USAGE)
-        if not guns or (args.pin is None and guns[0] not in engine.trust.cached_guns()):
+    # The audit log is opened first (AuditLogUnavailable: nothing is done); each change is
+    # recorded in it below, before it is made.
+    built = _engine(config, args.state_dir, Audit.RECORDS)
+    engine, audit = built.trust, built.audit
+    assert audit is not None  # audit.file is set
+    try:
+        guns, registry = _forget_targets(args.target, pattern, engine)
+    except ValueError as error:
+        built.close()
+        return _fail(str(error), EXIT_USAGE)
+    if len(guns) > 1 and not args.all:
+        built.close()
+        return _fail(_needs_all(pattern or args.target, guns), EXIT_USAGE)
+    try:
+        if not guns or (args.pin is None and guns[0] not in engine.cached_guns()):
             return _fail(
                 f"no trust data cached for {pattern or guns[0]} in "
-                f"{engine.trust.updater.store.state_dir}",
+                f"{engine.updater.store.state_dir}",
                 EXIT_UNTRUSTED,
             )
-        for gun in guns:
+        for done, gun in enumerate(guns):
+            record = _RecordFirst(audit, gun, pattern, args.pin)
+            try:
+                if args.pin is not None:
+                    old, _ = engine.pin_root(registry, gun, args.pin, before=record)
+                else:
+                    old = engine.forget(gun, before=record)
+            except _AuditUnwritable as error:
+                return _fail(
+                    f"cannot write the audit log {config.audit.file}: {error.reason}; nothing "
+                    f"changed for {gun}" + _progress(guns, done),
+                    EXIT_USAGE,
+                )
+            except BaseException as error:
+                if record.written:
+                    record.failed(error)
+                if isinstance(error, OSError):
+                    return _fail(
+                        f"cannot change the trust data of {gun} in "
+                        f"{engine.updater.store.state_dir}: {error} (it may be partly changed: "
+                        "see the forget-root-failed record in the audit log)"
+                        + _progress(guns, done),
+                        EXIT_USAGE,
+                    )
+                raise
             if args.pin is not None:
-                old, new = engine.trust.pin_root(registry, gun, args.pin)
                 keys = ", ".join(args.pin)
                 print(f"{gun}: now trusting its current root, signed by pinned key {keys}")
                 _note_config_pin(config, gun, args.pin)
             else:
-                old, new = engine.trust.forget(gun), None
                 print(f"{gun}: forgot its trusted root; {_next_lookup(config, gun)}")
             if old is not None:
                 print(f"{gun}: it trusted root key {_key_ids_text(old)}")
-            if engine.audit is not None:
-                engine.audit.write_line(_forget_record(gun, pattern, args.pin, old, new))
+    finally:
+        built.close()
     return EXIT_OK
+
+
+_NAMES_SHOWN = 5
+
+
+def _progress(guns: Sequence[str], done: int) -> str:
+    """What else a run over ``guns`` that stopped at ``guns[done]`` did and did not change."""
+    after = len(guns) - done - 1
+    text = f"; nothing changed for the {after} after it" if after else ""
+    return text + (f"; {done} changed before it, each recorded" if done else "")
+
+
+def _needs_all(pattern: str, guns: Sequence[str]) -> str:
+    shown = ", ".join(guns[:_NAMES_SHOWN])
+    more = f" and {len(guns) - _NAMES_SHOWN} more" if len(guns) > _NAMES_SHOWN else ""
+    return (
+        f"{pattern} matches {len(guns)} cached repositories ({shown}{more}); forgetting their "
+        "roots re-opens trust on first use for every one of them: add --all if that is meant, "
+        "or name one repository"
+    )
+
+
+class _AuditUnwritable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _RecordFirst:
+    """The ``before`` hook of a forget or re-pin: writes its audit record, or stops it."""
+
+    def __init__(
+        self, audit: AuditLog, gun: str, pattern: str | None, pinned: Sequence[str] | None
+    ) -> None:
+        self._audit = audit
+        self._gun = gun
+        self._pattern = pattern
+        self._pinned = pinned
+        self.written = False
+
+    def __call__(self, old: Root | None, new: Root | None) -> None:
+        line = _forget_record(self._gun, self._pattern, self._pinned, old, new)
+        try:
+            self._audit.append_or_raise(line)
+        except OSError as error:
+            raise _AuditUnwritable(error.strerror or str(error)) from None
+        self.written = True
+
+    def failed(self, error: BaseException) -> None:
+        """The change recorded did not happen: say so in the log too, if it can be written."""
+        line = _forget_record(self._gun, self._pattern, self._pinned, None, None, error)
+        try:
+            self._audit.append_or_raise(line)
+        except OSError as write_error:
+            print(
+                f"trustctl: the audit log records a change of {self._gun} that then failed, "
+                f"and the failure cannot be added to it: {write_error}",
+                file=sys.stderr,
+            )
 
 
 def _forget_targets(target: str, pattern: str | None, engine: TrustEngine) -> tuple[list[str], str]:
@@ -403,7 +503,10 @@ def _forget_record(
     pinned: Sequence[str] | None,
     old: Root | None,
     new: Root | None,
+    error: BaseException | None = None,
 ) -> str:
+    """The audit line of a forget or re-pin about to be made; with ``error``, of one that was
+    recorded and then failed (``forget-root-failed``: it may be partly done)."""
     import pwd
     from datetime import UTC, datetime
 
@@ -432,6 +535,9 @@ def _forget_record(
         "user": user,
         "sudo_user": os.environ.get("SUDO_USER"),
     }
+    if error is not None:
+        record["action"] = "forget-root-failed"
+        record["error"] = f"{type(error).__name__}: {error}"[:2048]
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 
@@ -653,6 +759,12 @@ def trustctl_main(argv: Sequence[str] | None = None) -> int:
         "target", help="a repository (GUN), or a pattern of cached ones (registry.example.com/**)"
     )
     forget.add_argument(
+        "--all",
+        action="store_true",
+        help="forget every cached repository the pattern matches (needed when it matches more "
+        "than one: each then trusts a first root again)",
+    )
+    forget.add_argument(
         "--pin",
         metavar="KEY_ID",
         action="append",
@@ -694,7 +806,9 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"trustd: {error}", file=sys.stderr)
         return EXIT_USAGE
-    for warning in config_warnings(config):
+    from trustd.config.permissions import permission_warnings
+
+    for warning in config_warnings(config) + permission_warnings(config):
         print(f"trustd: warning: {path}: {warning}", file=sys.stderr)
     rules = len(config.policy)
     print(f"{path}: OK ({len(config.notary)} notary server(s), {rules} policy rule(s))")

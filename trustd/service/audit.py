@@ -73,6 +73,15 @@ class AuditLog:
                 except (OSError, ValueError) as error:
                     log.error("cannot write the audit record to stdout: %s", error)
 
+    def append_or_raise(self, line: str) -> None:
+        """Write ``line`` to the file, raising OSError if it cannot be written whole: for a
+        record that must exist before the change it records is made (``trustctl
+        forget-root``). Nothing goes to stdout."""
+        with self._lock:
+            if self._fd is None:
+                raise OSError(f"the audit log {self.path} is not open")
+            _write_all(self._fd, line.encode())
+
     def reopen(self) -> None:
         """Open the configured path again (after logrotate moved it); keep the old file if not."""
         if self.path is None:

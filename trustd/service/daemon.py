@@ -25,6 +25,7 @@ from cri_shim.containerd import ContainerdClient
 from cri_shim.server import RunningServer, serve
 from trustd.config.load import config_warnings, load_config
 from trustd.config.model import Config
+from trustd.config.permissions import permission_warnings
 from trustd.errors import ConfigError
 from trustd.localapi.server import VerifierSocketServer
 from trustd.localapi.wire import TrustctlVerify
@@ -194,7 +195,7 @@ class Daemon:
 
 
 def _log_config_warnings(config: Config) -> None:
-    for warning in config_warnings(config):
+    for warning in config_warnings(config) + permission_warnings(config):
         log.warning("%s: %s", config.source, warning)
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -25,14 +24,15 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     generate_latest,
-    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from trustd.errors import TrustError
 from trustd.formats.notary.lifetime import Expiry, ExpiryKind
 from trustd.net.listen import InvalidListenAddress, parse_listen_address
+from trustd.service.metrics_server import MetricsServer
 
 if TYPE_CHECKING:
     from trustd.policy.engine import Decision
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
+UNIX_PREFIX = "unix:"
 # From a cached answer (about a millisecond) to a slow Notary server near its timeout.
 RESOLUTION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _VERIFYING_MODES = frozenset({"enforce", "audit"})
@@ -126,11 +127,20 @@ class Metrics:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
 
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """Every metric in the format the ``Accept`` header asks for: (body, Content-Type)."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
     def serve(self, listen: str) -> MetricsServer:
-        """Serve ``/metrics`` on ``host:port`` (``[v6]:port``; ``:port`` is 127.0.0.1)."""
+        """Serve ``/metrics`` on ``host:port`` (``[v6]:port``; ``:port`` is 127.0.0.1) or on
+        ``unix:/absolute/path``."""
+        if listen.startswith(UNIX_PREFIX):
+            handle = MetricsServer.unix(unix_listen_path(listen), self.exposition)
+            log.info("serving metrics on %s (path /metrics)", handle.url_host)
+            return handle
         host, port = parse_listen(listen)
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        handle = MetricsServer(server, thread)
+        handle = MetricsServer.tcp(host, port, self.exposition)
         log.info("serving metrics on http://%s/metrics", handle.url_host)
         return handle
 
@@ -192,40 +202,21 @@ class ExpiryGauges(Collector):
         )
 
 
-@dataclass
-class MetricsServer:
-    """A running metrics endpoint; ``shutdown()`` stops it and frees the port."""
-
-    server: WSGIServer
-    thread: threading.Thread
-
-    @property
-    def host(self) -> str:
-        return str(self.server.server_address[0])
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
-
-    @property
-    def url_host(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def shutdown(self) -> None:
-        if not self.thread.is_alive():
-            return
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
 def parse_listen(listen: str) -> tuple[str, int]:
     """``"127.0.0.1:9879"``, ``"[::1]:9879"``, ``":9879"`` -> (host, port); port 0 picks one."""
     try:
         return parse_listen_address(listen, default_host=DEFAULT_HOST, any_port=True)
     except InvalidListenAddress as error:
         raise ValueError(f"metrics listen address {listen!r}: {error}") from None
+
+
+def unix_listen_path(listen: str) -> Path:
+    """``"unix:/run/trustd/metrics.sock"`` -> the socket's path; it must be absolute."""
+    text = listen.removeprefix(UNIX_PREFIX)
+    path = Path(text)
+    if not path.is_absolute() or text.endswith("/") or path.name in ("", ".", ".."):
+        raise ValueError(f"metrics listen address {listen!r}: unix: needs an absolute file path")
+    return path
 
 
 def _installed_version() -> str:

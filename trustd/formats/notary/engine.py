@@ -22,7 +22,7 @@ from trustd.formats.notary.pinning import TrustPinning
 from trustd.formats.notary.refresh import SizeLimits
 from trustd.formats.notary.store import MetadataStore
 from trustd.formats.notary.transport import NotaryEndpoint, NotaryTransport
-from trustd.formats.notary.updater import Updater, utc_now
+from trustd.formats.notary.updater import BeforeRootChange, Updater, utc_now
 from trustd.formats.notary.view import VerifiedRepository
 from trustd.net.credentials import Credentials
 
@@ -194,18 +194,28 @@ class TrustEngine:
         """Changes whenever a cached file of ``gun`` is written or removed (cheap: no reads)."""
         return self.updater.store.stamp(gun)
 
-    def forget(self, gun: str) -> Root | None:
-        """Forget ``gun``'s trusted root and data; returns the root trusted until now, if any."""
-        return self.updater.forget(gun)
+    def forget(self, gun: str, before: BeforeRootChange | None = None) -> Root | None:
+        """Forget ``gun``'s trusted root and data; returns the root trusted until now, if any.
+        ``before`` (e.g. the audit record) runs under the GUN's lock just before the change;
+        if it raises, nothing changes."""
+        return self.updater.forget(gun, before)
 
-    def pin_root(self, registry: str, gun: str, key_ids: Sequence[str]) -> tuple[Root | None, Root]:
+    def pin_root(
+        self,
+        registry: str,
+        gun: str,
+        key_ids: Sequence[str],
+        before: BeforeRootChange | None = None,
+    ) -> tuple[Root | None, Root]:
         """Trust the root ``gun``'s server serves now if a threshold of ``key_ids`` signs it,
         instead of the cached one; (root trusted before, root trusted now). Raises (and changes
-        nothing) if the served root is not signed so."""
+        nothing) if the served root is not signed so, or if ``before`` raises."""
         notary = self._settings.notary_for(registry)
         limits = _size_limits(notary)
         pinning = TrustPinning(pinned_key_ids=tuple(key_ids), allow_tofu=False)
-        return self.updater.replace_root(gun, self._transport(notary), pinning, limits)
+        return self.updater.replace_root(
+            gun, self._transport(notary), pinning, limits, before=before
+        )
 
     # --- configuration -> objects ----------------------------------------------------------------
 

@@ -288,9 +288,31 @@ class NotaryTransport:
             raise AuthenticationFailed(
                 f"notary at {self.endpoint.base_url} sent an unusable token realm {realm!r}"
             )
-        if credentials and realm_parts.scheme != "https":
+        realm_origin = _origin(realm)
+        # What goes to the token service: a user's password or identity token. A registry token
+        # alone is kubelet's token for the registry, sent to no one else: then ask anonymously.
+        identity = (
+            credentials
+            if credentials is not None and (credentials.username or credentials.identity_token)
+            else None
+        )
+        if realm_parts.scheme != "https":
+            # Any Notary (or whoever answers in its place) names the realm: over plain HTTP
+            # the pull's credentials, and the token, would be readable and changeable on the
+            # way. Refused with or without credentials, so the rule does not depend on the pull.
+            sent = "the pull's credentials" if identity else "a token request"
             raise AuthenticationFailed(
-                f"refusing to send credentials for {gun} to the non-TLS token realm {realm}"
+                f"refusing to send {sent} for {gun} to the token service at {realm_origin}: "
+                f"notary at {self.endpoint.base_url} names a plain-HTTP token realm, and "
+                "trustd asks token services only over HTTPS"
+            )
+        if identity is not None:
+            log.info(
+                "sending %s for %s to the token service at %s (named by notary at %s)",
+                _credential_kind(identity),
+                gun,
+                realm_origin,
+                self.endpoint.base_url,
             )
         params = {"scope": challenge.get("scope") or f"repository:{gun}:pull"}
         if challenge.get("service"):
@@ -300,10 +322,10 @@ class NotaryTransport:
         # system's CAs.
         same_host = realm_parts.hostname == urlsplit(self.endpoint.base_url).hostname
         verify = self._verify if same_host else True
-        if credentials and credentials.identity_token:
+        if identity is not None and identity.identity_token:
             form = {
                 "grant_type": "refresh_token",
-                "refresh_token": credentials.identity_token,
+                "refresh_token": identity.identity_token,
                 "client_id": "trustd",
                 **params,
             }
@@ -311,9 +333,9 @@ class NotaryTransport:
                 "POST", realm, service="token service", gun=gun, data=form, verify=verify
             )
         else:
-            if credentials and credentials.username:
-                params["account"] = credentials.username
-            auth = (credentials.username, credentials.password) if credentials else None
+            if identity is not None:
+                params["account"] = identity.username
+            auth = (identity.username, identity.password) if identity is not None else None
             response = self._request(
                 "GET",
                 realm,
@@ -325,7 +347,7 @@ class NotaryTransport:
             )
         try:
             if response.status_code in (401, 403):
-                who = f"user {credentials.username!r}" if credentials else "anonymous access"
+                who = f"user {identity.username!r}" if identity is not None else "anonymous access"
                 raise AuthenticationFailed(
                     f"token service {realm} refused {who} for {gun} (HTTP {response.status_code})"
                 )
@@ -365,6 +387,13 @@ def _credential_key(credentials: Credentials | None) -> str:
     if not credentials:
         return ""
     return f"{credentials.username}\0{hash((credentials.password, credentials.identity_token))}"
+
+
+def _credential_kind(credentials: Credentials) -> str:
+    """What is being sent, for the log; never a secret."""
+    if credentials.identity_token:
+        return f"an identity token (user {credentials.username!r})"
+    return f"the password of user {credentials.username!r}"
 
 
 def _origin(url: str) -> str:

@@ -34,6 +34,9 @@ from trustd.net.credentials import Credentials
 
 log = logging.getLogger(__name__)
 
+# (root trusted until now, root trusted from now on or None) -> None; raising stops the change.
+BeforeRootChange = Callable[[Root | None, Root | None], None]
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -156,14 +159,18 @@ class Updater:
             return None
         return verified_view(trusted, "cache", self.clock(), {})
 
-    def forget(self, gun: str) -> Root | None:
+    def forget(self, gun: str, before: BeforeRootChange | None = None) -> Root | None:
         """Drop everything this node holds for ``gun``; the next lookup trusts a first root again.
 
         Waits for a refresh of ``gun`` in flight (in any process sharing the state directory).
-        Returns the root that was trusted, if it still verified, for the record.
+        Returns the root that was trusted, if it still verified, for the record. ``before`` is
+        called under the lock with (that root, None) just before the change; if it raises,
+        nothing changes.
         """
         with self.store.locked(gun):
             old = cached_root(self.store, gun)
+            if before is not None:
+                before(old, None)
             self.store.forget(gun)
             self._held.drop(gun)
             self.forget_recent(gun)
@@ -175,12 +182,14 @@ class Updater:
         transport: NotaryTransport,
         pinning: TrustPinning,
         limits: SizeLimits | None = None,
+        before: BeforeRootChange | None = None,
     ) -> tuple[Root | None, Root]:
         """Forget ``gun`` and trust the root the server serves now, through ``pinning`` only.
 
         Under the GUN's lock, so no refresh runs between the check and the replacement. Returns
         (the root trusted before, if it verified; the root trusted now). Nothing changes unless
-        the served root satisfies ``pinning``.
+        the served root satisfies ``pinning``, or if ``before`` (called with both roots once the
+        new one is checked, just before the change) raises.
         """
         now = self.clock()
         refresh = Refresh(self.store, self._held, gun, transport, pinning, now, limits=limits)
@@ -189,6 +198,8 @@ class Updater:
             data = refresh.fetch_root()
             trusted = TrustedSet(gun, data)
             check_first_root(gun, trusted.root, data, now, pinning)
+            if before is not None:
+                before(old, trusted.root)
             self.store.forget(gun)
             self.store.save(gun, "root", data)
             self._held.drop(gun)
