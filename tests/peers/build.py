@@ -1,0 +1,366 @@
+"""Build the Go programs the tests use as independent peers, from pinned module versions.
+
+Usage: ``python3 -m tests.peers.build [NAME ...]`` (all peers without names).
+
+Each peer is built with the machine's Go toolchain from the Go module proxy into
+``${TRUSTD_PEER_CACHE:-/var/cache/trustd-test-peers}/bin``, outside the repository, at low
+priority and one package at a time (the machine is small and shared). A peer whose binary and
+stamp match its table entry is skipped. A peer that cannot be built never fails the run: the
+reason goes to ``<cache>/reasons/<name>.txt``, and the tests that need it skip with that reason.
+One line is printed per peer; the exit status is always 0 unless the arguments are wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+DEFAULT_CACHE = Path("/var/cache/trustd-test-peers")
+# A cold build of cosign with -p 1 on a busy 2-core machine is slow; past this it is abandoned
+# (and recorded), so a stuck download cannot eat the whole CI run.
+DEFAULT_BUILD_TIMEOUT = 2400.0
+_HERE = Path(__file__).resolve().parent
+_REASON_TAIL_LINES = 15
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """One program built for the tests.
+
+    Without ``module_dir`` the peer is ``go install PACKAGE@VERSION`` straight from the proxy
+    (the module's own go.mod decides every dependency). With ``module_dir`` (a directory in this
+    repository holding a go.mod, its go.sum and possibly ``replace`` lines or a small main
+    package) it is ``go build -o BIN PACKAGE`` run in that directory; ``module@version`` then
+    names what that go.mod requires, for the stamp and the messages.
+    """
+
+    name: str
+    module: str
+    version: str
+    package: str
+    binary: str
+    purpose: str
+    tags: tuple[str, ...] = ()
+    ldflags: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    cgo: bool = False
+    module_dir: Path | None = None
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.module}@{self.version}"
+
+    def stamp(self) -> str:
+        """What a built binary must have been built from to count as this peer."""
+        parts = [
+            f"module {self.pinned}",
+            f"package {self.package}",
+            f"tags {','.join(self.tags)}",
+            f"ldflags {' '.join(self.ldflags)}",
+            f"env {' '.join(f'{key}={value}' for key, value in self.env)}",
+            f"cgo {int(self.cgo)}",
+        ]
+        if self.module_dir is not None:
+            parts.append(f"module_dir {_tree_digest(self.module_dir)}")
+        return "\n".join(parts) + "\n"
+
+
+def _tree_digest(directory: Path) -> str:
+    """sha256 over the names and contents of a build module's files (go.mod, go.sum, *.go)."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and (path.suffix in {".go", ".mod", ".sum"}):
+            digest.update(str(path.relative_to(directory)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+# In priority order: the first ones matter most to the tests.
+PEERS: tuple[Peer, ...] = (
+    Peer(
+        name="notation",
+        module="github.com/notaryproject/notation",
+        version="v1.3.2",
+        package="github.com/notaryproject/notation/cmd/notation",
+        binary="notation",
+        purpose="Notation signer and verifier (JWS/COSE, referrers API and tag schema)",
+        # 'go install pkg@version' also reads the module's version list (for deprecations),
+        # which the proxy here refuses for this module; a build module needs only the pin.
+        module_dir=_HERE / "notation",
+        # A tagged release reports no build metadata.
+        ldflags=("-X", "github.com/notaryproject/notation/internal/version.BuildMetadata="),
+    ),
+    Peer(
+        name="crane",
+        module="github.com/google/go-containerregistry",
+        version="v0.22.1",
+        package="github.com/google/go-containerregistry/cmd/crane",
+        binary="crane",
+        purpose="crane: registry client; 'crane registry serve' (OCI 1.0, no referrers API)",
+    ),
+    Peer(
+        name="referrers-registry",
+        module="github.com/google/go-containerregistry",
+        version="v0.22.1",
+        package=".",
+        binary="referrers-registry",
+        purpose=(
+            "crane's registry (go-containerregistry pkg/registry) with the OCI referrers API "
+            "on, which 'crane registry serve' leaves off"
+        ),
+        module_dir=_HERE / "referrers_registry",
+    ),
+    Peer(
+        name="cosign2",
+        module="github.com/sigstore/cosign/v2",
+        version="v2.6.5",
+        package="github.com/sigstore/cosign/v2/cmd/cosign",
+        binary="cosign2",
+        purpose="cosign v2: classic sha256-<hex>.sig signatures",
+    ),
+    Peer(
+        name="cosign3",
+        module="github.com/sigstore/cosign/v3",
+        version="v3.1.3",
+        package="github.com/sigstore/cosign/v3/cmd/cosign",
+        binary="cosign3",
+        purpose="cosign v3: Sigstore bundles pushed as referrers",
+    ),
+    Peer(
+        name="skopeo-sigstore",
+        module="github.com/containers/skopeo",
+        version="v1.20.0",
+        package="github.com/containers/skopeo/cmd/skopeo",
+        binary="skopeo-sigstore",
+        purpose="skopeo with sigstore enabled (Debian bookworm's 1.9 has it patched out)",
+        tags=(
+            "containers_image_openpgp",
+            "exclude_graphdriver_btrfs",
+            "exclude_graphdriver_devicemapper",
+            "exclude_graphdriver_overlay",
+            "containers_image_storage_stub",
+        ),
+    ),
+    Peer(
+        name="containers-policy",
+        module="github.com/containers/image/v5",
+        version="v5.36.2",
+        package=".",
+        binary="containers-policy",
+        purpose=(
+            "containers/image's policy evaluation (sigstoreSigned, use-sigstore-attachments), "
+            "the code skopeo, podman and CRI-O verify with"
+        ),
+        tags=("containers_image_openpgp",),
+        module_dir=_HERE / "containers_policy",
+    ),
+)
+
+
+def peer_named(name: str) -> Peer:
+    for peer in PEERS:
+        if peer.name == name:
+            return peer
+    known = ", ".join(peer.name for peer in PEERS)
+    raise KeyError(f"no test peer named {name!r} (known: {known})")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TRUSTD_PEER_CACHE") or DEFAULT_CACHE)
+
+
+def binary_path(peer: Peer, cache: Path | None = None) -> Path:
+    return (cache or cache_dir()) / "bin" / peer.binary
+
+
+def stamp_path(peer: Peer, cache: Path | None = None) -> Path:
+    return (cache or cache_dir()) / "stamps" / f"{peer.name}.txt"
+
+
+def reason_path(peer: Peer, cache: Path | None = None) -> Path:
+    return (cache or cache_dir()) / "reasons" / f"{peer.name}.txt"
+
+
+def is_built(peer: Peer, cache: Path | None = None) -> bool:
+    """Whether the cached binary was built from exactly this table entry."""
+    binary = binary_path(peer, cache)
+    try:
+        recorded = stamp_path(peer, cache).read_text()
+    except OSError:
+        return False
+    return binary.is_file() and os.access(binary, os.X_OK) and recorded == peer.stamp()
+
+
+class BuildFailed(Exception):
+    """A peer could not be built; the message is what tests report when they skip."""
+
+
+def _build_env(peer: Peer, gobin: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "GOBIN": str(gobin),
+            "CGO_ENABLED": "1" if peer.cgo else "0",
+            "GOFLAGS": "-buildvcs=false",
+            # Never fall back to fetching from version control: only the proxy is reachable.
+            "GOPROXY": _proxy_without_direct(env.get("GOPROXY", "")),
+        }
+    )
+    env.update(dict(peer.env))
+    return env
+
+
+def _proxy_without_direct(configured: str) -> str:
+    """The configured proxy list without ``direct`` (which would try to clone from VCS hosts)."""
+    if not configured:
+        configured = _go_env("GOPROXY") or ""
+    kept = [part for part in configured.replace("|", ",").split(",") if part and part != "direct"]
+    return ",".join(kept) if kept else "off"
+
+
+def _go_env(name: str) -> str | None:
+    go = shutil.which("go")
+    if go is None:
+        return None
+    result = subprocess.run([go, "env", name], capture_output=True, text=True, check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _tail(text: str, lines: int = _REASON_TAIL_LINES) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _build(peer: Peer, cache: Path, timeout: float) -> None:
+    go = shutil.which("go")
+    if go is None:
+        raise BuildFailed("no Go toolchain: 'go' is not on PATH")
+    (cache / "bin").mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"build-{peer.name}-", dir=cache))
+    try:
+        common = ["-p", "1", "-trimpath"]
+        if peer.tags:
+            common += ["-tags", ",".join(peer.tags)]
+        if peer.ldflags:
+            common += ["-ldflags", " ".join(peer.ldflags)]
+        if peer.module_dir is None:
+            command = [go, "install", *common, f"{peer.package}@{peer.version}"]
+            cwd = work
+            built = work / Path(peer.package).name
+        else:
+            built = work / peer.binary
+            command = [go, "build", *common, "-o", str(built), peer.package]
+            cwd = peer.module_dir
+        try:
+            result = subprocess.run(
+                ["nice", "-n", "19", *command],
+                cwd=cwd,
+                env=_build_env(peer, work),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise BuildFailed(
+                f"{' '.join(command[1:])} did not finish within {timeout:g}s "
+                "(set TRUSTD_PEER_BUILD_TIMEOUT to allow longer)"
+            ) from None
+        if result.returncode != 0:
+            raise BuildFailed(
+                f"{' '.join(command[1:])} failed (exit {result.returncode}):\n"
+                + _tail(result.stderr or result.stdout)
+            )
+        if not built.is_file():
+            raise BuildFailed(f"{' '.join(command[1:])} succeeded but produced no {built.name}")
+        # Rename within one file system: a test never sees a half-written binary.
+        staged = cache / "bin" / f".{peer.binary}.new"
+        shutil.move(str(built), staged)
+        os.replace(staged, binary_path(peer, cache))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _summary(message: str, limit: int = 160) -> str:
+    """The line of a build failure that says most: go's own error line, else the last line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return "no message"
+    chosen = next((line for line in lines[1:] if line.startswith("go: ")), lines[-1])
+    return chosen if len(chosen) <= limit else chosen[: limit - 3] + "..."
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.new")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
+@contextlib.contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    """One builder at a time per cache (several checkouts may share it)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / "build.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ensure(peer: Peer, cache: Path, timeout: float) -> str:
+    """Build ``peer`` unless it is current; returns the one-line report."""
+    if is_built(peer, cache):
+        return f"peer {peer.name}: {peer.pinned} present"
+    started = time.monotonic()
+    try:
+        _build(peer, cache, timeout)
+    except (BuildFailed, OSError) as error:
+        reason = f"{peer.name} ({peer.pinned}) could not be built here: {error}"
+        _write(reason_path(peer, cache), reason + "\n")
+        stamp_path(peer, cache).unlink(missing_ok=True)
+        return (
+            f"peer {peer.name}: NOT built ({_summary(str(error))}); see {reason_path(peer, cache)}"
+        )
+    _write(stamp_path(peer, cache), peer.stamp())
+    reason_path(peer, cache).unlink(missing_ok=True)
+    elapsed = time.monotonic() - started
+    return f"peer {peer.name}: built {peer.pinned} in {elapsed:.0f}s"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    names = list(sys.argv[1:] if argv is None else argv)
+    try:
+        peers = [peer_named(name) for name in names] if names else list(PEERS)
+    except KeyError as error:
+        print(f"tests.peers.build: {error.args[0]}", file=sys.stderr)
+        return 2
+    cache = cache_dir()
+    timeout = float(os.environ.get("TRUSTD_PEER_BUILD_TIMEOUT") or DEFAULT_BUILD_TIMEOUT)
+    try:
+        lock = _locked(cache)
+        lock.__enter__()
+    except OSError as error:
+        for peer in peers:
+            print(f"peer {peer.name}: NOT built (cache {cache} unusable: {error})")
+        return 0
+    try:
+        for peer in peers:
+            print(ensure(peer, cache, timeout), flush=True)
+    finally:
+        lock.__exit__(None, None, None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
