@@ -9,60 +9,63 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.peers.build import (
-    PEERS,
-    Peer,
-    binary_path,
-    cache_dir,
-    is_built,
-    peer_named,
-    reason_path,
-    stamp_path,
-)
+__all__ = ["peer_path", "peer_unavailable_reason", "require_peer"]
 
-__all__ = [
-    "PEERS",
-    "Peer",
-    "peer_path",
-    "peer_unavailable_reason",
-    "require_peer",
-]
+# tests.peers.build is imported inside the functions: importing it here, with the package, would
+# make 'python3 -m tests.peers.build' run a module that is already imported.
 
 
 def peer_path(name: str) -> Path | None:
     """The built binary of peer ``name``, or None when it is missing or built from another pin."""
-    peer = peer_named(name)
-    return binary_path(peer) if is_built(peer) else None
+    from tests.peers import build
+
+    peer = build.peer_named(name)
+    return build.binary_path(peer) if build.is_built(peer) else None
 
 
 def peer_unavailable_reason(name: str) -> str:
     """Why peer ``name`` has no usable binary (empty when it has one)."""
-    peer = peer_named(name)
-    if is_built(peer):
+    from tests.peers import build
+
+    peer = build.peer_named(name)
+    if build.is_built(peer):
         return ""
     try:
-        recorded = reason_path(peer).read_text().strip()
+        recorded = build.reason_path(peer).read_text().strip()
     except OSError:
         recorded = ""
     if recorded:
         return recorded
-    binary = binary_path(peer)
-    if binary.exists() and stamp_path(peer).exists():
+    binary = build.binary_path(peer)
+    if binary.exists() and build.stamp_path(peer).exists():
         return (
             f"{name}: {binary} was built from another pin than {peer.pinned}; "
             f"rebuild with: python3 -m tests.peers.build {name}"
         )
     return (
-        f"{name} ({peer.pinned}) has not been built in {cache_dir()}; "
+        f"{name} ({peer.pinned}) has not been built in {build.cache_dir()}; "
         f"build it with: python3 -m tests.peers.build {name}"
     )
 
 
 def require_peer(name: str) -> Path:
-    """The peer's binary; skips the calling test, with the recorded reason, when it has none."""
+    """The peer's binary; skips the calling test, with the recorded reason, when it has none.
+
+    A peer never built here (or built from another pin), with no recorded failure, is built now
+    (the build step may not have run, e.g. pytest run by hand), so a test skips only when the
+    build itself failed.
+    """
+    from tests.peers import build
+
     path = peer_path(name)
+    if path is None and not build.reason_path(build.peer_named(name)).exists():
+        build.ensure_locked(build.peer_named(name))
+        path = peer_path(name)
     if path is not None:
         return path
     import pytest  # only tests call this; the build step must not need pytest
 
-    pytest.skip(peer_unavailable_reason(name))
+    # The first line says why; the build's full output stays in the reason file.
+    reason = peer_unavailable_reason(name)
+    first_line = reason.splitlines()[0] if reason else f"{name} is not available"
+    pytest.skip(first_line)

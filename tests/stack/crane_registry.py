@@ -111,6 +111,16 @@ class CraneRegistry:
         manifest, _ = self.get_manifest(repo, tag)
         return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
+    def delete_manifest(self, repo: str, reference: str) -> None:
+        """Delete a tag (only the tag: its manifest stays) or a manifest by digest."""
+        response = self._session.delete(
+            f"{self.url}/v2/{self._repo_path(repo)}/manifests/{reference}", timeout=10
+        )
+        if response.status_code != 202:
+            raise StackError(
+                f"registry {self.host}: DELETE {repo} {reference} -> {response.status_code}"
+            )
+
     def tags(self, repo: str) -> list[str]:
         response = self._session.get(f"{self.url}/v2/{self._repo_path(repo)}/tags/list", timeout=10)
         if response.status_code != 200:

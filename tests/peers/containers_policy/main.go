@@ -68,7 +68,9 @@ func run(args []string) int {
 		SignaturePolicyPath:      *policyPath,
 		RegistriesDirPath:        *registriesDir,
 		SystemRegistriesConfPath: *registriesConf,
-		AuthFilePath:             filepath.Join(scratch, "auth.json"),
+		// An empty drop-in directory: nothing from /etc/containers/registries.conf.d.
+		SystemRegistriesConfDirPath: filepath.Join(scratch, "registries.conf.d"),
+		AuthFilePath:                filepath.Join(scratch, "auth.json"),
 	}
 	if !*tlsVerify {
 		// containers/image then also falls back to plain HTTP, as skopeo --tls-verify=false.
