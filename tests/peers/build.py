@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,11 +27,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 DEFAULT_CACHE = Path("/var/cache/trustd-test-peers")
-# A cold build of cosign with -p 1 on a busy 2-core machine is slow; past this it is abandoned
-# (and recorded), so a stuck download cannot eat the whole CI run.
-DEFAULT_BUILD_TIMEOUT = 2400.0
+# A cold build of cosign with -p 1 on a busy 2-core machine is slow; past these a build is
+# abandoned (and recorded), so a stuck download cannot eat the whole CI run.
+DEFAULT_BUILD_TIMEOUT = 1800.0  # one peer
+DEFAULT_BUILD_BUDGET = 2700.0  # one run of the build step, all peers
 _HERE = Path(__file__).resolve().parent
 _REASON_TAIL_LINES = 15
+_GO_FALLBACK = Path("/usr/local/go/bin/go")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +240,7 @@ def _proxy_without_direct(configured: str) -> str:
 
 
 def _go_env(name: str) -> str | None:
-    go = shutil.which("go")
+    go = _go()
     if go is None:
         return None
     result = subprocess.run([go, "env", name], capture_output=True, text=True, check=False)
@@ -248,10 +251,18 @@ def _tail(text: str, lines: int = _REASON_TAIL_LINES) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def _go() -> str | None:
+    """The go command: on PATH, else where the official Go distribution installs it."""
+    found = shutil.which("go")
+    if found is None and os.access(_GO_FALLBACK, os.X_OK):
+        found = str(_GO_FALLBACK)
+    return found
+
+
 def _build(peer: Peer, cache: Path, timeout: float) -> None:
-    go = shutil.which("go")
+    go = _go()
     if go is None:
-        raise BuildFailed("no Go toolchain: 'go' is not on PATH")
+        raise BuildFailed(f"no Go toolchain: 'go' is neither on PATH nor at {_GO_FALLBACK}")
     (cache / "bin").mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"build-{peer.name}-", dir=cache))
     try:
@@ -268,28 +279,33 @@ def _build(peer: Peer, cache: Path, timeout: float) -> None:
             built = work / peer.binary
             command = [go, "build", *common, "-o", str(built), peer.package]
             cwd = peer.module_dir
-        try:
-            result = subprocess.run(
-                ["nice", "-n", "19", *command],
-                cwd=cwd,
-                env=_build_env(peer, work),
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
+        # Its own process group, so a timeout stops go's compiler children too.
+        with subprocess.Popen(
+            ["nice", "-n", "19", *command],
+            cwd=cwd,
+            env=_build_env(peer, work),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        ) as process:
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                raise BuildFailed(
+                    f"go {' '.join(command[1:])} did not finish within {timeout:.0f}s "
+                    "(TRUSTD_PEER_BUILD_TIMEOUT and TRUSTD_PEER_BUILD_BUDGET allow longer)"
+                ) from None
+        if process.returncode != 0:
             raise BuildFailed(
-                f"{' '.join(command[1:])} did not finish within {timeout:g}s "
-                "(set TRUSTD_PEER_BUILD_TIMEOUT to allow longer)"
-            ) from None
-        if result.returncode != 0:
-            raise BuildFailed(
-                f"{' '.join(command[1:])} failed (exit {result.returncode}):\n"
-                + _tail(result.stderr or result.stdout)
+                f"go {' '.join(command[1:])} failed (exit {process.returncode}):\n"
+                + _tail(stderr or stdout)
             )
         if not built.is_file():
-            raise BuildFailed(f"{' '.join(command[1:])} succeeded but produced no {built.name}")
+            raise BuildFailed(f"go {' '.join(command[1:])} succeeded but produced no {built.name}")
         # Rename within one file system: a test never sees a half-written binary.
         staged = cache / "bin" / f".{peer.binary}.new"
         shutil.move(str(built), staged)
@@ -301,7 +317,12 @@ def _build(peer: Peer, cache: Path, timeout: float) -> None:
 def _summary(message: str, limit: int = 200) -> str:
     """The gist of a build failure on one line: go's own error line (with the proxy's answer
     when one follows), else the last line; the end of a long line is the part that says why."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    progress = ("go: downloading ", "go: finding ", "go: extracting ")
+    lines = [
+        line.strip()
+        for line in message.splitlines()
+        if line.strip() and not line.strip().startswith(progress)
+    ]
     if not lines:
         return "no message"
     index = next((i for i, line in enumerate(lines) if line.startswith("go: ")), len(lines) - 1)
@@ -372,11 +393,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tests.peers.build: {error.args[0]}", file=sys.stderr)
         return 2
     cache = cache_dir()
-    timeout = build_timeout()
+    budget = float(os.environ.get("TRUSTD_PEER_BUILD_BUDGET") or DEFAULT_BUILD_BUDGET)
+    deadline = time.monotonic() + budget
     try:
         with _locked(cache):
             for peer in peers:
-                print(ensure(peer, cache, timeout), flush=True)
+                # Each build gets what is left of the run's budget, at most its own timeout.
+                timeout = min(build_timeout(), deadline - time.monotonic())
+                print(ensure(peer, cache, max(timeout, 1.0)), flush=True)
     except OSError as error:
         print(f"tests.peers.build: cache {cache} unusable: {error}; tests needing peers will skip")
     return 0
