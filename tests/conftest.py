@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import pytest
 
+from tests.peers import require_peer
 from tests.stack import (
     Containerd,
     MissingProgram,
@@ -19,6 +20,9 @@ from tests.stack import (
     StackError,
     TestPKI,
 )
+from tests.stack.crane_registry import CraneRegistry
+from tests.stack.images import PushTarget
+from tests.stack.images import push_image as push_image_into
 
 _TESTS_DIR = Path(__file__).parent
 # Tests that run real programs: the stack (e2e, attacks), or pip and systemd-analyze (node).
@@ -100,5 +104,34 @@ def push_image(stack: Stack, registry: Registry) -> Callable[..., PushedImage]:
 
     def push(repo: str, tag: str, seed: str | int | None = None) -> PushedImage:
         return _part(lambda: stack.push_image(repo, tag, seed=seed), "skopeo push")
+
+    return push
+
+
+@pytest.fixture(scope="session")
+def referrers_registry(stack: Stack) -> Iterator[CraneRegistry]:
+    """go-containerregistry's registry with the OCI referrers API, on 127.0.0.1 (plain HTTP).
+
+    Skips only when the ``referrers-registry`` peer could not be built here.
+    """
+    program = require_peer("referrers-registry")
+    registry = _part(
+        lambda: CraneRegistry.start(stack.workdir / "referrers-registry", program),
+        "referrers-registry",
+    )
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture(scope="session")
+def push_image_to(stack: Stack) -> Callable[..., PushedImage]:
+    """``push_image_to(target, repo, tag, seed=None) -> PushedImage``, into any registry fixture
+    (``registry``, ``referrers_registry`` ...)."""
+
+    def push(target: PushTarget, repo: str, tag: str, seed: str | int | None = None) -> PushedImage:
+        return _part(
+            lambda: push_image_into(target, repo, tag, seed=seed, workdir=stack.workdir / "images"),
+            "skopeo push",
+        )
 
     return push

@@ -19,10 +19,10 @@ import tarfile
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tests.stack.ports import StackError
-from tests.stack.registry import Registry
+from tests.stack.registry import Credentials
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -35,6 +35,18 @@ _ACCEPT_ANYTHING_POLICY = {"default": [{"type": "insecureAcceptAnything"}]}
 # Debian's busybox-static (scripts/install-deps.sh installs it).
 BUSYBOX = Path("/bin/busybox")
 _PT_INTERP = 3  # ELF program header type naming the dynamic loader
+
+
+class PushTarget(Protocol):
+    """What pushing needs of a registry: docker-registry's Registry, CraneRegistry, ..."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def credentials(self) -> Credentials | None: ...
+
+    def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +171,7 @@ def write_image_layout(
 
 
 def push_image(
-    registry: Registry,
+    registry: PushTarget,
     repo: str,
     tag: str,
     seed: str | int | None = None,
@@ -177,7 +189,7 @@ def push_image(
 
 
 def push_busybox_image(
-    registry: Registry,
+    registry: PushTarget,
     repo: str,
     tag: str,
     image_config: Mapping[str, Any],
@@ -278,7 +290,7 @@ def _workdir(workdir: Path | None) -> Path:
 
 
 def push_layout(
-    registry: Registry, layout: Path, repo: str, tag: str, workdir: Path
+    registry: PushTarget, layout: Path, repo: str, tag: str, workdir: Path
 ) -> PushedImage:
     """Copy the OCI layout's ``tag`` to ``registry`` as ``repo:tag`` with skopeo."""
     policy = workdir / "skopeo-policy.json"
