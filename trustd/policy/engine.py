@@ -89,26 +89,38 @@ class PolicyEngine:
         self,
         config: Config,
         trust: TrustEngine,
-        formats: Mapping[FormatName, SignatureFormat] | None = None,
+        formats: Callable[[Config], Mapping[FormatName, SignatureFormat]] | None = None,
     ) -> None:
+        """``formats(config)`` builds the formats beyond Notary v1 that ``config`` configures
+        (``trustd.formats.configured``), again on every reconfigure."""
         self._config = config
         self.trust = trust
-        # Notary v1 is always there (its engine is the node's); Notation and cosign when
-        # configured. Rules reach formats only through ``judge_required``.
-        self.formats: dict[FormatName, SignatureFormat] = {
-            FormatName.NOTARY_V1: NotaryV1Format(trust)
-        }
-        self.formats.update(formats or {})
+        self._build_formats = formats
+        self.formats = self._formats_for(config)
         self._observers: list[Observer] = []
         self._lock = threading.Lock()
+
+    def _formats_for(self, config: Config) -> dict[FormatName, SignatureFormat]:
+        # Notary v1 is always there (its engine is the node's); Notation and cosign when
+        # configured. Rules reach formats only through ``judge_required``.
+        formats: dict[FormatName, SignatureFormat] = {
+            FormatName.NOTARY_V1: NotaryV1Format(self.trust)
+        }
+        if self._build_formats is not None:
+            formats.update(self._build_formats(config))
+        return formats
 
     @property
     def config(self) -> Config:
         return self._config
 
     def reconfigure(self, config: Config) -> None:
+        """Judge by ``config`` from now on; ConfigError (and nothing changed) when its formats
+        cannot be built."""
+        formats = self._formats_for(config)
         with self._lock:
             self._config = config
+            self.formats = formats
         self.trust.reconfigure(config)
 
     def add_observer(self, observer: Observer) -> None:

@@ -807,9 +807,17 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"trustd: {error}", file=sys.stderr)
         return EXIT_USAGE
     from trustd.config.permissions import permission_warnings
+    from trustd.formats.configured import check_formats
 
+    try:
+        formats = check_formats(config)
+    except ConfigError as error:
+        print(f"trustd: {error}", file=sys.stderr)
+        return EXIT_USAGE
     for warning in config_warnings(config) + permission_warnings(config):
         print(f"trustd: warning: {path}: {warning}", file=sys.stderr)
+    for line in formats:
+        print(f"{path}: {line}")
     rules = len(config.policy)
     print(f"{path}: OK ({len(config.notary)} notary server(s), {rules} policy rule(s))")
     return EXIT_OK

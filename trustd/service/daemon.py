@@ -162,13 +162,15 @@ class Daemon:
         try:
             config = load_config(self.config_path)
             _check_reloadable(self.config, config)
+            # Builds the new config's formats (its Notation trust policy and stores) before
+            # anything changes: a broken one leaves the running config in place.
+            self.policy.reconfigure(config)
         except ConfigError as error:
             log.error("config reload refused, keeping the running config: %s", error)
             self.metrics.record_reload(success=False)
             self.engine.reopen_audit()
             self.notifier.ready()
             return False
-        self.policy.reconfigure(config)
         self.expiry.warning_days = config.server.expiry_warning_days
         self.config = config
         _log_config_warnings(config)

@@ -25,6 +25,7 @@ from types import TracebackType
 
 from trustd.config.model import Config
 from trustd.errors import ConfigError
+from trustd.formats.configured import RegistryFormats
 from trustd.formats.notary.engine import TrustEngine
 from trustd.formats.notary.view import VerifiedRepository
 from trustd.policy.engine import Observer, PolicyEngine
@@ -56,6 +57,8 @@ class Engine:
     trust: TrustEngine
     policy: PolicyEngine
     audit: AuditLog | None
+    # Notation and cosign, built from the config and rebuilt by policy.reconfigure.
+    registry_formats: RegistryFormats | None = None
 
     def reopen_audit(self) -> None:
         """Open the audit log's path afresh, after log rotation moved the file."""
@@ -64,6 +67,8 @@ class Engine:
 
     def close(self) -> None:
         self.trust.close()
+        if self.registry_formats is not None:
+            self.registry_formats.close()
         if self.audit is not None:
             self.audit.close()
 
@@ -96,23 +101,25 @@ def build_engine(
     module's rule).
     """
     sink = _open_audit_log(config, audit)
+    state = state_dir if state_dir is not None else config.server.state_dir
+    registry_formats = RegistryFormats(state)
     try:
-        trust = TrustEngine(
-            config,
-            state_dir if state_dir is not None else config.server.state_dir,
-            on_refresh=on_refresh,
-            on_verified=on_verified,
-        )
+        trust = TrustEngine(config, state, on_refresh=on_refresh, on_verified=on_verified)
+        try:
+            policy = PolicyEngine(config, trust, registry_formats.formats_for)
+        except BaseException:
+            trust.close()
+            raise
     except BaseException:
+        registry_formats.close()
         if sink is not None:
             sink.close()
         raise
-    policy = PolicyEngine(config, trust)
     if sink is not None and audit in (Audit.DECISIONS, Audit.DECISIONS_TO_FILE):
         policy.add_observer(sink)
     for observer in observers:
         policy.add_observer(observer)
-    return Engine(trust, policy, sink)
+    return Engine(trust, policy, sink, registry_formats)
 
 
 def _open_audit_log(config: Config, audit: Audit) -> AuditLog | None:
