@@ -142,7 +142,7 @@ class RecentTags:
 class TagWriter:
     """Writes tags for finished pulls on one thread of its own, in the order the pulls finished.
 
-    containerd's images Get and Create for the tag cost a pull about 2 ms; kubelet does not
+    containerd's images Get and Create for the tag are two more round trips; kubelet does not
     need them before the pull returns (its next ImageStatus is answered through RecentTags),
     so the pull does not wait. Each write waits ``delay`` after its pull returned, so that it
     does not compete for the CPU with the ImageStatus kubelet sends right after the pull. One

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 UNIX_PREFIX = "unix:"
-# From a cached answer (about a millisecond) to a slow Notary server near its timeout.
+# From a cached answer to a slow Notary server near its timeout.
 RESOLUTION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _VERIFYING_MODES = frozenset({"enforce", "audit"})
 
