@@ -353,6 +353,12 @@ def test_full_file(files: Path) -> None:
     assert config.rule_for("registry.example.com/staging/app").index == 1
     assert config.rule_for("docker.io/library/nginx").index == 2
     assert config.rule_for("docker.io/user/app") is DEFAULT_RULE
+    assert config.rule_for("registry.example.com/apps/web").signatures.describe() == (
+        "any of notary-v1, notation"
+    )
+    tools = config.rule_for("registry.example.com/tools/cli")
+    assert tools.cosign is not None and tools.cosign.threshold == 2
+    assert config.notation.config_dir == Path("/etc/trustd/notation")
 
 
 def test_rules_apply_first_match_first(files: Path) -> None:
@@ -427,6 +433,8 @@ def test_example_file_parses(tmp_path: Path) -> None:
         "certs/trustd-client.key",
         "certs/root-ca.crt",
         "secrets/notary-password",
+        "cosign/release.pub",
+        "cosign/security.pub",
     ]:
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("placeholder\n")
