@@ -2,6 +2,6 @@
 
 import sys
 
-from trustd.programs.cli import trustd_main
+from trustd.programs.trustd_command import main as trustd_main
 
 sys.exit(trustd_main())

@@ -27,7 +27,7 @@ import requests
 
 from tests.stack import NotaryServer, TestPKI, free_port
 from tests.stack.trustd_config import trustd_config_text
-from trustd.programs.cli import trustctl_main
+from trustd.programs.trustctl_commands import trustctl_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _METADATA_PATH = re.compile(r"^/v2/(?P<gun>.+)/_trust/tuf/(?P<name>.+)\.json$")
@@ -92,7 +92,7 @@ def trustctl(*args: str) -> Run:
 def trustctl_process(*args: str, stdin: str | None = None, env: Mapping[str, str] = {}) -> Run:
     """``trustctl ARGS`` as a new process: nothing in memory is shared with the test."""
     result = subprocess.run(
-        [sys.executable, "-m", "trustd.programs.cli", *args],
+        [sys.executable, "-m", "trustd.programs.trustctl_commands", *args],
         capture_output=True,
         text=True,
         input=stdin,

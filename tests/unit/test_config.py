@@ -353,12 +353,6 @@ def test_full_file(files: Path) -> None:
     assert config.rule_for("registry.example.com/staging/app").index == 1
     assert config.rule_for("docker.io/library/nginx").index == 2
     assert config.rule_for("docker.io/user/app") is DEFAULT_RULE
-    assert config.rule_for("registry.example.com/apps/web").signatures.describe() == (
-        "any of notary-v1, notation"
-    )
-    tools = config.rule_for("registry.example.com/tools/cli")
-    assert tools.cosign is not None and tools.cosign.threshold == 2
-    assert config.notation.config_dir == Path("/etc/trustd/notation")
 
 
 def test_rules_apply_first_match_first(files: Path) -> None:
@@ -446,6 +440,12 @@ def test_example_file_parses(tmp_path: Path) -> None:
     assert config.rule_for("registry.example.com/staging/web").mode == Mode.AUDIT
     assert config.rule_for("registry.k8s.io/kube-proxy").mode == Mode.OFF
     assert config.rule_for("docker.io/user/app") is DEFAULT_RULE
+    assert config.rule_for("registry.example.com/apps/web").signatures.describe() == (
+        "any of notary-v1, notation"
+    )
+    tools = config.rule_for("registry.example.com/tools/cli")
+    assert tools.cosign is not None and tools.cosign.threshold == 2
+    assert config.notation.config_dir == Path("/etc/trustd/notation")
     # Docker Hub images are verified against the operator's own Notary, not notary.docker.io.
     assert config.notary_for("docker.io").url == "https://notary.example.com:4443"
     assert config_warnings(config) == []

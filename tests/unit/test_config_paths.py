@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from trustd.config.paths import CONFIG_VARIABLE, DEFAULT_CONFIG, config_file
-from trustd.programs import cli
+from trustd.programs.options import config_path
 
 REPO_ROOT = Path(__file__).parents[2]
 
@@ -30,8 +30,8 @@ def test_empty_option_or_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatc
 
 def test_the_full_programs_choose_the_same_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CONFIG_VARIABLE, "/srv/from-variable.toml")
-    assert cli._config_path(None) == Path("/srv/from-variable.toml")
-    assert cli._config_path("x.toml") == Path("x.toml")
+    assert config_path(None) == Path("/srv/from-variable.toml")
+    assert config_path("x.toml") == Path("x.toml")
 
 
 def test_importing_it_loads_nothing_but_os() -> None:

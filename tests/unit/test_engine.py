@@ -15,7 +15,7 @@ from trustd.config.load import load_config
 from trustd.formats.notary.store import MetadataStore
 from trustd.policy.engine import Decision, Verdict
 from trustd.programs import image_verifier
-from trustd.programs.cli import trustctl_main
+from trustd.programs.trustctl_commands import trustctl_main
 from trustd.service.engine import Audit, AuditLogUnavailable, build_engine
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ import pytest
 
 from tests.unit.notary_factory import Repo
 from trustd.formats.notary.store import MetadataStore
-from trustd.programs.cli import trustctl_main
+from trustd.programs.trustctl_commands import trustctl_main
 
 GUNS = [f"registry.example.com/team/app{number}" for number in range(7)] + [
     "other.example.com/solo"

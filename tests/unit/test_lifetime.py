@@ -37,7 +37,7 @@ from trustd.formats.notary.store import MetadataStore
 from trustd.formats.notary.transport import NotaryEndpoint, NotFound
 from trustd.formats.notary.trusted_set import TrustedSet
 from trustd.formats.notary.updater import Updater
-from trustd.programs.cli import trustd_main
+from trustd.programs.trustd_command import main as trustd_main
 from trustd.service.expiry import ExpiryWatch
 from trustd.service.metrics import ExpiryGauges, Metrics
 

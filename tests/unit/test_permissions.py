@@ -14,7 +14,7 @@ import pytest
 
 from trustd.config.load import load_config
 from trustd.config.permissions import permission_warnings
-from trustd.programs.cli import trustd_main
+from trustd.programs.trustd_command import main as trustd_main
 from trustd.service.daemon import _log_config_warnings
 
 OTHER_UID = 4242  # no such user needed: a number is an owner

@@ -262,9 +262,9 @@ def test_only_a_plain_verify_is_asked_of_the_daemon(
 
 @pytest.fixture
 def in_process(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """trustd.programs.cli.trustctl_main replaced: the arguments of each in-process run (it returns
-    42)."""
-    import trustd.programs.cli
+    """trustd.programs.trustctl_commands.trustctl_main replaced: the arguments of each in-process
+    run (it returns 42)."""
+    import trustd.programs.trustctl_commands
 
     calls: list[list[str]] = []
 
@@ -272,7 +272,7 @@ def in_process(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         calls.append(list(argv))
         return 42
 
-    monkeypatch.setattr(trustd.programs.cli, "trustctl_main", judge_here)
+    monkeypatch.setattr(trustd.programs.trustctl_commands, "trustctl_main", judge_here)
     monkeypatch.setenv("TRUSTCTL_DEBUG", "1")
     return calls
 

@@ -1,10 +1,9 @@
 """trustctl's answers, made alike in its own process and in the daemon.
 
 ``trustctl verify`` prints what ``verify_answer`` returns, whether it judges in its own process
-(``trustd.programs.cli``: ``--local``, or no daemon to ask) or the daemon answers it on its verifier
-socket (``trustd.programs.trustctl`` asks, ``trustd.service.daemon`` answers with its own config
-and trust engine).
-One function makes both answers, so they cannot drift apart.
+(``trustd.programs.trustctl_commands``: ``--local``, or no daemon to ask) or the daemon answers it
+on its verifier socket (``trustd.programs.trustctl`` asks, ``trustd.service.daemon`` answers with
+its own config and trust engine). One function makes both answers, so they cannot drift apart.
 
 Exit statuses: 0 success; 1 the image is not trusted; 2 bad usage, reference or config;
 3 the Notary server or registry could not be reached.

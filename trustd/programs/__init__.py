@@ -1,2 +1,4 @@
-"""The programs: ``trustd`` (the daemon, check-config), ``trustctl`` (queries and repairs) and
-``trustd-image-verifier`` (the file containerd 2.x runs for every pull)."""
+"""The programs: ``trustd`` (``trustd_command``: the daemon, check-config), ``trustctl``
+(``trustctl``: its fast path, asking the daemon; ``trustctl_commands``: everything judged in
+process) and ``trustd-image-verifier`` (``image_verifier``: the file containerd 2.x runs per
+pull)."""

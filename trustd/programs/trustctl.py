@@ -15,12 +15,12 @@ and three small modules of trustd: no argparse, logging, trust engine or trustd.
 
 Only ``verify IMAGE`` with ``-c FILE``, ``--config FILE``, ``--config=FILE`` and ``--json`` is
 asked of the daemon. Anything else (``--local``, ``--state-dir``, ``--username``,
-``--password-stdin``, ``-h``, options argparse would abbreviate or refuse, other commands) goes
-to ``trustd.programs.cli.trustctl_main``, which judges in this process. So does ``verify`` when
-the daemon cannot answer: no socket configured, nothing listening, a socket this user may not
-open (it is root's, mode 0600), no answer in ``DAEMON_TIMEOUT``, or a refusal (the daemon serves
-another config file, or speaks another version of the protocol). ``TRUSTCTL_DEBUG=1`` says on
-stderr which of the two answered, and why.
+``--password-stdin``, ``-h``, options argparse would abbreviate or refuse, other commands) goes to
+``trustd.programs.trustctl_commands.trustctl_main``, which judges in this process. So does
+``verify`` when the daemon cannot answer: no socket configured, nothing listening, a socket this
+user may not open (it is root's, mode 0600), no answer in ``DAEMON_TIMEOUT``, or a refusal (the
+daemon serves another config file, or speaks another version of the protocol).
+``TRUSTCTL_DEBUG=1`` says on stderr which of the two answered, and why.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(stdout)
             sys.stderr.write(stderr)
             return status
-    from trustd.programs.cli import trustctl_main
+    from trustd.programs.trustctl_commands import trustctl_main
 
     return trustctl_main(arguments)
 
@@ -91,7 +91,7 @@ def fast_verify_arguments(arguments: list[str]) -> tuple[str, str | None, bool] 
 
 def _ask_daemon(image: str, config: str | None, as_json: bool) -> tuple[int, str, str] | None:
     """The daemon's (exit status, stdout, stderr) for ``verify image``; None to judge here."""
-    # The config file as trustd.programs.cli finds it; the daemon must serve this file.
+    # The config file as the in-process commands find it; the daemon must serve this file.
     config_path = os.path.abspath(config_file(config))
     request = trustctl_verify_frame(config_path, image, as_json, DAEMON_TIMEOUT - _ANSWER_MARGIN)
     if len(request) - HEADER_BYTES > MAX_REQUEST_BYTES:

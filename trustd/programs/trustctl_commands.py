@@ -1,4 +1,5 @@
-"""Command-line entry points: ``trustd`` (the daemon, config checks) and ``trustctl`` (queries).
+"""The ``trustctl`` commands, judged in this process: verify (``trustctl.py`` asks the daemon
+first), inspect, explain, expiring and forget-root.
 
 Exit statuses: 0 success; 1 the image is not trusted; 2 bad usage, reference or config;
 3 the Notary server could not be reached.
@@ -17,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from trustd.config.load import load_config
 from trustd.config.model import Config, PolicyRule
-from trustd.config.paths import CONFIG_VARIABLE, DEFAULT_CONFIG, config_file
 from trustd.errors import ConfigError, InvalidReference, TrustError
 from trustd.formats.notary.key_ids import ROOT_KEY_ID_FORM, is_key_id
 from trustd.names.reference import parse_reference
 from trustd.policy.queries import EXIT_OK, EXIT_UNTRUSTED, EXIT_USAGE, status_for
+from trustd.programs.options import add_config_option, config_path
 
 if TYPE_CHECKING:
     # The trust engine (cryptography, TLS) is imported by the commands that use it, so that
@@ -34,18 +35,6 @@ if TYPE_CHECKING:
     from trustd.net.credentials import Credentials
     from trustd.service.audit import AuditLog
     from trustd.service.engine import Audit, Engine
-
-
-def _config_path(argument: str | None) -> Path:
-    return Path(config_file(argument))
-
-
-def _add_config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        help=f"config file (default: ${CONFIG_VARIABLE} or {DEFAULT_CONFIG})",
-    )
 
 
 def _fail(message: str, status: int) -> int:
@@ -84,7 +73,7 @@ def _verify(args: argparse.Namespace) -> int:
     the answer is made by the same function as the daemon's."""
     from trustd.policy.queries import verify_answer
 
-    config = load_config(_config_path(args.config))
+    config = load_config(config_path(args.config))
     with _engine(config, args.state_dir) as engine:
         answer = verify_answer(engine.policy, args.reference, _credentials(args), args.json)
     sys.stdout.write(answer.stdout)
@@ -95,7 +84,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from trustd.formats.notary.resolution import inspect_repository
 
-    config = load_config(_config_path(args.config))
+    config = load_config(config_path(args.config))
     reference = parse_reference(args.reference)
     with _engine(config, args.state_dir) as engine:
         credentials = _credentials(args)
@@ -252,7 +241,7 @@ def _expiring(args: argparse.Namespace) -> int:
     from trustd.formats.notary.lifetime import due, repository_expiries
     from trustd.formats.notary.metadata import format_time
 
-    config = load_config(_config_path(args.config))
+    config = load_config(config_path(args.config))
     # --days 0 lists what has expired already; a config that never warns (0) still gets a horizon.
     days = args.days if args.days is not None else config.server.expiry_warning_days
     if args.days is None and days == 0:
@@ -316,7 +305,7 @@ def _forget_root(args: argparse.Namespace) -> int:
     """
     from trustd.service.engine import Audit
 
-    config = load_config(_config_path(args.config))
+    config = load_config(config_path(args.config))
     if config.audit.file is None:
         return _fail(
             f"{config.source}: audit.file is off; forget-root records each change in the audit "
@@ -548,7 +537,7 @@ def _explain(args: argparse.Namespace) -> int:
     """What trustd would do with an image on this node now, and why; nothing is pulled."""
     from trustd.policy.engine import Verdict, policy_match
 
-    config = load_config(_config_path(args.config))
+    config = load_config(config_path(args.config))
     reference = parse_reference(args.reference)
     matched = policy_match(config, reference)
     with _engine(config, args.state_dir) as engine:
@@ -725,7 +714,7 @@ def trustctl_main(argv: Sequence[str] | None = None) -> int:
         command.add_argument("--json", action="store_true", help="machine-readable output")
         _add_state_dir_option(command)
         _add_credential_options(command)
-        _add_config_option(command)
+        add_config_option(command)
         command.set_defaults(handler=handler)
         if name == "verify":
             # The trustctl program asks the running daemon unless told otherwise
@@ -747,7 +736,7 @@ def trustctl_main(argv: Sequence[str] | None = None) -> int:
     )
     expiring.add_argument("--json", action="store_true", help="machine-readable output")
     _add_state_dir_option(expiring)
-    _add_config_option(expiring)
+    add_config_option(expiring)
     expiring.set_defaults(handler=_expiring)
 
     forget = commands.add_parser(
@@ -772,7 +761,7 @@ def trustctl_main(argv: Sequence[str] | None = None) -> int:
         "for a root whose threshold needs several keys)",
     )
     _add_state_dir_option(forget)
-    _add_config_option(forget)
+    add_config_option(forget)
     forget.set_defaults(handler=_forget_root)
 
     args = parser.parse_args(argv)
@@ -792,55 +781,6 @@ def _days(text: str) -> int:
     if days < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return days
-
-
-# --- trustd --------------------------------------------------------------------------------------
-
-
-def _check_config(args: argparse.Namespace) -> int:
-    from trustd.config.load import config_warnings
-
-    path = _config_path(args.file or args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as error:
-        print(f"trustd: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    from trustd.config.permissions import permission_warnings
-    from trustd.formats.configured import check_formats
-
-    try:
-        formats = check_formats(config)
-    except ConfigError as error:
-        print(f"trustd: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    for warning in config_warnings(config) + permission_warnings(config):
-        print(f"trustd: warning: {path}: {warning}", file=sys.stderr)
-    for line in formats:
-        print(f"{path}: {line}")
-    rules = len(config.policy)
-    print(f"{path}: OK ({len(config.notary)} notary server(s), {rules} policy rule(s))")
-    return EXIT_OK
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from trustd.service.daemon import run_daemon  # the daemon pulls in gRPC; queries do not need it
-
-    return run_daemon(_config_path(args.config))
-
-
-def trustd_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trustd", description="Container image trust daemon.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the CRI ImageService in front of containerd")
-    _add_config_option(serve)
-    check = commands.add_parser("check-config", help="validate a config file")
-    check.add_argument("file", nargs="?")
-    _add_config_option(check)
-    args = parser.parse_args(argv)
-    if args.command == "check-config":
-        return _check_config(args)
-    return _serve(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
