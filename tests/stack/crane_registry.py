@@ -20,33 +20,24 @@ header.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from tests.stack.ports import StackError, free_port
 from tests.stack.process import ManagedProcess
-from tests.stack.registry import MANIFEST_MEDIA_TYPES, Credentials
+from tests.stack.registry import RegistryAPI
 
-_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
-class CraneRegistry:
-    """A running go-containerregistry registry; ``host`` is what image references start with."""
+class CraneRegistry(RegistryAPI):
+    """A running go-containerregistry registry (anonymous); ``host`` is what image references
+    start with."""
 
     def __init__(self, workdir: Path, port: int, process: ManagedProcess, referrers: bool) -> None:
-        self.workdir = workdir
-        self.port = port
-        self.process = process
+        super().__init__(workdir, port, process)
         # Whether this registry answers the referrers API.
         self.referrers_api = referrers
-        # Anonymous: what push_image passes as --dest-creds when not None.
-        self.credentials: Credentials | None = None
-        self._session = requests.Session()
-        self._session.trust_env = False  # no proxy for loopback traffic
 
     @classmethod
     def start(
@@ -78,49 +69,6 @@ class CraneRegistry:
             raise
         return registry
 
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
-
-    def healthy(self) -> bool:
-        return self._session.get(f"{self.url}/v2/", timeout=2).status_code == 200
-
-    def stop(self) -> None:
-        self.process.stop()
-        self._session.close()
-
-    def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str]:
-        """The manifest bytes exactly as the registry serves them, and their media type."""
-        response = self._session.get(
-            f"{self.url}/v2/{self._repo_path(repo)}/manifests/{ref}",
-            headers={"Accept": _ACCEPT},
-            timeout=10,
-        )
-        if response.status_code != 200:
-            raise StackError(
-                f"registry {self.host}: GET manifest {repo}:{ref} -> {response.status_code} "
-                f"{response.text[:200]}"
-            )
-        return response.content, response.headers.get("Content-Type", "")
-
-    def manifest_digest(self, repo: str, tag: str) -> str:
-        manifest, _ = self.get_manifest(repo, tag)
-        return "sha256:" + hashlib.sha256(manifest).hexdigest()
-
-    def delete_manifest(self, repo: str, reference: str) -> None:
-        """Delete a tag (only the tag: its manifest stays) or a manifest by digest."""
-        response = self._session.delete(
-            f"{self.url}/v2/{self._repo_path(repo)}/manifests/{reference}", timeout=10
-        )
-        if response.status_code != 202:
-            raise StackError(
-                f"registry {self.host}: DELETE {repo} {reference} -> {response.status_code}"
-            )
-
     def tags(self, repo: str) -> list[str]:
         response = self._session.get(f"{self.url}/v2/{self._repo_path(repo)}/tags/list", timeout=10)
         if response.status_code != 200:
@@ -144,8 +92,3 @@ class CraneRegistry:
             )
         index: dict[str, Any] = response.json()
         return index
-
-    def _repo_path(self, repo: str) -> str:
-        """Accept both ``library/hello`` and ``127.0.0.1:PORT/library/hello``."""
-        prefix = self.host + "/"
-        return repo[len(prefix) :] if repo.startswith(prefix) else repo

@@ -73,8 +73,8 @@ def _config(storage: Path, port: int, htpasswd_file: Path | None = None) -> dict
     return config
 
 
-class Registry:
-    """A running registry; ``host`` is what image references start with."""
+class RegistryAPI:
+    """The distribution API of a registry on 127.0.0.1, as tests read it (plain HTTP)."""
 
     def __init__(
         self,
@@ -86,41 +86,13 @@ class Registry:
         self.workdir = workdir
         self.port = port
         self.process = process
-        # The one user an htpasswd registry knows; None for an anonymous registry.
+        # The one user the registry knows; None for an anonymous registry (also what
+        # push_image passes as --dest-creds when not None).
         self.credentials = credentials
         # requests must not pick up proxies from the environment for loopback traffic.
         self._session = requests.Session()
         self._session.trust_env = False
         self._session.auth = credentials
-
-    @classmethod
-    def start(
-        cls, workdir: Path, timeout: float = 15.0, credentials: Credentials | None = None
-    ) -> Registry:
-        """Start a registry; with ``credentials``, every request must carry them (htpasswd)."""
-        workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        htpasswd_file = None
-        if credentials is not None:
-            username, password = credentials
-            htpasswd_file = workdir / "htpasswd"
-            htpasswd_file.write_text(f"{username}:{bcrypt_hash(password)}\n")
-        config_path = workdir / "registry.yml"
-        # YAML is a superset of JSON, so the config needs no YAML library.
-        config_path.write_text(
-            json.dumps(_config(workdir / "storage", port, htpasswd_file), indent=2)
-        )
-        process = ManagedProcess(
-            "docker-registry",
-            ["docker-registry", "serve", str(config_path)],
-            log_path=workdir / "registry.log",
-            cwd=workdir,
-        )
-        registry = cls(workdir, port, process, credentials)
-        process.start()
-        process.wait_until(registry.healthy, timeout, f"docker-registry on {registry.host}")
-        return registry
 
     @property
     def host(self) -> str:
@@ -156,17 +128,50 @@ class Registry:
         manifest, _ = self.get_manifest(repo, tag)
         return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
-    def delete_manifest(self, repo: str, digest: str) -> None:
-        """Delete a manifest by digest (storage.delete is enabled in this registry)."""
+    def delete_manifest(self, repo: str, reference: str) -> None:
+        """Delete a manifest by digest (or, where the registry allows it, a tag)."""
         response = self._session.delete(
-            f"{self.url}/v2/{self._repo_path(repo)}/manifests/{digest}", timeout=10
+            f"{self.url}/v2/{self._repo_path(repo)}/manifests/{reference}", timeout=10
         )
         if response.status_code != 202:
             raise StackError(
-                f"registry {self.host}: DELETE {repo}@{digest} -> {response.status_code}"
+                f"registry {self.host}: DELETE {repo} {reference} -> {response.status_code}"
             )
 
     def _repo_path(self, repo: str) -> str:
         """Accept both ``library/hello`` and ``127.0.0.1:PORT/library/hello``."""
         prefix = self.host + "/"
         return repo[len(prefix) :] if repo.startswith(prefix) else repo
+
+
+class Registry(RegistryAPI):
+    """A running docker-registry; ``host`` is what image references start with."""
+
+    @classmethod
+    def start(
+        cls, workdir: Path, timeout: float = 15.0, credentials: Credentials | None = None
+    ) -> Registry:
+        """Start a registry; with ``credentials``, every request must carry them (htpasswd)."""
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        htpasswd_file = None
+        if credentials is not None:
+            username, password = credentials
+            htpasswd_file = workdir / "htpasswd"
+            htpasswd_file.write_text(f"{username}:{bcrypt_hash(password)}\n")
+        config_path = workdir / "registry.yml"
+        # YAML is a superset of JSON, so the config needs no YAML library.
+        config_path.write_text(
+            json.dumps(_config(workdir / "storage", port, htpasswd_file), indent=2)
+        )
+        process = ManagedProcess(
+            "docker-registry",
+            ["docker-registry", "serve", str(config_path)],
+            log_path=workdir / "registry.log",
+            cwd=workdir,
+        )
+        registry = cls(workdir, port, process, credentials)
+        process.start()
+        process.wait_until(registry.healthy, timeout, f"docker-registry on {registry.host}")
+        return registry
