@@ -5,9 +5,10 @@ module (``tests/peers/kubelet``), its runtime endpoint on a containerd of the mo
 image service endpoint on ``trustd serve`` running as a process. Workload images are busybox
 images in the session registry, signed with the real ``notary`` CLI; the pause image is exempt,
 as on real nodes. A second registry with a notary-server of its own serves the test that stops
-Notary. Every answer is read from kubelet itself: its ``/pods`` (static pods' status included:
-kubelet merges its status manager's status into ``/pods`` when it has no API server),
-``/containerLogs``, ``/metrics`` and ``/stats/summary``.
+Notary. What kubelet did is read from kubelet itself: its ``/pods`` (static pods' status
+included: kubelet merges the status it keeps into ``/pods`` when it has no API server),
+``/containerLogs``, ``/metrics``, ``/stats/summary`` and log; trustd's audit log and containerd,
+asked directly, show the other side.
 """
 
 from __future__ import annotations
