@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.peers import require_peer
 from tests.stack import PushedImage, Registry
 from trustd.formats.cosign.bundle import BundleSignature
 from trustd.formats.cosign.classic import ClassicSignature, signature_tag
@@ -29,19 +30,12 @@ from trustd.formats.cosign.manifests import (
 )
 from trustd.formats.cosign.verify import FORM_BUNDLE, FORM_SIMPLE_SIGNING, Candidate, verify_cosign
 
-PEER_CACHE = Path(os.environ.get("TRUSTD_PEER_CACHE", "/var/cache/trustd-test-peers"))
 NOW = datetime.now(UTC)
 _ACCEPT = "application/vnd.oci.image.manifest.v1+json,application/vnd.oci.image.index.v1+json"
 
 
 def _cosign(name: str) -> Path:
-    binary = PEER_CACHE / "bin" / name
-    if binary.is_file():
-        return binary
-    reason = PEER_CACHE / "reasons" / f"{name}.txt"
-    if reason.is_file():
-        pytest.skip(reason.read_text().strip())
-    pytest.skip(f"{name} is not built in {PEER_CACHE}; run: python3 -m tests.peers.build {name}")
+    return require_peer(name)
 
 
 def _run(command: list[str], cwd: Path) -> None:

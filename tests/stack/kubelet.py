@@ -1,7 +1,7 @@
 """A real kubelet, standalone (no API server), running static pods on the test containerd.
 
-The binary is built from the pinned Kubernetes module by ``tests/peers/kubelet/build.sh`` into
-the peer cache. The kubelet here:
+The binary is the ``kubelet`` test peer, built from the pinned Kubernetes module
+(``tests/peers/kubelet``) into the peer cache. The kubelet here:
 
 - reads static pods from a manifest directory of its own (``write_static_pod``);
 - runs containers on ``runtime_endpoint`` (the test containerd) and asks ``image_endpoint``
@@ -37,11 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.peers import peer_path, peer_unavailable_reason
 from tests.stack.ports import StackError, free_port
 from tests.stack.process import ManagedProcess
 
-PEER_CACHE = Path(os.environ.get("TRUSTD_PEER_CACHE", "/var/cache/trustd-test-peers"))
-BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "peers" / "kubelet" / "build.sh"
 NODE_NAME = "trustd-e2e-node"
 # kubelet links every container's log here whatever its config says (kuberuntime's
 # ContainerLogsDir).
@@ -65,25 +64,22 @@ class KubeletUnavailable(StackError):
     """No kubelet binary: the build failed (``reason`` says why) or was never run."""
 
 
-def kubelet_program(build: bool = True) -> Path:
+def kubelet_program() -> Path:
     """The kubelet to test: ``$TRUSTD_KUBELET`` if set (another release, a distribution's
-    build), else the cached build, built first if ``build`` (a no-op when up to date)."""
+    build), else the ``kubelet`` test peer (``python3 -m tests.peers.build kubelet``)."""
     chosen = os.environ.get("TRUSTD_KUBELET")
     if chosen:
         if not os.access(chosen, os.X_OK):
             raise KubeletUnavailable(f"TRUSTD_KUBELET={chosen} is not an executable file")
         return Path(chosen)
-    binary = PEER_CACHE / "bin" / "kubelet"
-    if build:
-        result = subprocess.run(
-            ["sh", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            reason_file = PEER_CACHE / "reasons" / "kubelet.txt"
-            reason = reason_file.read_text() if reason_file.exists() else result.stderr
-            raise KubeletUnavailable(reason.strip() or "kubelet build failed, no reason recorded")
-    if not os.access(binary, os.X_OK):
-        raise KubeletUnavailable(f"no kubelet at {binary}; run {BUILD_SCRIPT}")
+    from tests.peers import build
+
+    peer = build.peer_named("kubelet")
+    if peer_path("kubelet") is None and not build.reason_path(peer).exists():
+        build.ensure_locked(peer)  # not built yet (pytest run by hand): build it now
+    binary = peer_path("kubelet")
+    if binary is None:
+        raise KubeletUnavailable(peer_unavailable_reason("kubelet"))
     return binary
 
 
