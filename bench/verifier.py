@@ -57,7 +57,7 @@ def _install(directory: Path, config: Path, name: str) -> Path:
         f"client.DEFAULT_CONFIG = {str(config)!r}\n"
         f"client.DEFAULT_VERIFIER_SOCKET = {str(socket)!r}\n"
     )
-    start = "from trustd.programs.image_verifier import main\n"
+    start = "from trustd.programs.image_verifier import run\n"
     if socket is None or start not in script:
         raise RuntimeError(f"cannot install the bench's verifier for {config}: {script!r}")
     executable = directory / name

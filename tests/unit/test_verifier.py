@@ -688,7 +688,7 @@ def test_descriptor_on_stdin_must_match_the_digest(served) -> None:
 def test_entry_script() -> None:
     script = entry_script("/opt/trustd/venv/bin/python", "/etc/trustd/trustd.toml")
     assert script.startswith("#!/opt/trustd/venv/bin/python -I\n")
-    assert "sys.exit(main(['--config', '/etc/trustd/trustd.toml', *sys.argv[1:]]))" in script
+    assert "run(['--config', '/etc/trustd/trustd.toml', *sys.argv[1:]])" in script
     fast = entry_script("/v/bin/python", "/c.toml", ["/v/lib/python3.11/site-packages"])
     assert fast.startswith("#!/v/bin/python -IS\n")
     assert "sys.path[:0] = ['/v/lib/python3.11/site-packages']" in fast
