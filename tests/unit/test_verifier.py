@@ -100,6 +100,11 @@ def test_every_frame_says_its_version_and_kind() -> None:
         "verify-pull", "allowed", "true", "message", "ok"
     )
     assert error_frame("no")[4:] == b"\x02" + _items("error", "error", "no")
+    # The example in docs/architecture.md, "The local socket's frames".
+    assert verify_pull_answer_frame(True, "trustd: ok") == (
+        b"\x00\x00\x00\x3c\x02\x00\x00\x00\x0bverify-pull\x00\x00\x00\x07allowed\x00\x00\x00\x04true"
+        b"\x00\x00\x00\x07message\x00\x00\x00\x0atrustd: ok"
+    )
 
 
 @pytest.mark.parametrize(
