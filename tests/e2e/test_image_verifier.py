@@ -265,7 +265,8 @@ def test_with_the_daemon_the_verifier_builds_no_engine(
         node.daemon = daemon
         assert node.judge_pull(image).status == 0
         # The same installed file, its imports listed: the verifier process loads no trust
-        # engine, no HTTP client, no cryptography; the daemon answered from its cache.
+        # engine, no HTTP client, no cryptography, no json (the daemon checked the descriptor);
+        # the daemon answered from its cache.
         traced = run_verifier(
             node.verifier, image.tagged, descriptor, python_flags=("-X", "importtime")
         )
@@ -275,7 +276,7 @@ def test_with_the_daemon_the_verifier_builds_no_engine(
             for line in traced.stderr.splitlines()
             if line.startswith("import time:")
         }
-        assert {"trustd.programs.image_verifier", "trustd.localapi.wire"} <= imported
+        assert {"trustd.programs.image_verifier", "trustd.localapi.wire", "socket"} <= imported
         assert not {
             m for m in imported if m.startswith(("trustd.formats.notary", "trustd.policy.engine"))
         }

@@ -172,6 +172,7 @@ def test_the_daemon_answers_under_the_config_it_loaded(
         "trustd.programs.trustctl",
         "trustd.localapi.client",
         "trustd.localapi.wire",
+        "socket",
     } <= imported
     assert not {m for m in imported if m.partition(".")[0] in HEAVY}
     assert not imported & {"argparse", "logging"}

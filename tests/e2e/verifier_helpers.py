@@ -35,8 +35,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 150.0
 UNREACHABLE_REGISTRY = "notary-down.test"  # a registry whose Notary server is down
 # What the programs' fast paths (the daemon answering) must never import: the trust engine's
-# dependencies.
-HEAVY = {"cryptography", "requests", "urllib3", "grpc", "google", "prometheus_client"}
+# dependencies, and json (the daemon reads the image verifier's descriptor).
+HEAVY = {"cryptography", "requests", "urllib3", "grpc", "google", "prometheus_client", "json"}
 
 PushImage = Callable[..., PushedImage]
 

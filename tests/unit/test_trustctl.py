@@ -38,6 +38,7 @@ from trustd.localapi.wire import (
     read_frame,
     trustctl_verify_answer_frame,
     trustctl_verify_frame,
+    verify_pull_answer_frame,
     verify_pull_frame,
 )
 from trustd.policy.engine import PolicyEngine
@@ -76,48 +77,63 @@ def test_query_answer_round_trip() -> None:
 
 def test_an_answer_of_the_other_kind_is_not_a_query_answer() -> None:
     with pytest.raises(
-        ProtocolError, match='an answer of kind "verify-pull" to a "trustctl-verify'
+        ProtocolError, match="an answer of kind 'verify-pull' to a \"trustctl-verify"
     ):
-        parse_trustctl_verify_answer(_payload(error_frame("x").replace(b"error", b"verify-pull")))
+        parse_trustctl_verify_answer(_payload(verify_pull_answer_frame(True, "x")))
 
 
-_QUERY = b'"version": 1, "kind": "trustctl-verify", "config": "/t.toml"'
+_QUERY = ("trustctl-verify", "config", "/t.toml")
+
+
+def _fields(*items: str) -> bytes:
+    """A version 2 payload of ``items`` (kind, key, value, ...), in the format's bytes."""
+    data = [item.encode() for item in items]
+    return b"\x02" + b"".join(len(item).to_bytes(4, "big") + item for item in data)
 
 
 @pytest.mark.parametrize(
-    ("payload", "problem"),
+    ("items", "problem"),
     [
-        (b"{%s}" % _QUERY, 'a "trustctl-verify" request needs "image" as a string'),
-        (b'{%s, "image": 1, "json": false}' % _QUERY, 'needs "image" as a string'),
-        (b'{%s, "image": null}' % _QUERY, 'needs "image" as a string'),
-        (b'{%s, "image": "a:1", "json": "yes"}' % _QUERY, '"json" must be true or false'),
-        (b'{%s, "image": "a:1", "json": 1}' % _QUERY, '"json" must be true or false'),
-        (b'{%s, "image": "a:1", "timeout": 0}' % _QUERY, '"timeout" must be seconds'),
-        (b'{%s, "image": "a:1", "timeout": true}' % _QUERY, '"timeout" must be seconds'),
-        (b'{%s, "image": "a:1", "timeout": "5"}' % _QUERY, '"timeout" must be seconds'),
-        (b'{%s, "image": "a:1", "timeout": 3601}' % _QUERY, '"timeout" must be seconds'),
+        (_QUERY, 'a "trustctl-verify" request needs "image"'),
+        ((*_QUERY, "json", "false"), 'needs "image"'),
+        ((*_QUERY, "image", "a:1", "json", "yes"), '"json" must be true or false'),
+        ((*_QUERY, "image", "a:1", "json", "1"), '"json" must be true or false'),
+        ((*_QUERY, "image", "a:1", "json", ""), '"json" must be true or false'),
+        ((*_QUERY, "image", "a:1", "timeout", "0"), '"timeout" must be seconds'),
+        ((*_QUERY, "image", "a:1", "timeout", "true"), '"timeout" must be seconds'),
+        ((*_QUERY, "image", "a:1", "timeout", ""), '"timeout" must be seconds'),
+        ((*_QUERY, "image", "a:1", "timeout", "3601"), '"timeout" must be seconds'),
     ],
 )
-def test_malformed_queries(payload: bytes, problem: str) -> None:
+def test_malformed_queries(items: tuple[str, ...], problem: str) -> None:
     with pytest.raises(ProtocolError, match=problem):
-        parse_request(payload)
+        parse_request(_fields(*items))
+
+
+def test_a_query_without_json_is_not_json() -> None:
+    assert parse_request(_fields(*_QUERY, "image", "a:1")) == TrustctlVerify(
+        "/t.toml", "a:1", False
+    )
+
+
+_ANSWER = ("trustctl-verify", "stdout", "", "stderr", "")
 
 
 @pytest.mark.parametrize(
     ("payload", "problem"),
     [
-        (b'{"status": 0, "stdout": "", "stderr": ""}', 'an answer needs "version"'),
-        (b'{"version": 1, "kind": "trustctl-verify", "status": true}', '"status", an exit status'),
-        (b'{"version": 1, "kind": "trustctl-verify", "status": 256}', '"status", an exit status'),
-        (b'{"version": 1, "kind": "trustctl-verify", "status": -1}', '"status", an exit status'),
-        (b'{"version": 1, "kind": "trustctl-verify", "status": "0"}', '"status", an exit status'),
-        (b'{"version": 1, "kind": "trustctl-verify", "status": 1.0}', '"status", an exit status'),
-        (b'{"version": 1, "kind": "trustctl-verify", "status": 0}', '"stdout" and "stderr"'),
-        (
-            b'{"version": 1, "kind": "trustctl-verify", "status": 0, "stdout": "", "stderr": null}',
-            '"stdout" and "stderr" strings',
-        ),
-        (b'{"version": 1', "not JSON"),
+        (_fields("trustctl-verify", "status", "0"), '"stdout" and "stderr"'),
+        (_fields(*_ANSWER), '"status", an exit status'),
+        (_fields(*_ANSWER, "status", "true"), '"status", an exit status'),
+        (_fields(*_ANSWER, "status", "256"), '"status", an exit status'),
+        (_fields(*_ANSWER, "status", "-1"), '"status", an exit status'),
+        (_fields(*_ANSWER, "status", "0000"), '"status", an exit status'),
+        (_fields(*_ANSWER, "status", "1.0"), '"status", an exit status'),
+        (_fields(*_ANSWER, "status", " 1"), '"status", an exit status'),
+        (_fields(*_ANSWER, "status", "\u0661"), '"status", an exit status'),
+        (_fields(*_ANSWER, "status", ""), '"status", an exit status'),
+        (b'{"version": 1, "kind": "trustctl-verify"}', "version 1 \\(JSON\\); this program"),
+        (b"\x02\x00\x00\x00", "item 1 cut short"),
     ],
 )
 def test_malformed_query_answers(payload: bytes, problem: str) -> None:
@@ -192,11 +208,13 @@ def test_the_daemon_answers_a_notary_outage_with_status_3() -> None:
 
 def test_the_daemon_refuses_malformed_queries_and_goes_on(daemon) -> None:
     server, _, queries = daemon
-    malformed = b'{"version": 1, "kind": "trustctl-verify", "config": "%s", "image": 5}'
+    malformed = _fields("trustctl-verify", "config", "/t.toml", "images", "a:1")
     with pytest.raises(Refused, match=r'^bad request: a "trustctl-verify" request needs "image"'):
-        parse_trustctl_verify_answer(exchange(server.path, frame(malformed % b"/t.toml")))
-    with pytest.raises(Refused, match=r"^bad request: not UTF-8"):
+        parse_trustctl_verify_answer(exchange(server.path, frame(malformed)))
+    with pytest.raises(Refused, match=r"^bad request: unsupported protocol version 255; this"):
         parse_trustctl_verify_answer(exchange(server.path, frame(b"\xff")))
+    with pytest.raises(Refused, match=r"^bad request: item 3 is not UTF-8"):
+        parse_trustctl_verify_answer(exchange(server.path, frame(_fields(*_QUERY)[:-1] + b"\xff")))
     assert queries == []
     assert query(server, SIGNED, False)[0] == 0
     # The image verifier's request on the same socket.
@@ -358,21 +376,27 @@ def test_a_refusal_or_a_garbled_answer(daemon, in_process, tmp_path: Path, capsy
     )
     assert queries == []
 
-    newer = error_frame("bad request: unsupported protocol version 1; this daemon speaks version 2")
+    newer = error_frame("bad request: unsupported protocol version 2; this daemon speaks version 3")
     with one_shot_server(newer) as path:
         line = _fallback(write_config(tmp_path, path), capsys)
-    assert "refused the request: bad request: unsupported protocol version 1; this daemon" in line
+    assert "refused the request: bad request: unsupported protocol version 2; this daemon" in line
 
-    future = b'{"version": 2, "kind": "trustctl-verify", "status": 0, "stdout": "", "stderr": ""}'
+    future = b"\x03" + _fields("trustctl-verify", "status", "0", "stdout", "", "stderr", "")[1:]
     with one_shot_server(frame(future)) as path:
         line = _fallback(write_config(tmp_path, path), capsys)
-    assert "gave no usable answer (unsupported protocol version 2; this program speaks" in line
+    assert "gave no usable answer (unsupported protocol version 3; this program speaks" in line
 
-    garbled = b'{"version": 1, "kind": "trustctl-verify", "status": 0, "stdout": 7}'
+    # A daemon of protocol version 1 (JSON), e.g. between an upgrade and its restart.
+    older = b'{"version": 1, "kind": "error", "error": "bad request: not JSON"}'
+    with one_shot_server(frame(older)) as path:
+        line = _fallback(write_config(tmp_path, path), capsys)
+    assert "gave no usable answer (unsupported protocol version 1 (JSON); this program" in line
+
+    garbled = _fields("trustctl-verify", "status", "0", "stdout", "7")
     with one_shot_server(frame(garbled)) as path:
         line = _fallback(write_config(tmp_path, path), capsys)
-    assert 'gave no usable answer (an answer needs "stdout" and "stderr" strings)' in line
-    assert len(in_process) == 4
+    assert 'gave no usable answer (an answer needs "stdout" and "stderr")' in line
+    assert len(in_process) == 5
 
 
 def test_a_daemon_that_does_not_answer_in_time(
@@ -471,8 +495,8 @@ def test_a_socket_this_user_may_not_open(daemon, in_process, capsys) -> None:
 
 def test_the_daemon_path_imports_nothing_heavy(daemon, tmp_path: Path) -> None:
     """With the daemon answering, the program loads three small modules of trustd, the standard
-    library's json and socket (and tomllib to read a config of its own), and no argparse,
-    logging or trust engine."""
+    library's socket (and tomllib to read a config of its own), and no json, argparse, logging
+    or trust engine."""
     server, _, queries = daemon
     for default_install in (False, True):
         # -I -S: neither the environment nor site's .pth files bring modules of their own.
@@ -510,10 +534,11 @@ def test_the_daemon_path_imports_nothing_heavy(daemon, tmp_path: Path) -> None:
             "trustd.localapi.client",
             "trustd.localapi.wire",
         }
-        assert {"json", "socket"} <= modules
+        assert "socket" in modules
         assert not {m for m in modules if m.partition(".")[0] in HEAVY}
         assert not modules & {"argparse", "logging", "dataclasses"}
         assert ("tomllib" in modules) is not default_install
-        # Nor typing then, which tomllib imports: the fast path's modules do without it.
+        # Nor typing and re then, which tomllib imports: the fast path's modules do without.
         assert ("typing" in modules) is not default_install
+        assert ("re" in modules) is not default_install
     assert len(queries) == 2

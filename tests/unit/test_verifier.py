@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import random
 import shutil
 import socket
 import stat
@@ -26,11 +27,14 @@ from trustd.localapi.client import DaemonAbsent, DaemonRefused, ask
 from trustd.localapi.server import VerifierSocketServer, judgement_of
 from trustd.localapi.wire import (
     MAX_REQUEST_BYTES,
+    MAX_TIMEOUT,
     AnswerTimeout,
     ProtocolError,
     Refused,
     TrustctlVerify,
     VerifyPull,
+    decode,
+    encode,
     error_frame,
     frame,
     loads_object,
@@ -38,6 +42,8 @@ from trustd.localapi.wire import (
     parse_trustctl_verify_answer,
     parse_verify_pull_answer,
     read_frame,
+    trustctl_verify_answer_frame,
+    trustctl_verify_frame,
     verify_pull_answer_frame,
     verify_pull_frame,
 )
@@ -45,8 +51,9 @@ from trustd.policy.engine import Decision, PolicyEngine
 from trustd.programs.image_verifier import DESCRIPTOR_MEDIA_TYPE, entry_script, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# What the fast paths must never import: the trust engine's dependencies.
-HEAVY = {"cryptography", "requests", "urllib3", "grpc", "google", "prometheus_client"}
+# What the fast paths must never import: the trust engine's dependencies, and json (the daemon
+# reads the image verifier's descriptor).
+HEAVY = {"cryptography", "requests", "urllib3", "grpc", "google", "prometheus_client", "json"}
 CONFIG = "/etc/trustd/trustd.toml"
 
 
@@ -61,10 +68,15 @@ def _pipe_frames(data: bytes, limit: int, timeout: float = 2.0) -> bytes:
         return read_frame(right, limit, time.monotonic() + timeout)
 
 
+def _items(*texts: str | bytes) -> bytes:
+    """Items as the format spells them, each a 4-byte big-endian size and its bytes."""
+    data = [text.encode() if isinstance(text, str) else text for text in texts]
+    return b"".join(len(item).to_bytes(4, "big") + item for item in data)
+
+
 def test_request_and_answer_round_trip() -> None:
-    name = 'registry.example.com/app:1.4"\\\u00e9\u2028'
+    name = 'registry.example.com/app:1.4"\\\u00e9\u2028\n\x00'
     payload = _pipe_frames(verify_pull_frame(CONFIG, name, GOOD), MAX_REQUEST_BYTES)
-    assert b"\n" not in payload and payload.isascii()  # one line of ASCII, whatever the name
     assert parse_request(payload) == VerifyPull(CONFIG, name, GOOD, None)
     payload = _pipe_frames(verify_pull_frame(CONFIG, name, GOOD, 7.5), MAX_REQUEST_BYTES)
     assert parse_request(payload) == VerifyPull(CONFIG, name, GOOD, 7.5)
@@ -74,23 +86,25 @@ def test_request_and_answer_round_trip() -> None:
 
 
 def test_every_frame_says_its_version_and_kind() -> None:
-    import json
-
-    assert json.loads(verify_pull_frame(CONFIG, "a:1", GOOD, 1.25)[4:]) == {
-        "version": 1,
-        "kind": "verify-pull",
-        "config": CONFIG,
-        "name": "a:1",
-        "digest": GOOD,
-        "timeout": 1.25,
-    }
-    assert json.loads(verify_pull_answer_frame(True, "ok")[4:]) == {
-        "version": 1,
-        "kind": "verify-pull",
-        "allowed": True,
-        "message": "ok",
-    }
-    assert json.loads(error_frame("no")[4:]) == {"version": 1, "kind": "error", "error": "no"}
+    """The bytes of the format as docs/architecture.md spells them."""
+    request = verify_pull_frame(CONFIG, "a:1", GOOD, 1.25)
+    payload = b"\x02" + _items(
+        "verify-pull", "config", CONFIG, "name", "a:1", "digest", GOOD, "timeout", "1.250"
+    )
+    assert request == len(payload).to_bytes(4, "big") + payload
+    assert decode(payload, "a test") == (
+        "verify-pull",
+        {"config": CONFIG, "name": "a:1", "digest": GOOD, "timeout": "1.250"},
+    )
+    assert verify_pull_answer_frame(True, "ok")[4:] == b"\x02" + _items(
+        "verify-pull", "allowed", "true", "message", "ok"
+    )
+    assert error_frame("no")[4:] == b"\x02" + _items("error", "error", "no")
+    # The example in docs/architecture.md, "The local socket's frames".
+    assert verify_pull_answer_frame(True, "trustd: ok") == (
+        b"\x00\x00\x00\x3c\x02\x00\x00\x00\x0bverify-pull\x00\x00\x00\x07allowed\x00\x00\x00\x04true"
+        b"\x00\x00\x00\x07message\x00\x00\x00\x0atrustd: ok"
+    )
 
 
 @pytest.mark.parametrize(
@@ -114,45 +128,86 @@ def test_a_frame_that_never_completes_times_out() -> None:
             read_frame(right, 100, time.monotonic() + 0.05)
 
 
-_PULL = f'"kind": "verify-pull", "config": "{CONFIG}"'
-
-
 @pytest.mark.parametrize(
     ("payload", "problem"),
     [
-        (b"[1]", "not a JSON object"),
-        (b'{"version": 1,', "not JSON"),
-        (b"\xff", "not UTF-8"),
-        (b'{"kind": "verify-pull"}', 'a request needs "version"; this daemon speaks version 1'),
-        (b'{"version": 2, "kind": "verify-pull"}', "unsupported protocol version 2; this daemon"),
-        (b'{"version": "1"}', 'unsupported protocol version "1"'),
-        (b'{"version": true}', "unsupported protocol version true"),
-        (b'{"version": 1}', 'a request needs a "kind"'),
-        (b'{"version": 1, "kind": "pull"}', 'unknown request kind "pull"; this daemon answers'),
-        (b'{"version": 1, "kind": ["x"]}', "unknown request kind list"),
-        (b'{"version": 1, "kind": "verify-pull"}', 'needs "config", the absolute path'),
-        (b'{"version": 1, "kind": "verify-pull", "config": "t.toml"}', 'needs "config"'),
-        (b'{"version": 1, %s, "name": "a"}' % _PULL.encode(), 'needs "name" and "digest"'),
-        (b'{"version": 1, %s, "name": 1, "digest": "b"}' % _PULL.encode(), '"name" and "digest"'),
-        (b'{"version": 1, %s, "timeout": 0}' % _PULL.encode(), '"timeout" must be seconds'),
-        (b'{"version": 1, %s, "timeout": true}' % _PULL.encode(), '"timeout" must be seconds'),
-        (b'{"version": 1, %s, "timeout": 1e400}' % _PULL.encode(), '"timeout" must be seconds'),
+        (b"", "an empty payload"),
+        (b"\x02", 'a payload needs a "kind"'),
+        (b"\x02\x00\x00", "item 1 cut short: 2 bytes left"),
+        (b"\x02\x00\x00\x00\x05abc", "item 1 of 5 bytes, with 3 bytes left"),
+        (b"\x02" + _items("verify-pull", "name"), "field 'name' has no value"),
+        (b"\x02" + _items("verify-pull", "a", "1", "a", "2"), "field 'a' twice"),
+        (b"\x02" + _items("verify-pull", b"\xff"), "item 2 is not UTF-8"),
+        (b"\x02" + _items("verify-pull", b"\xed\xa0\x80"), "item 2 is not UTF-8"),
+        (b"\x03" + _items("verify-pull"), "unsupported protocol version 3; the reader speaks"),
+        (b'{"version": 1, "kind": "verify-pull"}', "unsupported protocol version 1 \\(JSON\\)"),
     ],
 )
-def test_malformed_requests(payload: bytes, problem: str) -> None:
+def test_malformed_payloads(payload: bytes, problem: str) -> None:
     with pytest.raises(ProtocolError, match=problem):
-        parse_request(payload)
+        decode(payload, "the reader")
+
+
+_PULL = ("verify-pull", "config", CONFIG)
+
+
+@pytest.mark.parametrize(
+    ("items", "problem"),
+    [
+        (("pull", "config", CONFIG), "unknown request kind 'pull'; this daemon answers"),
+        (("error", "error", "x"), "unknown request kind 'error'"),
+        (("verify-pull",), 'needs "config", the absolute path'),
+        (("verify-pull", "config", "t.toml"), 'needs "config"'),
+        ((*_PULL, "name", "a"), 'needs "name" and "digest"'),
+        ((*_PULL, "name", "a", "digest", GOOD, "timeout", "0"), '"timeout" must be seconds'),
+        ((*_PULL, "name", "a", "digest", GOOD, "timeout", "0.000"), '"timeout" must be seconds'),
+        ((*_PULL, "name", "a", "digest", GOOD, "timeout", "true"), '"timeout" must be seconds'),
+        ((*_PULL, "name", "a", "digest", GOOD, "timeout", "1e3"), '"timeout" must be seconds'),
+        ((*_PULL, "name", "a", "digest", GOOD, "timeout", "-1"), '"timeout" must be seconds'),
+        ((*_PULL, "name", "a", "digest", GOOD, "timeout", "nan"), '"timeout" must be seconds'),
+        ((*_PULL, "name", "a", "digest", GOOD, "timeout", " 5"), '"timeout" must be seconds'),
+        ((*_PULL, "name", "a", "digest", GOOD, "timeout", "1.2.3"), '"timeout" must be seconds'),
+        ((*_PULL, "name", "a", "digest", GOOD, "timeout", "\u0665"), '"timeout" must be seconds'),
+        ((*_PULL, "name", "a", "digest", GOOD, "timeout", "3601"), '"timeout" must be seconds'),
+        ((*_PULL, "name", "a", "digest", GOOD, "timeout", "9" * 400), '"timeout" must be seconds'),
+    ],
+)
+def test_malformed_requests(items: tuple[str, ...], problem: str) -> None:
+    with pytest.raises(ProtocolError, match=problem):
+        parse_request(b"\x02" + _items(*items))
+
+
+def test_request_fields_a_daemon_does_not_know_are_ignored() -> None:
+    payload = b"\x02" + _items(*_PULL, "name", "a:1", "digest", GOOD, "later", "x", "timeout", ".5")
+    assert parse_request(payload) == VerifyPull(CONFIG, "a:1", GOOD, 0.5)
+
+
+def test_the_daemon_checks_the_descriptor_it_is_sent() -> None:
+    descriptor = '{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s"}'
+    request = verify_pull_frame(CONFIG, "a:1", GOOD, None, descriptor % GOOD)
+    assert parse_request(request[4:]) == VerifyPull(CONFIG, "a:1", GOOD, None)
+    for sent, problem in (
+        (descriptor % OTHER, f"\"descriptor\" is for '{OTHER}', but \"digest\" is '{GOOD}'"),
+        ("<html>", '"descriptor" is not an OCI descriptor: not JSON: Expecting value'),
+        ("[1]", '"descriptor" is not an OCI descriptor: not a JSON object: list'),
+        ('{"digest": 1}', '"descriptor" is not an OCI descriptor: it has no "digest" string'),
+        ('{"digest": NaN}', "not JSON: NaN is not JSON"),
+    ):
+        with pytest.raises(ProtocolError) as raised:
+            parse_request(verify_pull_frame(CONFIG, "a:1", GOOD, None, sent)[4:])
+        assert problem in str(raised.value)
 
 
 @pytest.mark.parametrize(
     ("payload", "problem"),
     [
-        (b'{"allowed": true, "message": "m"}', 'an answer needs "version"; this program speaks'),
-        (b'{"version": 2, "kind": "verify-pull"}', "unsupported protocol version 2; this program"),
-        (b'{"version": 1, "allowed": true, "message": "m"}', 'an answer of kind null to a "verify'),
-        (b'{"version": 1, "kind": "trustctl-verify", "status": 0}', 'kind "trustctl-verify" to'),
-        (b'{"version": 1, "kind": "verify-pull", "allowed": 1, "message": "m"}', '"allowed"'),
-        (b'{"version": 1, "kind": "error"}', 'an error answer needs an "error" string'),
+        (b"\x03" + _items("verify-pull"), "unsupported protocol version 3; this program"),
+        (b'{"version": 1, "kind": "verify-pull"}', r"version 1 \(JSON\); this program speaks"),
+        (b"\x02" + _items("trustctl-verify", "status", "0"), "kind 'trustctl-verify' to a"),
+        (b"\x02" + _items("verify-pull", "allowed", "yes", "message", "m"), '"allowed"'),
+        (b"\x02" + _items("verify-pull", "allowed", "True", "message", "m"), '"allowed"'),
+        (b"\x02" + _items("verify-pull", "allowed", "true"), '"allowed" .* and "message"'),
+        (b"\x02" + _items("error"), 'an error answer needs "error"'),
     ],
 )
 def test_malformed_answers(payload: bytes, problem: str) -> None:
@@ -162,10 +217,91 @@ def test_malformed_answers(payload: bytes, problem: str) -> None:
 
 
 def test_an_error_answer_is_a_refusal_of_either_kind() -> None:
-    payload = error_frame("unsupported protocol version 2; this daemon speaks version 1")[4:]
+    payload = error_frame("unsupported protocol version 3; this daemon speaks version 2")[4:]
     for parse in (parse_verify_pull_answer, parse_trustctl_verify_answer):
-        with pytest.raises(Refused, match=r"^unsupported protocol version 2; this daemon speaks"):
+        with pytest.raises(Refused, match=r"^unsupported protocol version 3; this daemon speaks"):
             parse(payload)
+
+
+def test_text_that_is_not_unicode_makes_a_frame_the_reader_refuses() -> None:
+    # Python holds argument bytes that are not UTF-8 as lone surrogates.
+    request = verify_pull_frame(CONFIG, "a:1\udcff", GOOD)
+    with pytest.raises(ProtocolError, match="item 5 is not UTF-8"):
+        parse_request(request[4:])
+
+
+def _random_text(generator: random.Random) -> str:
+    alphabet = 'az:/@."\\\x00\n\t\u00e9\u2028\u20ac\U0001f600'
+    return "".join(generator.choice(alphabet) for _ in range(generator.randrange(0, 40)))
+
+
+def test_round_trips_of_random_text() -> None:
+    generator = random.Random(20261202)
+    for _ in range(500):
+        config = "/" + _random_text(generator)
+        name, digest, message = (_random_text(generator) for _ in range(3))
+        timeout = generator.choice([None, generator.uniform(0.001, MAX_TIMEOUT)])
+        request = parse_request(verify_pull_frame(config, name, digest, timeout)[4:])
+        assert isinstance(request, VerifyPull)
+        assert (request.config, request.name, request.digest) == (config, name, digest)
+        if timeout is None:
+            assert request.timeout is None
+        else:
+            assert request.timeout == pytest.approx(timeout, abs=0.0005)
+        allowed = generator.random() < 0.5
+        answer = verify_pull_answer_frame(allowed, message)[4:]
+        assert parse_verify_pull_answer(answer) == (allowed, message)
+        status, stdout, stderr = generator.randrange(256), name * 3, message
+        answer = trustctl_verify_answer_frame(status, stdout, stderr)[4:]
+        assert parse_trustctl_verify_answer(answer) == (status, stdout, stderr)
+        fields = {_random_text(generator): _random_text(generator) for _ in range(5)}
+        assert decode(encode(name, fields), "a test") == (name, fields)
+
+
+def _mutated(generator: random.Random, payload: bytes) -> bytes:
+    data = bytearray(payload)
+    for _ in range(generator.randrange(1, 4)):
+        choice = generator.randrange(4)
+        if choice == 0 and data:
+            data[generator.randrange(len(data))] = generator.randrange(256)
+        elif choice == 1:
+            del data[generator.randrange(len(data) + 1) :]
+        elif choice == 2:
+            position = generator.randrange(len(data) + 1)
+            data[position:position] = generator.randbytes(generator.randrange(1, 9))
+        elif data:
+            position = generator.randrange(len(data))
+            del data[position : position + generator.randrange(1, 9)]
+    return bytes(data)
+
+
+def test_random_bytes_never_crash_the_readers() -> None:
+    """Whatever arrives, a reader returns its value or raises ProtocolError: never anything else,
+    and it never reads past the payload it is given."""
+    generator = random.Random(1202)
+    valid = [
+        verify_pull_frame(CONFIG, "example.com/app:1", GOOD, 7.5, f'{{"digest":"{GOOD}"}}')[4:],
+        trustctl_verify_frame(CONFIG, "example.com/app:1", True, 59.5)[4:],
+        verify_pull_answer_frame(True, "trustd: signed")[4:],
+        trustctl_verify_answer_frame(0, "out\n", "")[4:],
+        error_frame("bad request")[4:],
+    ]
+    readers = (parse_request, parse_verify_pull_answer, parse_trustctl_verify_answer)
+    taken = 0
+    for round_ in range(20_000):
+        if round_ % 4 == 0:
+            payload = generator.randbytes(generator.randrange(0, 64))
+        elif round_ % 4 == 1:
+            payload = b"\x02" + generator.randbytes(generator.randrange(0, 64))
+        else:
+            payload = _mutated(generator, generator.choice(valid))
+        for reader in readers:
+            try:
+                reader(payload)
+                taken += 1
+            except ProtocolError:
+                pass
+    assert taken > 0  # the mutations leave some frames valid: the readers were reached
 
 
 def test_json_objects() -> None:
@@ -179,6 +315,7 @@ def test_json_objects() -> None:
         (b'{"a": -Infinity}', "-Infinity is not JSON"),
         (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
         (b'{"a": 1} {"b": 2}', "Extra data"),
+        (b"\xff", "not UTF-8"),
     ):
         with pytest.raises(ProtocolError, match=problem):
             loads_object(payload)
@@ -281,17 +418,23 @@ def test_socket_answers_with_the_policy(served) -> None:
 def test_socket_refuses_what_it_cannot_take_with_a_reason(served) -> None:
     server, decisions, _ = served
     config = str(server.config)
-    assert refusal(server.path, frame(b'{"name": "x"}')) == (
-        'bad request: a request needs "version"; this daemon speaks version 1'
+    # A client of protocol version 1 (JSON), e.g. between an upgrade and the daemon's restart.
+    older = b'{"version": 1, "kind": "verify-pull", "config": "%s"}' % config.encode()
+    assert refusal(server.path, frame(older)) == (
+        "bad request: unsupported protocol version 1 (JSON); this daemon speaks version 2"
     )
-    newer = b'{"version": 2, "kind": "verify-pull", "name": "x", "digest": "y"}'
+    newer = b"\x03" + _items("verify-pull", "config", config)
     assert refusal(server.path, frame(newer)) == (
-        "bad request: unsupported protocol version 2; this daemon speaks version 1"
+        "bad request: unsupported protocol version 3; this daemon speaks version 2"
     )
-    other = b'{"version": 1, "kind": "verify-image", "config": "%s"}' % config.encode()
+    other = encode("verify-image", {"config": config})
     assert refusal(server.path, frame(other)) == (
-        'bad request: unknown request kind "verify-image"; this daemon answers "verify-pull" and '
-        '"trustctl-verify"'
+        "bad request: unknown request kind 'verify-image'; this daemon answers \"verify-pull\" "
+        'and "trustctl-verify"'
+    )
+    mismatch = verify_pull_frame(config, "example.com/app:1", GOOD, None, f'{{"digest":"{OTHER}"}}')
+    assert refusal(server.path, mismatch) == (
+        f"bad request: \"descriptor\" is for '{OTHER}', but \"digest\" is '{GOOD}'"
     )
     too_long = frame(b" " * (MAX_REQUEST_BYTES + 1))
     assert refusal(server.path, too_long) == (
@@ -508,22 +651,43 @@ def test_descriptor_on_stdin_must_match_the_digest(served) -> None:
     ok = run_verifier([*base, DESCRIPTOR_MEDIA_TYPE], descriptor, config)
     assert (ok.returncode, ok.stdout) == (0, f"trustd: signed by targets as {GOOD}\n".encode())
 
+    # The daemon checks the descriptor it is sent and refuses the question; the verifier then
+    # says why in its own words.
     other = descriptor.replace(GOOD.encode(), OTHER.encode())
     mismatch = run_verifier([*base, DESCRIPTOR_MEDIA_TYPE], other, config)
     assert mismatch.returncode == 2
     assert mismatch.stdout.decode() == (
         f"trustd: image verifier: the descriptor on stdin is for {OTHER}, but -digest is {GOOD}\n"
     )
+    assert b'refused the request: bad request: "descriptor" is for' in mismatch.stderr
     garbage = run_verifier([*base, DESCRIPTOR_MEDIA_TYPE], b"<html>", config)
     assert garbage.returncode == 2
     assert garbage.stdout.startswith(b"trustd: image verifier: stdin is not an OCI descriptor")
+    assert b'refused the request: bad request: "descriptor" is not an OCI' in garbage.stderr
+
+    # One that cannot be sent (not UTF-8, longer than a request may be) is checked here.
+    latin = run_verifier([*base, DESCRIPTOR_MEDIA_TYPE], b'{"digest": "\xe9"}', config)
+    assert latin.returncode == 2
+    assert latin.stdout.startswith(b"trustd: image verifier: stdin is not an OCI descriptor: not")
+    assert b"refused" not in latin.stderr
+    padding = b' "annotations": {"a": "%s"},' % (b"x" * MAX_REQUEST_BYTES)
+    long = run_verifier(
+        [*base, DESCRIPTOR_MEDIA_TYPE], descriptor.replace(b"{", b"{" + padding, 1), config
+    )
+    assert (long.returncode, long.stdout) == (0, ok.stdout)
+    assert f"judged by the trustd daemon on {server.path}".encode() in long.stderr
+    long_other = other.replace(b"{", b"{" + padding, 1)
+    long_mismatch = run_verifier([*base, DESCRIPTOR_MEDIA_TYPE], long_other, config)
+    assert (long_mismatch.returncode, long_mismatch.stdout) == (2, mismatch.stdout)
+    assert b"refused" not in long_mismatch.stderr
 
     # A media type this verifier does not know: stdin is ignored, the arguments judged.
     future = run_verifier([*base, "application/vnd.example.future+cbor"], b"\x00\x01", config)
     assert future.returncode == 0, future
     assert b"not understood; judging from -name and -digest" in future.stderr
-    assert len(decisions) == 2
-    assert b"Traceback" not in ok.stderr + mismatch.stderr + garbage.stderr + future.stderr
+    assert len(decisions) == 3
+    runs = (ok, mismatch, garbage, latin, long, long_mismatch, future)
+    assert not any(b"Traceback" in run.stderr for run in runs)
 
 
 def test_entry_script() -> None:
@@ -555,9 +719,12 @@ def _fast_path_modules(
         "status = main(sys.argv[1:]); "
         "print('modules', sorted(sys.modules), file=sys.stderr); sys.exit(status)"
     )
+    # As containerd runs it: the descriptor on stdin.
     arguments = ["-name", "example.com/app:1", "-digest", GOOD, "-c", str(server.config)]
+    arguments += ["-stdin-media-type", DESCRIPTOR_MEDIA_TYPE]
     result = subprocess.run(
         [sys.executable, "-I", "-S", "-c", code, *arguments],
+        input=f'{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{GOOD}"}}',
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -584,14 +751,15 @@ def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
             "trustd.localapi.client",
             "trustd.localapi.wire",
         }
-        # The standard library's json and socket; nothing of the trust engine.
-        assert {"json", "socket"} <= modules
+        # The standard library's socket; not json, nothing of the trust engine.
+        assert "socket" in modules
         assert not {m for m in modules if m.partition(".")[0] in HEAVY}
         assert not modules & {"logging", "dataclasses", "argparse"}
         # A config of its own is read with tomllib; a default install's is not read at all.
         assert ("tomllib" in modules) is not default_install
-        # Nor typing then, which tomllib imports: the fast path's modules do without it.
+        # Nor typing and re then, which tomllib imports: the fast path's modules do without.
         assert ("typing" in modules) is not default_install
+        assert ("re" in modules) is not default_install
 
 
 def test_where_the_verifier_looks_for_the_daemon(tmp_path: Path) -> None:

@@ -3,41 +3,51 @@
 
 One question per connection on a unix socket: the client sends a request frame, the daemon
 answers with one frame and closes. A frame is a 4-byte big-endian length and that many bytes of
-UTF-8 JSON, one object. Every frame carries the protocol ``version`` (1) and its ``kind``; every
-request names the ``config`` file (absolute path) it is asked under, and the daemon answers only
-questions about the config file it serves.
+payload. The payload is the protocol version (one byte, 2), then the frame's ``kind``, then
+key/value fields; kind, keys and values are each a 4-byte big-endian length and that many bytes
+of UTF-8 (docs/architecture.md, "The local socket's frames")::
+
+    payload = version:1 byte | item(kind) | item(key) item(value) | item(key) item(value) ...
+    item    = size:4 bytes big-endian | size bytes of UTF-8
+
+Every value is text: booleans are ``true`` or ``false``, numbers decimal digits with at most one
+``.``. A key appears at most once; keys a reader does not know are ignored. Every request names
+the ``config`` file (absolute path) it is asked under, and the daemon answers only questions
+about the config file it serves.
 
 ``verify-pull``: may containerd pull what it resolved (the image verifier)::
 
-    request  {"version": 1, "kind": "verify-pull", "config": "/etc/trustd/trustd.toml",
-              "name": "registry.example.com/app:1.4", "digest": "sha256:…", "timeout": 7.5}
-    answer   {"version": 1, "kind": "verify-pull", "allowed": true,
-              "message": "trustd: signed by targets/releases as sha256:…"}
+    request  verify-pull  config=/etc/trustd/trustd.toml  name=registry.example.com/app:1.4
+             digest=sha256:…  timeout=7.500  descriptor={"mediaType":…,"digest":"sha256:…",…}
+    answer   verify-pull  allowed=true  message=trustd: signed by targets/releases as sha256:…
+
+``descriptor`` (optional) is the OCI descriptor containerd gave the verifier on stdin, as it
+came; the daemon takes the request only if it is a JSON object whose ``digest`` is ``digest``.
 
 ``trustctl-verify``: what ``trustctl verify IMAGE [--json]`` prints, the image as typed::
 
-    request  {"version": 1, "kind": "trustctl-verify", "config": "/etc/trustd/trustd.toml",
-              "image": "registry.example.com/app:1.4", "json": false, "timeout": 59.5}
-    answer   {"version": 1, "kind": "trustctl-verify", "status": 0,
-              "stdout": "registry.example.com/app:1.4@sha256:…\\tsize …\\n", "stderr": ""}
+    request  trustctl-verify  config=/etc/trustd/trustd.toml  image=registry.example.com/app:1.4
+             json=false  timeout=59.500
+    answer   trustctl-verify  status=0  stdout=registry.example.com/app:1.4@sha256:…  stderr=
 
 A request the daemon does not take (malformed, another version or kind, another config file) is
 answered with an error, which the client reports and then judges in its own process::
 
-    answer   {"version": 1, "kind": "error", "error": "unsupported protocol version 2; …"}
+    answer   error  error=unsupported protocol version 3; this daemon speaks version 2
 
-``timeout`` (seconds, optional) is how long the client will wait: the daemon bounds its Notary
-requests by it, so that a slow Notary is reported with trustd's reason rather than as a client
-that timed out. Lengths are bounded on both sides, so neither end can be made to buffer without
-limit.
+Version 1 frames were one JSON object; their payload starts with ``{``, and either side names
+them as such. ``timeout`` (seconds, optional) is how long the client will wait: the daemon bounds
+its Notary requests by it, so that a slow Notary is reported with trustd's reason rather than as
+a client that timed out. Lengths are bounded on both sides, so neither end can be made to buffer
+without limit.
 
-This module is on the fast paths of both programs, which run as short processes: it imports the
-standard library's ``json`` and nothing of the trust engine.
+This module is on the fast paths of both programs, which run as short processes: it imports
+nothing beyond what the interpreter has loaded at start-up. Only the daemon (and the verifier
+when it judges in its own process) reads JSON here, the descriptor's; ``json`` is imported then.
 """
 
 from __future__ import annotations
 
-import json
 import time
 
 # typing would cost the fast path an import; type checkers treat this name as always true.
@@ -53,20 +63,23 @@ if TYPE_CHECKING:
         def recv(self, size: int, /) -> bytes: ...
 
 
-VERSION = 1
+VERSION = 2
 VERIFY_PULL = "verify-pull"
 TRUSTCTL_VERIFY = "trustctl-verify"
 ERROR = "error"
 
-MAX_REQUEST_BYTES = 16 * 1024  # a name is at most ~400 characters, a config path at most 4096
+# A name is at most ~400 characters, a config path at most 4096, a descriptor a few hundred bytes
+# (one that does not fit is checked by the verifier itself and not sent).
+MAX_REQUEST_BYTES = 16 * 1024
 MAX_ANSWER_BYTES = 64 * 1024
-HEADER_BYTES = 4  # the big-endian length before each payload
+HEADER_BYTES = 4  # the big-endian length before each payload, and before each item in it
 MAX_TIMEOUT = 3600.0  # seconds; no client waits longer
 _SHOWN_CHARS = 100  # of a value echoed in an error
+_JSON_START = ord("{")  # the first byte of a version 1 payload
 
 
 class ProtocolError(Exception):
-    """A frame that is too long, cut short, or not the JSON object expected."""
+    """A frame that is too long, cut short, or not the payload expected."""
 
 
 class AnswerTimeout(ProtocolError):
@@ -139,87 +152,106 @@ class TrustctlVerify:
 Request = VerifyPull | TrustctlVerify
 
 
-def verify_pull_frame(config: str, name: str, digest: str, timeout: float | None = None) -> bytes:
-    fields: dict[str, object] = {"config": config, "name": name, "digest": digest}
+def verify_pull_frame(
+    config: str,
+    name: str,
+    digest: str,
+    timeout: float | None = None,
+    descriptor: str | None = None,
+) -> bytes:
+    """The verifier's request; ``descriptor`` is the OCI descriptor (JSON) from its stdin."""
+    fields = {"config": config, "name": name, "digest": digest}
     if timeout is not None:
-        fields["timeout"] = round(timeout, 3)
-    return _frame(VERIFY_PULL, fields)
+        fields["timeout"] = _seconds(timeout)
+    if descriptor is not None:
+        fields["descriptor"] = descriptor
+    return frame(encode(VERIFY_PULL, fields))
 
 
 def trustctl_verify_frame(
     config: str, image: str, as_json: bool, timeout: float | None = None
 ) -> bytes:
-    fields: dict[str, object] = {"config": config, "image": image, "json": as_json}
+    fields = {"config": config, "image": image, "json": _boolean(as_json)}
     if timeout is not None:
-        fields["timeout"] = round(timeout, 3)
-    return _frame(TRUSTCTL_VERIFY, fields)
+        fields["timeout"] = _seconds(timeout)
+    return frame(encode(TRUSTCTL_VERIFY, fields))
 
 
 def parse_request(payload: bytes) -> Request:
     """The request in ``payload``; ProtocolError, in words for the client, when the daemon cannot
     take it."""
-    request = loads_object(payload)
-    _check_version(request, "a request", "this daemon")
-    kind = request.get("kind")
-    config = request.get("config")
+    kind, request = decode(payload, "this daemon")
     if kind not in (VERIFY_PULL, TRUSTCTL_VERIFY):
-        if kind is None:
-            raise ProtocolError('a request needs a "kind"')
         raise ProtocolError(
             f"unknown request kind {_shown(kind)}; this daemon answers "
             f'"{VERIFY_PULL}" and "{TRUSTCTL_VERIFY}"'
         )
-    if not isinstance(config, str) or not config.startswith("/"):
+    config = request.get("config")
+    if config is None or not config.startswith("/"):
         raise ProtocolError('a request needs "config", the absolute path of a config file')
-    timeout = _timeout(request)
+    timeout = _timeout(request.get("timeout"))
     if kind == VERIFY_PULL:
         name, digest = request.get("name"), request.get("digest")
-        if not isinstance(name, str) or not isinstance(digest, str):
-            raise ProtocolError(f'a "{VERIFY_PULL}" request needs "name" and "digest" strings')
+        if name is None or digest is None:
+            raise ProtocolError(f'a "{VERIFY_PULL}" request needs "name" and "digest"')
+        descriptor = request.get("descriptor")
+        if descriptor is not None:
+            _check_descriptor(descriptor, digest)
         return VerifyPull(config, name, digest, timeout)
-    image, as_json = request.get("image"), request.get("json", False)
-    if not isinstance(image, str):
-        raise ProtocolError(f'a "{TRUSTCTL_VERIFY}" request needs "image" as a string')
-    if not isinstance(as_json, bool):
-        raise ProtocolError('"json" must be true or false')
-    return TrustctlVerify(config, image, as_json, timeout)
+    image = request.get("image")
+    if image is None:
+        raise ProtocolError(f'a "{TRUSTCTL_VERIFY}" request needs "image"')
+    return TrustctlVerify(config, image, _parse_boolean(request.get("json", "false")), timeout)
 
 
-def _timeout(request: dict[str, object]) -> float | None:
-    timeout = request.get("timeout")
-    if timeout is None:
+def _seconds(timeout: float) -> str:
+    # Fixed-point: never the exponent form repr() gives small floats.
+    return f"{timeout:.3f}"
+
+
+def _timeout(text: str | None) -> float | None:
+    if text is None:
         return None
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not 0 < timeout <= MAX_TIMEOUT
-    ):
+    seconds = _parse_decimal(text)
+    if seconds is None or not 0 < seconds <= MAX_TIMEOUT:
         raise ProtocolError(f'"timeout" must be seconds above 0, at most {MAX_TIMEOUT:g}')
-    return float(timeout)
+    return seconds
+
+
+def _check_descriptor(descriptor: str, digest: str) -> None:
+    try:
+        described = described_digest(descriptor.encode())
+    except ProtocolError as error:
+        raise ProtocolError(f'"descriptor" is not an OCI descriptor: {error}') from None
+    if described != digest:
+        raise ProtocolError(
+            f'"descriptor" is for {_shown(described)}, but "digest" is {_shown(digest)}'
+        )
 
 
 # --- answers -------------------------------------------------------------------------------------
 
 
 def verify_pull_answer_frame(allowed: bool, message: str) -> bytes:
-    return _frame(VERIFY_PULL, {"allowed": allowed, "message": message})
+    return frame(encode(VERIFY_PULL, {"allowed": _boolean(allowed), "message": message}))
 
 
 def trustctl_verify_answer_frame(status: int, stdout: str, stderr: str) -> bytes:
-    return _frame(TRUSTCTL_VERIFY, {"status": int(status), "stdout": stdout, "stderr": stderr})
+    fields = {"status": str(int(status)), "stdout": stdout, "stderr": stderr}
+    return frame(encode(TRUSTCTL_VERIFY, fields))
 
 
 def error_frame(error: str) -> bytes:
-    return _frame(ERROR, {"error": error})
+    return frame(encode(ERROR, {"error": error}))
 
 
 def parse_verify_pull_answer(payload: bytes) -> tuple[bool, str]:
     """(allowed, message); Refused for an error answer, ProtocolError when malformed."""
     answer = _answer(payload, VERIFY_PULL)
     allowed, message = answer.get("allowed"), answer.get("message")
-    if not isinstance(allowed, bool) or not isinstance(message, str):
-        raise ProtocolError('an answer needs "allowed" (true or false) and a "message" string')
-    return allowed, message
+    if allowed not in ("true", "false") or message is None:
+        raise ProtocolError('an answer needs "allowed" (true or false) and "message"')
+    return allowed == "true", message
 
 
 def parse_trustctl_verify_answer(payload: bytes) -> tuple[int, str, str]:
@@ -227,44 +259,118 @@ def parse_trustctl_verify_answer(payload: bytes) -> tuple[int, str, str]:
     malformed."""
     answer = _answer(payload, TRUSTCTL_VERIFY)
     status, stdout, stderr = answer.get("status"), answer.get("stdout"), answer.get("stderr")
-    if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 255:
+    if status is None or not (0 < len(status) <= 3 and _digits(status)) or int(status) > 255:
         raise ProtocolError('an answer needs "status", an exit status from 0 to 255')
-    if not isinstance(stdout, str) or not isinstance(stderr, str):
-        raise ProtocolError('an answer needs "stdout" and "stderr" strings')
-    return status, stdout, stderr
+    if stdout is None or stderr is None:
+        raise ProtocolError('an answer needs "stdout" and "stderr"')
+    return int(status), stdout, stderr
 
 
-def _answer(payload: bytes, kind: str) -> dict[str, object]:
-    answer = loads_object(payload)
-    _check_version(answer, "an answer", "this program")
-    answered = answer.get("kind")
+def _answer(payload: bytes, kind: str) -> dict[str, str]:
+    answered, answer = decode(payload, "this program")
     if answered == ERROR:
         error = answer.get("error")
-        if not isinstance(error, str):
-            raise ProtocolError('an error answer needs an "error" string')
+        if error is None:
+            raise ProtocolError('an error answer needs "error"')
         raise Refused(error)
     if answered != kind:
         raise ProtocolError(f'an answer of kind {_shown(answered)} to a "{kind}" request')
     return answer
 
 
-def _check_version(document: dict[str, object], what: str, speaker: str) -> None:
-    version = document.get("version")
-    if version is None:
-        raise ProtocolError(f'{what} needs "version"; {speaker} speaks version {VERSION}')
-    if isinstance(version, bool) or version != VERSION:
+# --- values --------------------------------------------------------------------------------------
+
+
+def _boolean(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _parse_boolean(text: str) -> bool:
+    if text not in ("true", "false"):
+        raise ProtocolError('"json" must be true or false')
+    return text == "true"
+
+
+def _digits(text: str) -> bool:
+    # isdigit() alone admits other scripts' digits, which int() and float() would read.
+    return text.isascii() and text.isdigit()
+
+
+def _parse_decimal(text: str) -> float | None:
+    """``text`` as decimal digits with at most one "."; None when it is not that."""
+    whole, _, fraction = text.partition(".")
+    if not (whole or fraction) or not all(_digits(part) for part in (whole, fraction) if part):
+        return None
+    return float(text)
+
+
+def _shown(value: str) -> str:
+    """``value`` as it may be echoed in an error: quoted and escaped, cut short."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+
+
+# --- payloads ------------------------------------------------------------------------------------
+
+
+def encode(kind: str, fields: dict[str, str]) -> bytes:
+    """The payload of a frame of ``kind`` with ``fields``.
+
+    Text that is not Unicode (a lone surrogate, as Python decodes bytes of an argument that are
+    not UTF-8) is written as it is held, which is not UTF-8: the reader refuses the frame, and the
+    question is answered without the daemon."""
+    items = [VERSION.to_bytes(1, "big"), _item(kind)]
+    for key, value in fields.items():
+        items += (_item(key), _item(value))
+    return b"".join(items)
+
+
+def _item(text: str) -> bytes:
+    data = text.encode("utf-8", "surrogatepass")
+    return len(data).to_bytes(HEADER_BYTES, "big") + data
+
+
+def decode(payload: bytes, speaker: str) -> tuple[str, dict[str, str]]:
+    """(kind, fields) of ``payload``; ProtocolError, naming ``speaker`` (the reader) where the
+    version is not its, for anything else."""
+    if not payload:
+        raise ProtocolError("an empty payload")
+    version = payload[0]
+    if version != VERSION:
+        shown = "1 (JSON)" if version == _JSON_START else str(version)
         raise ProtocolError(
-            f"unsupported protocol version {_shown(version)}; {speaker} speaks version {VERSION}"
+            f"unsupported protocol version {shown}; {speaker} speaks version {VERSION}"
         )
+    items: list[str] = []
+    position, end = 1, len(payload)
+    while position < end:
+        if end - position < HEADER_BYTES:
+            raise ProtocolError(f"item {len(items) + 1} cut short: {end - position} bytes left")
+        size = int.from_bytes(payload[position : position + HEADER_BYTES], "big")
+        position += HEADER_BYTES
+        if size > end - position:
+            raise ProtocolError(
+                f"item {len(items) + 1} of {size} bytes, with {end - position} bytes left"
+            )
+        try:
+            items.append(payload[position : position + size].decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise ProtocolError(f"item {len(items) + 1} is not UTF-8: {error.reason}") from None
+        position += size
+    if not items:
+        raise ProtocolError('a payload needs a "kind"')
+    if len(items) % 2 == 0:
+        raise ProtocolError(f"field {_shown(items[-1])} has no value")
+    fields: dict[str, str] = {}
+    for index in range(1, len(items), 2):
+        key = items[index]
+        if key in fields:
+            raise ProtocolError(f"field {_shown(key)} twice")
+        fields[key] = items[index + 1]
+    return items[0], fields
 
 
 # --- frames --------------------------------------------------------------------------------------
-
-
-def _frame(kind: str, fields: dict[str, object]) -> bytes:
-    document = {"version": VERSION, "kind": kind, **fields}
-    # ASCII (json's default) escapes U+2028 and friends too: no reader splits a frame.
-    return frame(json.dumps(document, separators=(",", ":")).encode())
 
 
 def frame(payload: bytes) -> bytes:
@@ -302,11 +408,22 @@ def _read_exactly(connection: Receiver, size: int, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
-# --- JSON ----------------------------------------------------------------------------------------
+# --- JSON: the descriptor containerd gives the verifier ------------------------------------------
+
+
+def described_digest(data: bytes) -> str:
+    """The ``digest`` of the OCI descriptor (a JSON object) in ``data``; ProtocolError when it is
+    not one."""
+    described = loads_object(data).get("digest")
+    if not isinstance(described, str):
+        raise ProtocolError('it has no "digest" string')
+    return described
 
 
 def loads_object(data: bytes) -> dict[str, object]:
     """One JSON object from ``data``; ProtocolError for anything else."""
+    import json  # not on the fast paths: only the descriptor is JSON
+
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -324,10 +441,3 @@ def loads_object(data: bytes) -> dict[str, object]:
 
 def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
-
-
-def _shown(value: object) -> str:
-    """``value`` as it may be echoed in an error: JSON, cut short; the type of a container."""
-    plain = value is None or isinstance(value, str | int | float)
-    text = json.dumps(value) if plain else type(value).__name__
-    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."

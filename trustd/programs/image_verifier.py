@@ -15,11 +15,12 @@ process, no judgement before ``--timeout``). All but 0 block.
 
 Fast path: ask the running daemon on its verifier socket (``server.verifier_socket``), the one
 owner of the trust cache (``trustd.localapi.client.ask``; a default install does not even read its
-config for that). That path imports the standard library's json and socket and nothing of the
-trust engine; a Python process that built its own trust engine would cost a cold cache and a
-Notary round trip per role on every pull. When no daemon answers, the same judgement is made in
-this process (``trustd.localapi.server.judge_locally``): same config, state directory and audit
-log.
+config for that). The descriptor goes with the question and the daemon checks it, so that path
+imports the standard library's socket and nothing else of weight: no json, nothing of the trust
+engine; a Python process that built its own trust engine would cost a cold cache and a Notary
+round trip per role on every pull. When no daemon answers, the descriptor is checked and the
+same judgement made in this process (``trustd.localapi.server.judge_locally``): same config,
+state directory and audit log.
 
 The file installed into containerd's ``bin_dir`` is made by ``entry_script`` (see install.sh).
 """
@@ -33,8 +34,10 @@ import time
 from trustd.config.paths import config_file
 from trustd.localapi.client import DaemonAbsent, DaemonFailed, ask
 from trustd.localapi.wire import (
+    HEADER_BYTES,
+    MAX_REQUEST_BYTES,
     ProtocolError,
-    loads_object,
+    described_digest,
     parse_verify_pull_answer,
     verify_pull_frame,
 )
@@ -74,15 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         deadline = started + timeout
         name, digest = _required(options, "name"), _required(options, "digest")
         media_type = options.get("media_type", "")
+        descriptor: bytes | None = None
         if media_type == DESCRIPTOR_MEDIA_TYPE:
-            _check_descriptor(_read_stdin(deadline), digest)
+            descriptor = _read_stdin(deadline)
         else:
             # Later containerd versions may send something else on stdin; the arguments carry
             # all the policy needs, so judge from them.
             shown = media_type or "(none)"
             _note(f"stdin media type {shown!r} not understood; judging from -name and -digest")
         config = config_file(options.get("config"))
-        allowed, message, judged_by = _judge(config, name, digest, deadline, timeout)
+        allowed, message, judged_by = _judge(config, name, digest, descriptor, deadline, timeout)
     except NotJudged as error:
         _report(f"trustd: image verifier: {error}")
         return EXIT_NOT_JUDGED
@@ -165,14 +169,12 @@ def _read_stdin(deadline: float) -> bytes:
 
 
 def _check_descriptor(data: bytes, digest: str) -> None:
-    """The descriptor on stdin must describe the image -digest names."""
+    """The descriptor on stdin must describe the image -digest names (the daemon checks the
+    descriptor it is sent; this is for the ones it is not)."""
     try:
-        descriptor = loads_object(data)
+        described = described_digest(data)
     except ProtocolError as error:
         raise NotJudged(f"stdin is not an OCI descriptor: {error}") from None
-    described = descriptor.get("digest")
-    if not isinstance(described, str):
-        raise NotJudged('stdin is not an OCI descriptor: it has no "digest" string')
     if described != digest:
         shown = described if len(described) <= 200 else described[:200] + "..."
         raise NotJudged(f"the descriptor on stdin is for {shown}, but -digest is {digest}")
@@ -182,22 +184,45 @@ def _check_descriptor(data: bytes, digest: str) -> None:
 
 
 def _judge(
-    config: str, name: str, digest: str, deadline: float, timeout: float
+    config: str, name: str, digest: str, descriptor: bytes | None, deadline: float, timeout: float
 ) -> tuple[bool, str, str]:
     """(allowed, message, who judged): the daemon if it answers, else this process."""
     config = os.path.abspath(config)
-    request = verify_pull_frame(config, name, digest, _answer_budget(deadline))
+    request, sent = _request(config, name, digest, descriptor, deadline)
     try:
         (allowed, message), path = ask(config, request, deadline, parse_verify_pull_answer)
         return allowed, message, f"the trustd daemon on {path}"
-    except DaemonAbsent as error:
-        _note(f"{error}; judging in this process")
-    except DaemonFailed as error:
-        if time.monotonic() >= deadline:
-            raise NotJudged(f"no judgement within {timeout:g}s: {error}") from None
-        _note(f"{error}; judging in this process")
+    except (DaemonAbsent, DaemonFailed) as error:
+        unanswered: DaemonAbsent | DaemonFailed = error
+    late = isinstance(unanswered, DaemonFailed) and time.monotonic() >= deadline
+    if not late:
+        _note(f"{unanswered}; judging in this process")
+    if sent is not None:  # the daemon judged nothing, so it may not have checked it either
+        _check_descriptor(sent, digest)
+    if late:
+        raise NotJudged(f"no judgement within {timeout:g}s: {unanswered}")
     allowed, message = _judge_locally(config, name, digest, deadline, timeout)
     return allowed, message, "this process (no daemon)"
+
+
+def _request(
+    config: str, name: str, digest: str, descriptor: bytes | None, deadline: float
+) -> tuple[bytes, bytes | None]:
+    """The question for the daemon, and the descriptor sent with it, which the daemon checks
+    before it judges. One that cannot be sent (not UTF-8, too long for a request) is checked
+    here."""
+    budget = _answer_budget(deadline)
+    if descriptor is not None:
+        try:
+            text = descriptor.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None:
+            request = verify_pull_frame(config, name, digest, budget, text)
+            if len(request) - HEADER_BYTES <= MAX_REQUEST_BYTES:
+                return request, descriptor
+        _check_descriptor(descriptor, digest)
+    return verify_pull_frame(config, name, digest, budget), None
 
 
 def _answer_budget(deadline: float) -> float:

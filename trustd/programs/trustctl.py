@@ -10,8 +10,8 @@ answers under the config it has loaded (a changed file counts from its next relo
 a lookup verified within its ``freshness_window``.
 
 Like the image verifier (``trustd.programs.image_verifier``), this path imports the standard
-library's json and socket (and tomllib when the config must be read: ``trustd.localapi.client.ask``)
-and three small modules of trustd: no argparse, logging, trust engine or trustd.config.model.
+library's socket (and tomllib when the config must be read: ``trustd.localapi.client.ask``) and
+three small modules of trustd: no json, argparse, logging, trust engine or trustd.config.model.
 
 Only ``verify IMAGE`` with ``-c FILE``, ``--config FILE``, ``--config=FILE`` and ``--json`` is
 asked of the daemon. Anything else (``--local``, ``--state-dir``, ``--username``,
