@@ -38,8 +38,10 @@ from bench.fixtures import (
     signed_samples,
 )
 from bench.notary import NotaryRequests, describe, measure_capacity
+from bench.registry import RegistryRequests, RegistryUse
 from bench.shim import REPO_ROOT, Memory, ShimProcess, write_config
-from bench.stats import Summary, interleaved_calls, percentile, ratio, timed
+from bench.signers import VerifiedImages, prepare
+from bench.stats import Summary, interleaved_calls, interleaved_series, percentile, ratio, timed
 from bench.trustctl import TARGET_MS as TRUSTCTL_TARGET_MS
 from bench.trustctl import measure_trustctl
 from bench.verifier import TARGET_MS as VERIFIER_TARGET_MS
@@ -185,14 +187,24 @@ class Row:
     target: str
     met: bool | None  # None: no target
     notary: str = ""  # trustd's requests to notary-server during the row, counted by the server
+    registry: str = ""  # requests to the registry during the row, counted by the registry
 
     @property
     def status(self) -> str:
         return "" if self.met is None else ("met" if self.met else "MISSED")
 
 
-_COLUMNS = ("what", "trustd", "reference", "ratio", "notary", "target", "status")
-_HEADINGS = ("measurement", "trustd", "reference", "ratio", "Notary requests", "target", "status")
+_COLUMNS = ("what", "trustd", "reference", "ratio", "notary", "registry", "target", "status")
+_HEADINGS = (
+    "measurement",
+    "trustd",
+    "reference",
+    "ratio",
+    "Notary requests",
+    "registry requests",
+    "target",
+    "status",
+)
 
 
 @dataclass
@@ -203,8 +215,10 @@ class Report:
     def add(self, row: Row) -> None:
         self.rows.append(row)
         notary = f" [Notary: {row.notary}]" if row.notary else ""
+        registry = f" [registry: {row.registry}]" if row.registry else ""
         print(
-            f"  {row.what}: {row.trustd} vs {row.reference} ({row.ratio}){notary} {row.status}",
+            f"  {row.what}: {row.trustd} vs {row.reference} ({row.ratio}){notary}{registry} "
+            f"{row.status}",
             flush=True,
         )
 
@@ -372,9 +386,11 @@ class Bench:
     report: Report
     notary: NotaryRequests
     window: float  # trustd's freshness_window, seconds
+    registry: RegistryRequests
     # Figures the cluster-scale model is built from, filled in by the phases.
     requests_per_start: float = math.nan
     capacity_per_second: float = math.nan
+    notary_v1_pull_ms: float = math.nan  # the median of the Notary v1 pull row
 
     def outwait_window(self) -> None:
         """Let every verified result trustd holds go stale, so the next lookup asks Notary."""
@@ -414,8 +430,15 @@ class Bench:
     def sequential_pulls(self, samples: Sequence[Sample]) -> None:
         log(f"sequential pulls: {len(samples)} new images per path, interleaved")
         self.outwait_window()
+        mark = self.registry.mark()
         with py_spy(self.options.py_spy, self.shim.pid, "pull"), self.counting() as usage:
             trustd, direct = self.interleaved(samples, lambda client, image: client.pull(image))
+        registry = RegistryUse.of(
+            self.registry.since(mark),
+            [sample.trustd for sample in samples],
+            [sample.direct for sample in samples],
+        )
+        self.notary_v1_pull_ms = trustd.p50
         factor = ratio(trustd.p50, direct.p50)
         limit = 1.05 if direct.p50 >= _LONG_PULL_MS else 1.10
         self.report.add(
@@ -427,8 +450,71 @@ class Bench:
                 f"<= 1.10x (1.05x from {_LONG_PULL_MS:.0f} ms)",
                 factor <= limit,
                 per(usage.requests, trustd.count, "pull"),
+                registry.describe(),
             )
         )
+
+    def verified_pulls(
+        self, formats: Sequence[VerifiedImages], direct_images: Sequence[PushedImage]
+    ) -> None:
+        """Pulls of new images whose rule requires Notation or cosign signatures (found in the
+        registry), interleaved with direct pulls of new unsigned images; the registry counts
+        what trustd asked it for each verification and what containerd asked for each pull."""
+        for skipped in (f for f in formats if f.reason):
+            self.report.add(
+                Row(f"pull, {skipped.format}-verified: skipped", "", skipped.reason, "", "", None)
+            )
+        ready = [f for f in formats if not f.reason]
+        if not ready:
+            return
+        # Warm-up, untimed: trustd's first contact with the registry and each format's keys.
+        for verified in ready:
+            self.trustd.pull(verified.images[0].tagged)
+        self.direct.pull(direct_images[0].tagged)
+        samples = min(len(direct_images), *(len(f.images) for f in ready)) - 1
+        names = ", ".join(f.format for f in ready)
+        log(f"verified pulls ({names}): {samples} new images per path and direct, interleaved")
+        cpu = dict.fromkeys((f.format for f in ready), 0.0)  # the shim's, per format
+
+        def pull(client: Cri, image: PushedImage, path: str) -> Callable[[], object]:
+            def call() -> None:
+                before = self.shim.cpu_seconds()  # on both paths, so both pay for the read
+                client.pull(image.tagged)
+                if path in cpu:
+                    cpu[path] += self.shim.cpu_seconds() - before
+
+            return call
+
+        timed_ones = slice(1, samples + 1)
+        series = {"direct": [pull(self.direct, i, "direct") for i in direct_images[timed_ones]]}
+        for verified in ready:
+            series[verified.format] = [
+                pull(self.trustd, image, verified.format) for image in verified.images[timed_ones]
+            ]
+        notary_mark = self.notary.mark()
+        registry_mark = self.registry.mark()
+        times_of = interleaved_series(series)
+        requests = self.registry.since(registry_mark)
+        notary = self.notary.since(notary_mark)
+        direct = Summary.of(times_of["direct"])
+        for verified in ready:
+            mine = Summary.of(times_of[verified.format])
+            registry = RegistryUse.of(
+                requests, verified.images[timed_ones], direct_images[timed_ones]
+            )
+            self.report.add(
+                Row(
+                    f"pull, {verified.format}-verified new image (median of {mine.count})",
+                    f"{ms(mine.p50)} (CPU {cpu[verified.format] * 1000.0 / mine.count:.2f} ms)",
+                    f"{ms(direct.p50)} direct; {ms(self.notary_v1_pull_ms)} Notary v1 pull",
+                    f"{times(ratio(mine.p50, direct.p50))} ({delta(mine.p50, direct.p50)})",
+                    "<= 1 registry round trip more than the pull",
+                    registry.added <= 1.0,
+                    # Both rows share the phase: the Notary figure is for all of it.
+                    per(notary, mine.count * len(ready), "pull"),
+                    registry.describe(),
+                )
+            )
 
     def parallel_pulls(self, rounds: list[tuple[list[PushedImage], list[PushedImage]]]) -> None:
         width = self.options.parallel
@@ -901,8 +987,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     workdir = workdir.resolve()
     log(f"work dir {workdir}; starting the real stack")
-    # notary-server at log level info: one access-log line per request, counted per phase.
-    stack = Stack.start(workdir / "stack", notary_log_level="info")
+    # notary-server at log level info and docker-registry's access log: one line per request,
+    # counted per phase.
+    stack = Stack.start(workdir / "stack", notary_log_level="info", registry_access_log=True)
     shim: ShimProcess | None = None
     clients: list[Cri] = []
     report = Report()
@@ -926,6 +1013,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sign_images(stack, parallel_images)
         guns = [f"{registry}/bench/rss-{index:03d}" for index in range(options.repositories)]
         rss_refs = signed_repositories(stack, guns, "v1")
+        log("signing with notation and cosign (the real programs)")
+        verification = prepare(stack, workdir / "signers", options.pulls + 1)
         log(f"fixtures ready after {time.monotonic() - started:.1f}s")
 
         config_arguments: dict[str, Any] = {
@@ -938,6 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "notary_ca": stack.notary_server.ca_file,
             "verifier_socket": workdir / "verify.sock",
             "freshness_window": options.freshness_window,
+            "extra": verification.config,
         }
         config_path = write_config(workdir / "trustd.toml", **config_arguments)
         window = load_config(config_path).server.freshness_window
@@ -949,7 +1039,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         direct = Cri(stack.containerd.endpoint)
         clients = [trustd, direct]
         notary = NotaryRequests(stack.notary_server.log_path)
-        bench = Bench(options, stack, shim, trustd, direct, config_path, report, notary, window)
+        bench = Bench(
+            options,
+            stack,
+            shim,
+            trustd,
+            direct,
+            config_path,
+            report,
+            notary,
+            window,
+            RegistryRequests(stack.registry.log_path),
+        )
 
         # Warm-up, untimed: channels on both paths, and trustd's first contact with each GUN
         # (root, snapshot, targets; the images themselves stay unpulled).
@@ -959,6 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert not trustd.status(sample.trustd.tagged).HasField("image")
 
         bench.sequential_pulls(pull_samples)
+        bench.verified_pulls(verification.formats, verification.direct)
         remaining = parallel_images[2:]
         rounds = []
         for index in range(options.rounds):

@@ -38,10 +38,12 @@ def write_config(
     notary_ca: Path,
     verifier_socket: Path | None = None,
     freshness_window: float | None = None,
+    extra: str = "",
 ) -> Path:
     """A trustd config for the bench: every repository of ``registry`` enforced (the default).
 
-    ``freshness_window`` None leaves trustd's default.
+    ``freshness_window`` None leaves trustd's default. ``extra`` (TOML tables: ``[registry]``,
+    ``[notation]``, ``[[policy]]`` rules) is appended.
     """
     server: dict[str, str | int | float] = {"pull_timeout": 120, "shutdown_grace": 2}
     if freshness_window is not None:
@@ -54,6 +56,7 @@ def write_config(
         verifier_socket=verifier_socket,
         server=server,
         audit_file=audit_file,
+        policy=extra,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -17,20 +17,29 @@ def timed(call: Callable[[], object]) -> float:
 
 
 def interleaved_calls(
-    paths: dict[str, Callable[[], object]], count: int, *, warm: int = 5
+    paths: Mapping[str, Callable[[], object]], count: int, *, warm: int = 5
 ) -> dict[str, list[float]]:
     """``count`` timed calls of each path after ``warm`` untimed ones (channels and caches warm),
-    the paths taking turns and the first of each round rotating, so that drift on the machine
-    hits all alike and none always goes first."""
+    interleaved as in ``interleaved_series``."""
     for call in paths.values():
         for _ in range(warm):
             call()
-    names = list(paths)
+    return interleaved_series({name: [call] * count for name, call in paths.items()})
+
+
+def interleaved_series(
+    series: Mapping[str, Sequence[Callable[[], object]]],
+) -> dict[str, list[float]]:
+    """Round ``i`` times the ``i``-th call of every path, the paths taking turns and the first
+    of each round rotating, so that drift on the machine hits all alike and none always goes
+    first. As many rounds as the shortest path has calls."""
+    names = list(series)
+    rounds = min((len(calls) for calls in series.values()), default=0)
     times_of: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(count):
+    for index in range(rounds):
         turn = index % len(names)
         for name in names[turn:] + names[:turn]:
-            times_of[name].append(timed(paths[name]))
+            times_of[name].append(timed(series[name][index]))
     return times_of
 
 

@@ -58,10 +58,14 @@ def bcrypt_hash(password: str, cost: int = 5) -> str:
     return hashed.decode()
 
 
-def _config(storage: Path, port: int, htpasswd_file: Path | None = None) -> dict[str, object]:
+def _config(
+    storage: Path, port: int, htpasswd_file: Path | None = None, access_log: bool = False
+) -> dict[str, object]:
     config: dict[str, object] = {
         "version": 0.1,
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        # The access log is one line per request (combined log format, with the user agent) on
+        # stdout, i.e. in the registry's log file; off unless asked for (the benchmark counts it).
+        "log": {"level": "warn", "accesslog": {"disabled": not access_log}},
         "storage": {
             "filesystem": {"rootdirectory": str(storage)},
             "delete": {"enabled": True},
@@ -93,6 +97,10 @@ class RegistryAPI:
         self._session = requests.Session()
         self._session.trust_env = False
         self._session.auth = credentials
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
 
     @property
     def host(self) -> str:
@@ -149,9 +157,15 @@ class Registry(RegistryAPI):
 
     @classmethod
     def start(
-        cls, workdir: Path, timeout: float = 15.0, credentials: Credentials | None = None
+        cls,
+        workdir: Path,
+        timeout: float = 15.0,
+        credentials: Credentials | None = None,
+        access_log: bool = False,
     ) -> Registry:
-        """Start a registry; with ``credentials``, every request must carry them (htpasswd)."""
+        """Start a registry; with ``credentials``, every request must carry them (htpasswd).
+
+        ``access_log``: one line per request in ``log_path``, combined log format."""
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -163,7 +177,7 @@ class Registry(RegistryAPI):
         config_path = workdir / "registry.yml"
         # YAML is a superset of JSON, so the config needs no YAML library.
         config_path.write_text(
-            json.dumps(_config(workdir / "storage", port, htpasswd_file), indent=2)
+            json.dumps(_config(workdir / "storage", port, htpasswd_file, access_log), indent=2)
         )
         process = ManagedProcess(
             "docker-registry",

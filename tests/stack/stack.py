@@ -43,9 +43,12 @@ class Stack:
     registry; ``Stack.start`` starts everything at once.
     """
 
-    def __init__(self, workdir: Path, notary_log_level: str = "warn") -> None:
+    def __init__(
+        self, workdir: Path, notary_log_level: str = "warn", registry_access_log: bool = False
+    ) -> None:
         self.workdir = Path(workdir).resolve()
         self.notary_log_level = notary_log_level
+        self.registry_access_log = registry_access_log
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._pki: TestPKI | None = None
         self._registry: Registry | None = None
@@ -54,8 +57,14 @@ class Stack:
         self._containerd: Containerd | None = None
 
     @classmethod
-    def start(cls, workdir: Path, containerd: bool = True, notary_log_level: str = "warn") -> Stack:
-        stack = cls(workdir, notary_log_level)
+    def start(
+        cls,
+        workdir: Path,
+        containerd: bool = True,
+        notary_log_level: str = "warn",
+        registry_access_log: bool = False,
+    ) -> Stack:
+        stack = cls(workdir, notary_log_level, registry_access_log)
         try:
             _ = stack.registry, stack.notary_server, stack.publisher
             if containerd:
@@ -75,7 +84,9 @@ class Stack:
     def registry(self) -> Registry:
         if self._registry is None:
             require_programs(*REQUIRED_PROGRAMS["registry"])
-            self._registry = Registry.start(self.workdir / "registry")
+            self._registry = Registry.start(
+                self.workdir / "registry", access_log=self.registry_access_log
+            )
         return self._registry
 
     @property

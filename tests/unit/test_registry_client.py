@@ -739,6 +739,52 @@ def test_no_referrers_api_and_no_tag_means_none(server: ScriptedServer) -> None:
     ]
 
 
+def _shared(server: ScriptedServer, transports: RegistryTransports) -> RegistryClient:
+    """A new client (as for each pull) on the endpoint's shared transport."""
+    endpoint = RegistryEndpoint(registry=server.host, url=server.url + "/v2")
+    return RegistryClient(endpoint, transport=transports.get(endpoint))
+
+
+def test_a_registry_without_the_referrers_api_is_not_asked_again_for_a_while(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.fixed("GET", f"{BASE}/referrers/{SUBJECT}", 404, b"404 page not found")
+    tagged = index(descriptor_json("s1", SIG))
+    server.fixed(
+        "GET", f"{BASE}/manifests/{referrers_tag(SUBJECT)}", 200, tagged, Content_Type=OCI_INDEX
+    )
+    api, tag = f"{BASE}/referrers/{SUBJECT}", f"{BASE}/manifests/{referrers_tag(SUBJECT)}"
+    transports = RegistryTransports()
+    try:
+        for _ in range(3):
+            with _shared(server, transports) as registry:
+                assert [d.artifact_type for d in registry.referrers(REPO, SUBJECT)] == [SIG]
+        # Only the first lookup asked for the API; the later ones (other clients of the same
+        # endpoint) went straight to the tag schema.
+        assert server.paths() == [api, tag, tag, tag]
+        # Once the time is up, the API is asked for again.
+        monkeypatch.setattr("trustd.registry.client.NO_REFERRERS_API_SECONDS", 0.0)
+        with _shared(server, transports) as registry:
+            assert len(registry.referrers(REPO, SUBJECT)) == 1
+        assert server.paths()[4:] == [api, tag]
+    finally:
+        transports.close()
+
+
+def test_a_registry_with_the_referrers_api_is_asked_every_time(server: ScriptedServer) -> None:
+    api = f"{BASE}/referrers/{SUBJECT}"
+    listed = index(descriptor_json("s1", SIG))
+    server.fixed("GET", api, 200, listed, Content_Type=OCI_INDEX)
+    transports = RegistryTransports()
+    try:
+        for _ in range(2):
+            with _shared(server, transports) as registry:
+                assert len(registry.referrers(REPO, SUBJECT)) == 1
+    finally:
+        transports.close()
+    assert server.paths() == [api, api]
+
+
 def test_a_tag_schema_answer_that_is_not_an_index_is_malformed(server: ScriptedServer) -> None:
     image = manifest("not an index")
     server.fixed(

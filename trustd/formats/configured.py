@@ -63,6 +63,8 @@ class RegistryFormats:
         if self._clients is not None:
             self._clients.close()
             self._clients = None
+        for verified in self._verified.values():
+            verified.close()  # writes what its writer has not written yet
 
 
 def check_formats(config: Config) -> list[str]:

@@ -7,7 +7,9 @@ from an entry no older than its ``max_offline_age`` while the registry cannot be
 entry says nothing while the registry answers (every lookup then verifies again).
 
 One small JSON file per format in the state directory, replaced atomically; a file that cannot
-be read is set aside and reported, never silently trusted or dropped.
+be read is set aside and reported, never silently trusted or dropped. The file is written by a
+thread of its own shortly after a verification (and on ``close``), not on the pull's path: the
+decision never waits for the disk, and a burst of verifications is one write.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 # Entries kept per format; the oldest go first. A node runs far fewer images than this.
 MAX_ENTRIES = 4096
 _FILE_LIMIT = 8 * 1024 * 1024
+# Seconds the writer waits after a verification for more to write with it.
+SAVE_DELAY = 0.5
+_CLOSE_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -49,12 +54,18 @@ class VerifiedEntry:
 class VerifiedDigests:
     """What one format verified on this node, by (repository, tag or digest)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, save_delay: float = SAVE_DELAY) -> None:
         # ``path`` None keeps entries in memory only (trustctl's --local without a state dir).
         self.path = path
+        self.save_delay = save_delay
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], VerifiedEntry] = {}
         self._loaded = False
+        self._dirty = False  # entries not yet written
+        self._save_lock = threading.Lock()  # one write of the file at a time
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._writer: threading.Thread | None = None
 
     def remember(
         self, repository: str, name: str, digest: str, signer: str, size: int | None
@@ -73,14 +84,57 @@ class VerifiedDigests:
                 )
             while len(self._entries) > MAX_ENTRIES:
                 del self._entries[next(iter(self._entries))]
-            self._save()
+            if self.path is None:
+                return
+            self._dirty = True
+            closed = self._closing.is_set()
+            if self._writer is None and not closed:
+                self._writer = threading.Thread(
+                    target=self._write_behind, name="trustd-verified-writer", daemon=True
+                )
+                self._writer.start()
+        if closed:
+            self.flush()
+        else:
+            self._wake.set()
 
     def lookup(self, repository: str, name: str) -> VerifiedEntry | None:
         with self._lock:
             self._load()
             return self._entries.get((repository, name))
 
+    def flush(self) -> None:
+        """Write what is not written yet, now."""
+        with self._save_lock:
+            with self._lock:
+                if not self._dirty:
+                    return
+                entries = list(self._entries.values())
+                self._dirty = False
+            if not self._save(entries):
+                with self._lock:
+                    self._dirty = True  # tried again after the next verification
+
+    def close(self) -> None:
+        """Stop the writer and write what is pending; later verifications are written at once."""
+        self._closing.set()
+        self._wake.set()
+        with self._lock:
+            writer = self._writer
+        if writer is not None:
+            writer.join(_CLOSE_WAIT)
+        self.flush()
+
     # --- disk ------------------------------------------------------------------------------------
+
+    def _write_behind(self) -> None:
+        while True:
+            self._wake.wait()
+            # More verifications may follow (a pod's images, a rollout): one write for them.
+            if self._closing.wait(self.save_delay):
+                return  # close() writes what is pending
+            self._wake.clear()
+            self.flush()
 
     def _load(self) -> None:
         if self._loaded:
@@ -106,9 +160,9 @@ class VerifiedDigests:
             with contextlib.suppress(OSError):
                 os.replace(self.path, aside)
 
-    def _save(self) -> None:
+    def _save(self, entries: list[VerifiedEntry]) -> bool:
         if self.path is None:
-            return
+            return True
         document = {
             "version": 1,
             "entries": [
@@ -120,7 +174,7 @@ class VerifiedDigests:
                     "size": e.size,
                     "verified_at": e.verified_at,
                 }
-                for e in self._entries.values()
+                for e in entries
             ],
         }
         try:
@@ -138,6 +192,8 @@ class VerifiedDigests:
         except OSError as error:
             # The verification stands; only the outage fallback for it is lost.
             log.warning("cannot write %s: %s", self.path, error)
+            return False
+        return True
 
 
 def _parse(document: object) -> dict[tuple[str, str], VerifiedEntry]:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -57,6 +58,11 @@ _REPOSITORY = re.compile(
 )
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _HASHES = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
+# For this long after a registry showed it has no referrers API, referrers are read from the tag
+# schema without asking the API first: one round trip fewer per signature lookup there. Listings
+# are hints, so the worst this does is miss signatures (a denial, never an admission) of a
+# registry that gained the API within that time and was then given signatures only through it.
+NO_REFERRERS_API_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -288,10 +294,14 @@ class RegistryClient:
         The OCI 1.1 referrers API, its pages followed; a registry without it (404, or an answer
         that is not an image index) is read through the referrers tag schema instead (the image
         index tagged ``sha256-<hex>``; no such tag: no referrers). Filtered by ``artifact_type``
-        here when the registry did not apply the filter.
+        here when the registry did not apply the filter. A registry found without the API is
+        not asked for it again for ``NO_REFERRERS_API_SECONDS`` (by any client of the endpoint).
         """
         check_repository(repository)
         _check_digest(digest)
+        said = self._transport.no_referrers_api_at
+        if said is not None and time.monotonic() - said < NO_REFERRERS_API_SECONDS:
+            return self._referrers_by_tag(repository, digest, artifact_type)
         query = {"artifactType": artifact_type} if artifact_type else None
         url: str | None = self._url(repository, "referrers", digest, query)
         found: list[Descriptor] = []
@@ -316,6 +326,7 @@ class RegistryClient:
                         f"page {pages} of the referrers of {repository}@{digest} on "
                         f"{self.endpoint.describe()} is not an image index"
                     )
+                self._transport.no_referrers_api_at = time.monotonic()
                 return self._referrers_by_tag(repository, digest, artifact_type)
             descriptors, url = page
             found.extend(descriptors)

@@ -417,6 +417,9 @@ class RegistryTransport:
         self._lock = threading.Lock()
         # Tokens and challenges, shared by every client of this endpoint (keyed by credentials).
         self.auth_state = AuthState()
+        # When (time.monotonic()) the registry last showed it has no referrers API; client.py
+        # reads the tag schema straight away for a while after it.
+        self.no_referrers_api_at: float | None = None
 
     def close(self) -> None:
         self._session.close()

@@ -1,0 +1,205 @@
+"""Notation and cosign signatures for the bench, made by the real programs (tests/peers).
+
+``notation`` (1.3.2) signs by the referrers tag schema into the stack's docker-registry, which
+has no referrers API; ``cosign2`` (2.6.5) writes the classic ``sha256-<hex>.sig`` tag. Both
+with the flags tests/peers/README.md records, each in a home directory of its own, offline.
+A peer that is not built here gives a reason instead of a signer: the bench prints its row
+as skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.fixtures import push_many
+from tests.peers import peer_path, peer_unavailable_reason
+from tests.stack import PushedImage, Stack
+from tests.stack.trustd_config import toml_value
+
+SIGN_WORKERS = 2
+_RUN_TIMEOUT = 180.0
+_COSIGN_PASSWORD = "trustd-bench"  # protects a throwaway key
+
+
+class Peer:
+    """A peer program run with its own HOME and config dirs under ``home``."""
+
+    def __init__(self, program: Path, home: Path, extra_env: dict[str, str] | None = None):
+        self.program = program
+        self.home = home
+        self.config = home / "config"
+        for directory in (home, self.config, home / "cache", home / "docker"):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(self.config),
+            "XDG_CACHE_HOME": str(home / "cache"),
+            "DOCKER_CONFIG": str(home / "docker"),
+            "TUF_ROOT": str(home / "sigstore-tuf"),
+            **(extra_env or {}),
+        }
+
+    def run(self, *args: str) -> None:
+        result = subprocess.run(
+            [str(self.program), *args],
+            env=self.env,
+            cwd=self.home,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_RUN_TIMEOUT,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{self.program.name} {' '.join(args)} -> exit {result.returncode}: "
+                f"{result.stderr.strip()[-1000:]}"
+            )
+
+
+def peer(name: str) -> tuple[Path | None, str]:
+    """The peer's binary, or None and why it is not available."""
+    path = peer_path(name)
+    return path, "" if path is not None else peer_unavailable_reason(name).splitlines()[0]
+
+
+class NotationSigner:
+    """A test certificate (``notation cert generate-test``) and a trust policy for it: the
+    directory trustd's ``[notation] config_dir`` names."""
+
+    def __init__(self, program: Path, home: Path) -> None:
+        self.peer = Peer(program, home)
+        self.peer.run("cert", "generate-test", "--default", "trustd-bench")
+
+    @property
+    def config_dir(self) -> Path:
+        return self.peer.config / "notation"
+
+    def trust(self, repositories: Sequence[str]) -> None:
+        """A strict trust policy for ``repositories``, trusting the test certificate."""
+        policy = {
+            "version": "1.0",
+            "trustPolicies": [
+                {
+                    "name": "trustd-bench",
+                    "registryScopes": list(repositories),
+                    "signatureVerification": {"level": "strict"},
+                    "trustStores": ["ca:trustd-bench"],
+                    "trustedIdentities": ["*"],
+                }
+            ],
+        }
+        (self.config_dir / "trustpolicy.json").write_text(json.dumps(policy, indent=2))
+
+    def sign(self, images: Sequence[PushedImage]) -> None:
+        sign_all(
+            images,
+            lambda image: self.peer.run(
+                "sign", "--insecure-registry", "--signature-format", "jws", image.by_digest
+            ),
+        )
+
+
+class CosignSigner:
+    """A cosign key pair; ``public_key`` is what trustd's ``[policy.cosign] keys`` names."""
+
+    def __init__(self, program: Path, home: Path) -> None:
+        self.peer = Peer(program, home, {"COSIGN_PASSWORD": _COSIGN_PASSWORD})
+        self.peer.run("generate-key-pair", "--output-key-prefix", str(home / "cosign"))
+        self.private_key = home / "cosign.key"
+        self.public_key = home / "cosign.pub"
+
+    def sign(self, images: Sequence[PushedImage]) -> None:
+        sign_all(
+            images,
+            lambda image: self.peer.run(
+                "sign",
+                "--yes",
+                "--tlog-upload=false",
+                "--allow-http-registry",
+                "--key",
+                str(self.private_key),
+                image.by_digest,
+            ),
+        )
+
+
+def sign_all(images: Sequence[PushedImage], sign: Callable[[PushedImage], None]) -> None:
+    with ThreadPoolExecutor(SIGN_WORKERS) as pool:
+        list(pool.map(sign, images))
+
+
+# --- the bench's verified images -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifiedImages:
+    """Images of one repository signed in one format (the first for warming up), or the reason
+    there are none."""
+
+    format: str  # "Notation", "cosign"
+    images: tuple[PushedImage, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What the verified-pull rows pull, and the trustd config that verifies it."""
+
+    formats: tuple[VerifiedImages, ...]
+    direct: tuple[PushedImage, ...]  # unsigned, pulled straight from containerd
+    config: str  # TOML: [registry], [notation] and one [[policy]] rule per format
+
+
+def prepare(stack: Stack, workdir: Path, count: int) -> Verification:
+    """``count`` new images per format in a repository of its own, signed by the real peer, and
+    ``count`` unsigned ones for the direct path; the trustd config for them."""
+    direct = push_many(stack, "bench/direct-verified", _tags("d", count), prefix="direct-verified")
+    hosts_dir = stack.containerd.hosts_dir
+    # Where trustd reaches the registry: the hosts.toml containerd itself uses.
+    lines = ["[registry]", f"hosts_dirs = [{toml_value(str(hosts_dir))}]", ""]
+    formats: list[VerifiedImages] = []
+
+    program, reason = peer("notation")
+    if program is None:
+        formats.append(VerifiedImages("Notation", reason=f"notation: {reason}"))
+    else:
+        images = push_many(stack, "bench/notation", _tags("n", count), prefix="notation")
+        notation = NotationSigner(program, workdir / "notation")
+        notation.trust([images[0].repository])
+        notation.sign(images)
+        formats.append(VerifiedImages("Notation", tuple(images)))
+        lines += ["[notation]", f"config_dir = {toml_value(str(notation.config_dir))}", ""]
+        lines += _rule(images[0].repository, "notation")
+
+    program, reason = peer("cosign2")
+    if program is None:
+        formats.append(VerifiedImages("cosign", reason=f"cosign2: {reason}"))
+    else:
+        images = push_many(stack, "bench/cosign", _tags("c", count), prefix="cosign")
+        cosign = CosignSigner(program, workdir / "cosign")
+        cosign.sign(images)
+        formats.append(VerifiedImages("cosign", tuple(images)))
+        lines += _rule(images[0].repository, "cosign")
+        lines += ["[policy.cosign]", f"keys = [{toml_value(str(cosign.public_key))}]", ""]
+    return Verification(tuple(formats), tuple(direct), "\n".join(lines) + "\n")
+
+
+def _tags(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}-{index:02d}" for index in range(count)]
+
+
+def _rule(repository: str, signatures: str) -> list[str]:
+    return [
+        "[[policy]]",
+        f"match = {toml_value(repository)}",
+        f"signatures = {toml_value(signatures)}",
+        "",
+    ]
