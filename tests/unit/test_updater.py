@@ -27,12 +27,12 @@ from trustd.errors import (
 from trustd.formats.notary.held_sets import HeldSets
 from trustd.formats.notary.pinning import TrustPinning
 from trustd.formats.notary.resolution import inspect_repository, resolve_digest, resolve_tag
-from trustd.formats.notary.single_flight import SingleFlight
 from trustd.formats.notary.store import MetadataStore
 from trustd.formats.notary.transport import NotaryEndpoint, NotFound
 from trustd.formats.notary.trusted_set import TrustedSet
 from trustd.formats.notary.updater import Updater
 from trustd.formats.notary.view import VerifiedRepository
+from trustd.formats.single_flight import SingleFlight
 from trustd.net.credentials import Credentials
 
 FIXTURES = Path(__file__).parent.parent / "data" / "notary"
@@ -292,7 +292,8 @@ def test_a_lookup_with_credentials_does_not_inherit_an_anonymous_refusal(
             joined.set()
             return super().wait(call)
 
-    updater = Updater(store, clock=lambda: NOW, flight=TellingFlight())
+    flight = TellingFlight(NotaryUnavailable, AuthenticationFailed)
+    updater = Updater(store, clock=lambda: NOW, flight=flight)
     served = NeedsCredentials()
     alice = Credentials("alice", "s3cret")
     with ThreadPoolExecutor(max_workers=2) as pool:

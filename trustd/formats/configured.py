@@ -14,6 +14,7 @@ from trustd.formats.cosign.format import CosignFormat
 from trustd.formats.cosign.loader import load_public_key_files
 from trustd.formats.notation.format import NotationFormat
 from trustd.formats.notation.truststore import load_notation_config
+from trustd.formats.registry_format import RegistrySignatureFormat
 from trustd.formats.verified_cache import VerifiedDigests
 from trustd.registry.client import RegistryLimits
 from trustd.registry.clients import RegistryClients
@@ -34,16 +35,19 @@ class RegistryFormats:
     def formats_for(self, config: Config) -> dict[FormatName, SignatureFormat]:
         """The formats ``config`` configures; ConfigError (naming the file) when its Notation
         trust policy or a trust store it names cannot be used. Nothing changes on an error."""
-        formats: dict[FormatName, SignatureFormat] = {}
         notation = None
         if config.notation.config_dir is not None:
             notation = load_notation_config(config.notation.config_dir)
         clients = self._registry_clients(config.registry)
-        formats[FormatName.COSIGN] = CosignFormat(clients, self._verified[FormatName.COSIGN])
+        built: list[RegistrySignatureFormat] = [
+            CosignFormat(clients, self._verified[FormatName.COSIGN])
+        ]
         if notation is not None:
-            formats[FormatName.NOTATION] = NotationFormat(
-                notation, clients, self._verified[FormatName.NOTATION]
-            )
+            built.append(NotationFormat(notation, clients, self._verified[FormatName.NOTATION]))
+        formats: dict[FormatName, SignatureFormat] = {}
+        for signature_format in built:
+            signature_format.freshness_window = config.server.freshness_window
+            formats[signature_format.name] = signature_format
         return formats
 
     def _registry_clients(self, settings: RegistryConfig) -> RegistryClients:

@@ -11,20 +11,26 @@ no older than its ``max_offline_age``.
 from __future__ import annotations
 
 import logging
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from time import time
+from time import monotonic, time
 
-from trustd.config.model import OfflinePolicy
+from trustd.config.model import OfflinePolicy, PolicyRule
 from trustd.errors import ConfigError, RegistryUnavailable, TrustError
 from trustd.formats.base import FormatName, Judgement, SignatureQuery, SignedDigest
+from trustd.formats.single_flight import SingleFlight
 from trustd.formats.verified_cache import VerifiedDigests
 from trustd.net.descriptor import Descriptor
 from trustd.registry.client import RegistryClient
 from trustd.registry.clients import RegistryClients
+from trustd.registry.errors import RegistryAuthenticationFailed
 
 log = logging.getLogger(__name__)
+
+# Answers kept for the freshness window are pruned once this many are held.
+_RECENT_PRUNE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,15 @@ class RegistrySignatureFormat(ABC):
     def __init__(self, registries: RegistryClients, verified: VerifiedDigests) -> None:
         self.registries = registries
         self.verified = verified
+        # Seconds a verification answers the same question again without a request (kubelet's
+        # ImageStatus, PullImage, ImageStatus for one container start); set from the config's
+        # server.freshness_window. A signature removed or a tag moved is seen at most that late.
+        self.freshness_window = 0.0
+        self._recent: dict[tuple[str, str, PolicyRule], tuple[Judgement, float]] = {}
+        self._recent_lock = threading.Lock()
+        self._flight: SingleFlight[Judgement] = SingleFlight(
+            RegistryUnavailable, RegistryAuthenticationFailed
+        )
 
     @property
     @abstractmethod
@@ -59,6 +74,44 @@ class RegistrySignatureFormat(ABC):
             return Judgement(self.name)
         name = reference.tag if reference.digest is None else reference.digest
         assert name is not None
+        key = (reference.repository, name, query.rule)
+        recent = self._recent_answer(key)
+        if recent is not None:
+            return recent
+
+        def verify() -> Judgement:
+            answer = self._judge_now(query, name)
+            if answer.verified and answer.cached_age is None:
+                self._remember_answer(key, answer)
+            return answer
+
+        # Concurrent questions about one name under one rule share one verification.
+        flight_key = f"{reference.repository}@{name} ({query.rule.source})"
+        return self._flight.run(flight_key, query.credentials, verify)
+
+    def _recent_answer(self, key: tuple[str, str, PolicyRule]) -> Judgement | None:
+        if self.freshness_window <= 0:
+            return None
+        with self._recent_lock:
+            held = self._recent.get(key)
+        if held is None or monotonic() - held[1] >= self.freshness_window:
+            return None
+        return held[0]
+
+    def _remember_answer(self, key: tuple[str, str, PolicyRule], answer: Judgement) -> None:
+        if self.freshness_window <= 0:
+            return
+        now = monotonic()
+        with self._recent_lock:
+            if len(self._recent) >= _RECENT_PRUNE_SIZE:
+                for stale in [
+                    k for k, (_, at) in self._recent.items() if now - at >= self.freshness_window
+                ]:
+                    del self._recent[stale]
+            self._recent[key] = (answer, now)
+
+    def _judge_now(self, query: SignatureQuery, name: str) -> Judgement:
+        reference = query.reference
         try:
             with self.registries.client(reference.registry, query.credentials) as client:
                 target = self._target(client, query)

@@ -18,18 +18,18 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from trustd.errors import NotaryUnavailable
+from trustd.errors import AuthenticationFailed, NotaryUnavailable
 from trustd.formats.notary.cached import cached_root, load_cached_set
 from trustd.formats.notary.freshness import RecentResults
 from trustd.formats.notary.held_sets import HeldSets
 from trustd.formats.notary.metadata import Root
 from trustd.formats.notary.pinning import TrustPinning, check_first_root
 from trustd.formats.notary.refresh import Refresh, SizeLimits
-from trustd.formats.notary.single_flight import SingleFlight
 from trustd.formats.notary.store import MetadataStore
 from trustd.formats.notary.transport import NotaryTransport
 from trustd.formats.notary.trusted_set import TrustedSet
 from trustd.formats.notary.view import VerifiedRepository, verified_view
+from trustd.formats.single_flight import SingleFlight
 from trustd.net.credentials import Credentials
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ class Updater:
         self.on_verified = on_verified
         self.recent = RecentResults()
         self._held = held or HeldSets(store)
-        self._flight: SingleFlight[VerifiedRepository] = flight or SingleFlight()
+        self._flight: SingleFlight[VerifiedRepository] = flight or SingleFlight(
+            NotaryUnavailable, AuthenticationFailed
+        )
 
     @property
     def freshness_window(self) -> float:

@@ -1,6 +1,7 @@
-"""One refresh per GUN at a time; concurrent callers wait for it, never past their deadline.
+"""One lookup per key at a time; concurrent callers wait for it, never past their deadline.
 
-A burst of parallel pulls of one repository then costs the Notary server one round of requests.
+A burst of parallel pulls of one repository then costs its Notary server (or its registry) one
+round of requests.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, TypeVar
 
-from trustd.errors import AuthenticationFailed, NotaryUnavailable
+from trustd.errors import SourceUnavailable
 from trustd.net.credentials import Credentials
 from trustd.net.deadline import remaining
 
@@ -21,7 +22,16 @@ T = TypeVar("T")
 class SingleFlight(Generic[T]):
     """Runs ``work`` for a key unless a call for that key is in flight, whose result is shared."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        unavailable: type[SourceUnavailable],
+        refused: type[SourceUnavailable],
+    ) -> None:
+        """``unavailable`` is raised when a joined call outlasts the caller's deadline;
+        ``refused`` is the source's refusal of credentials, after which a caller with other
+        credentials gets a try of its own."""
+        self._unavailable = unavailable
+        self._refused = refused
         self._lock = threading.Lock()
         self._inflight: dict[str, tuple[Future[T], Credentials | None]] = {}
 
@@ -43,11 +53,10 @@ class SingleFlight(Generic[T]):
             try:
                 return self.wait(shared)
             except FutureTimeout:
-                raise NotaryUnavailable(
-                    f"{key}: a refresh of its trust data already under way did not finish "
-                    "before this call's deadline"
+                raise self._unavailable(
+                    f"{key}: a lookup already under way did not finish before this call's deadline"
                 ) from None
-            except AuthenticationFailed:
+            except self._refused:
                 if credentials == leader_credentials:
                     raise
         try:
