@@ -1,0 +1,701 @@
+"""cosign signatures end to end: the real cosign 2 and 3 sign, trustd decides, containerd pulls.
+
+The node here is a containerd 1.6 of this module's own with trustd's CRI shim in front of it
+(``tests/e2e/cri_helpers.py``); containerd reaches the registries through the hosts.toml
+directory ``tests/stack/containerd.py`` writes, and trustd's ``[registry] hosts_dirs`` names the
+same directory, so trustd reaches each registry as containerd does. Registries: Debian's
+docker-registry 2.8 (no referrers API: classic ``.sig`` tags, and cosign 3's bundles in the
+``sha256-<hex>`` tag-schema index) and go-containerregistry's registry with the referrers API
+(cosign 3's bundles as referrers). Keys are made per module (``tests/stack/cosign.py``); cosign
+signs offline (no transparency log, nothing but loopback). The signatures cosign will not make
+(a payload claiming another digest, a tampered payload) are made in test code with the same
+keys. A test skips only when a cosign peer could not be built here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cri_shim.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from tests.e2e.cri_helpers import TIMEOUT, Shim, running_shim
+from tests.e2e.pod_helpers import Kubelet, RuntimeClient, host_network_pod
+from tests.e2e.verifier_helpers import REPO_ROOT, make_node
+from tests.e2e.verifier_helpers import Node as VerifierNode
+from tests.peers import require_peer
+from tests.stack import Containerd, NotaryServer, PushedImage, Registry, Stack, StackError
+from tests.stack.cosign import (
+    Cosign,
+    RegistryWriter,
+    SigningKey,
+    layers_of,
+    put_signature_manifest,
+    sig_tag,
+    signed_layer,
+    simple_signing_payload,
+    tampered,
+)
+from tests.stack.crane_registry import CraneRegistry
+from tests.stack.images import push_busybox_image, require_static_busybox
+from tests.stack.trustd_config import toml_value, trustd_config_text
+from trustd.errors import RegistryUnavailable
+from trustd.policy.engine import Action, Decision, Verdict
+from trustd.service.audit import audit_record
+
+PushImageTo = Callable[..., PushedImage]
+
+
+@dataclass
+class CosignNode:
+    """The module's node: registries, containerd, the trustd shim, cosign and the keys."""
+
+    registry: Registry
+    referrers: CraneRegistry
+    outage: Registry  # this module's own, which a test stops
+    containerd: Containerd
+    shim: Shim
+    cosign2: Cosign
+    cosign3: Cosign
+    keys: dict[str, SigningKey]  # "a" and "b" are configured; "x" is not
+    writers: dict[str, RegistryWriter]  # by registry host
+    push_to: PushImageTo
+    workdir: Path
+    runtime: RuntimeClient
+    pause: PushedImage | None  # the pods' sandbox image; None without a static busybox
+
+    def push(self, target: Registry | CraneRegistry, rule: str, name: str) -> PushedImage:
+        """A fresh image in a repository the rule ``rule`` applies to."""
+        repo = f"cosign/{rule}/{name}-{uuid.uuid4().hex[:8]}"
+        return self.push_to(target, repo, "1.0", seed=uuid.uuid4().hex)
+
+    def writer(self, image: PushedImage) -> RegistryWriter:
+        return self.writers[image.repository.split("/", 1)[0]]
+
+    def last_pull(self, image: str) -> Decision:
+        """The decision of the latest pull of ``image`` through trustd."""
+        [decision] = [d for d in self.shim.decisions_for(image) if d.action is Action.PULL][-1:]
+        return decision
+
+    def refused(self, image: str) -> tuple[str, Decision]:
+        """The message kubelet sees for a pull trustd must refuse, and the decision."""
+        with pytest.raises(grpc.RpcError) as raised:
+            self.shim.pull(image)
+        assert raised.value.code() == grpc.StatusCode.UNKNOWN, raised.value
+        decision = self.last_pull(image)
+        assert decision.verdict is Verdict.DENY
+        return raised.value.details() or "", decision
+
+
+def _rule(
+    match: str, signatures: str, keys: list[Path], threshold: int = 1, extra: str = ""
+) -> str:
+    key_list = ", ".join(toml_value(str(key)) for key in keys)
+    return (
+        f"[[policy]]\nmatch = {toml_value(match)}\nsignatures = {signatures}\n{extra}"
+        f"[policy.cosign]\nkeys = [{key_list}]\nthreshold = {threshold}\n\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def node(
+    tmp_path_factory: pytest.TempPathFactory,
+    registry: Registry,
+    referrers_registry: CraneRegistry,
+    notary_server: NotaryServer,
+    push_image_to: PushImageTo,
+) -> Iterator[CosignNode]:
+    workdir = tmp_path_factory.mktemp("cosign-node")
+    cosign2 = Cosign(require_peer("cosign2"), workdir / "cosign2")
+    cosign3 = Cosign(require_peer("cosign3"), workdir / "cosign3")
+    keys = {name: cosign2.new_key(name) for name in ("a", "b", "x")}
+    a, b = keys["a"].public, keys["b"].public
+    policy = ""
+    for host in (registry.host, referrers_registry.host):
+        policy += _rule(f"{host}/cosign/keyed/**", '"cosign"', [a])
+    policy += _rule(f"{registry.host}/cosign/threshold/**", '"cosign"', [a, b], threshold=2)
+    policy += _rule(
+        f"{registry.host}/cosign/any-of/**", '{ any_of = ["notary-v1", "cosign"] }', [a]
+    )
+    policy += _rule(
+        f"{registry.host}/cosign/all-of/**", '{ all_of = ["notary-v1", "cosign"] }', [a]
+    )
+    pause = _pause_image(registry, workdir)
+    with ExitStack() as cleanup:
+        try:
+            outage = Registry.start(workdir / "outage-registry")
+            cleanup.callback(outage.stop)
+            containerd = Containerd.launch(
+                workdir / "containerd",
+                [registry.host, referrers_registry.host, outage.host],
+                sandbox_image=pause.tagged if pause is not None else None,
+            )
+        except StackError as error:
+            pytest.fail(f"the node did not start: {error}", pytrace=False)
+        for offline in ("cached", "deny"):
+            policy += _rule(
+                f"{outage.host}/cosign/{offline}/**",
+                '"cosign"',
+                [a],
+                extra=f"offline = {toml_value(offline)}\n",
+            )
+        cleanup.callback(containerd.stop)
+        runtime = RuntimeClient(containerd.endpoint)
+        cleanup.callback(runtime.close)
+        cleanup.callback(runtime.remove_all_pods)  # before containerd stops
+        policy += f"[registry]\nhosts_dirs = [{toml_value(str(containerd.hosts_dir))}]\n"
+        state_dir = workdir / "trustd"
+        text = trustd_config_text(
+            state_dir=state_dir,
+            notary=[(registry.host, notary_server.url, notary_server.ca_file)],
+            exempt=[f"{pause.repository}:*"] if pause is not None else [],
+            policy=policy,
+        )
+        shim = cleanup.enter_context(running_shim(text, containerd.endpoint, state_dir))
+        hosts = (registry.host, referrers_registry.host, outage.host)
+        writers = {host: RegistryWriter(host) for host in hosts}
+        for writer in writers.values():
+            cleanup.callback(writer.close)
+        yield CosignNode(
+            registry,
+            referrers_registry,
+            outage,
+            containerd,
+            shim,
+            cosign2,
+            cosign3,
+            keys,
+            writers,
+            push_image_to,
+            workdir,
+            runtime,
+            pause,
+        )
+
+
+def _pause_image(registry: Registry, workdir: Path) -> PushedImage | None:
+    """The pods' sandbox image (busybox sleeping), or None where busybox is not static."""
+    try:
+        require_static_busybox()
+    except StackError:
+        return None
+    return push_busybox_image(
+        registry,
+        "cosign-pod/pause",
+        "3.9",
+        {"Entrypoint": ["/bin/busybox", "sleep", "2147483647"]},
+        workdir=workdir / "images",
+    )
+
+
+def _admitted(node: CosignNode, image: PushedImage) -> Decision:
+    """Pull ``image.tagged`` through trustd; it must be admitted and pinned to its digest."""
+    node.shim.pull(image.tagged)
+    decision = node.last_pull(image.tagged)
+    assert decision.verdict is Verdict.ALLOW, decision.reason
+    assert decision.pull_ref == image.by_digest
+    assert decision.signed is not None
+    assert (decision.signed.format, decision.signed.digest) == ("cosign", image.digest)
+    assert node.keys["a"].key_id[:12] in decision.signed.signer
+    assert node.shim.manifest_digest_of(image.tagged) == image.digest
+    assert node.shim.manifest_digest_of(image.by_digest) == image.digest
+    return decision
+
+
+# -- admitted --------------------------------------------------------------------------------------
+
+
+def test_cosign2_classic_signature_admits_the_pull_pinned_to_the_digest(node: CosignNode) -> None:
+    image = node.push(node.registry, "keyed", "v2-classic")
+    node.cosign2.sign(image.by_digest, node.keys["a"])
+    assert sig_tag(image.digest) in node.writer(image).tags(image.repository.split("/", 1)[1])
+
+    _admitted(node, image)
+
+
+@pytest.mark.parametrize("where", ["tag-schema", "referrers"])
+def test_cosign3_bundle_admits_the_pull_pinned_to_the_digest(node: CosignNode, where: str) -> None:
+    target = node.registry if where == "tag-schema" else node.referrers
+    image = node.push(target, "keyed", f"v3-{where}")
+    node.cosign3.sign(image.by_digest, node.keys["a"])
+    repo = image.repository.split("/", 1)[1]
+    tags = node.writer(image).tags(repo)
+    assert sig_tag(image.digest) not in tags  # a bundle only, no classic signature
+    if where == "referrers":
+        # Only the referrers API lists it: the fallback index this registry also gets is gone.
+        index_tag = image.digest.replace(":", "-", 1)
+        if index_tag in tags:
+            node.referrers.delete_manifest(repo, index_tag)
+        assert node.referrers.referrers(repo, image.digest)["manifests"]
+    _admitted(node, image)
+
+
+# -- refused ---------------------------------------------------------------------------------------
+
+
+def test_unsigned_image_is_refused(node: CosignNode) -> None:
+    image = node.push(node.registry, "keyed", "unsigned")
+    message, decision = node.refused(image.tagged)
+    assert message.startswith("SignatureValidationFailed: trustd: no cosign signature of "), message
+    assert image.digest in message
+    assert type(decision.error).__name__ == "NoCosignSignatures"
+
+
+@pytest.mark.parametrize("cosign", ["cosign2", "cosign3"])
+def test_signature_by_a_key_not_configured_is_refused(node: CosignNode, cosign: str) -> None:
+    signer: Cosign = getattr(node, cosign)
+    image = node.push(node.registry, "keyed", f"wrong-key-{cosign}")
+    signer.sign(image.by_digest, node.keys["x"])
+    message, decision = node.refused(image.tagged)
+    assert message.startswith("SignatureValidationFailed: trustd: no configured cosign key "), (
+        message
+    )
+    assert type(decision.error).__name__ == "CosignSignatureInvalid"
+
+
+def test_signature_of_another_digest_is_refused(node: CosignNode) -> None:
+    signed = node.push(node.registry, "keyed", "other-digest-a")
+    node.cosign2.sign(signed.by_digest, node.keys["a"])
+    other = node.push_to(node.registry, signed.repository.split("/", 1)[1], "2.0", uuid.uuid4().hex)
+    repo = other.repository.split("/", 1)[1]
+    node.writer(other).copy_manifest(repo, sig_tag(signed.digest), sig_tag(other.digest))
+
+    message, decision = node.refused(other.tagged)
+    assert message.startswith("SignatureValidationFailed: trustd: "), message
+    assert f"for {signed.digest}, not for the pulled {other.digest}" in message
+    assert type(decision.error).__name__ == "SignatureForOtherDigest"
+
+
+def test_tampered_payload_is_refused(node: CosignNode) -> None:
+    image = node.push(node.registry, "keyed", "tampered")
+    node.cosign2.sign(image.by_digest, node.keys["a"])
+    repo = image.repository.split("/", 1)[1]
+    writer = node.writer(image)
+    layers = [tampered(layer) for layer in layers_of(writer, repo, sig_tag(image.digest))]
+    put_signature_manifest(writer, repo, sig_tag(image.digest), layers)
+
+    message, decision = node.refused(image.tagged)
+    assert "does not verify with any configured key" in message, message
+    assert type(decision.error).__name__ == "CosignSignatureInvalid"
+
+
+def test_payload_claiming_another_digest_is_refused(node: CosignNode) -> None:
+    """A payload naming image B's repository but image A's digest, validly signed by the
+    configured key, stored under B's signature tag."""
+    a = node.push(node.registry, "keyed", "claim-a")
+    b = node.push(node.registry, "keyed", "claim-b")
+    repo = b.repository.split("/", 1)[1]
+    payload = simple_signing_payload(b.repository, a.digest)
+    put_signature_manifest(
+        node.writer(b), repo, sig_tag(b.digest), [signed_layer(node.keys["a"], payload)]
+    )
+
+    message, decision = node.refused(b.tagged)
+    assert f"for {a.digest}, not for the pulled {b.digest}" in message, message
+    assert type(decision.error).__name__ == "SignatureForOtherDigest"
+
+
+def test_tag_moved_after_signing_is_refused(node: CosignNode) -> None:
+    signed = node.push(node.registry, "keyed", "moved")
+    node.cosign2.sign(signed.by_digest, node.keys["a"])
+    _admitted(node, signed)
+    repo = signed.repository.split("/", 1)[1]
+    moved = node.push_to(node.registry, repo, signed.tag, seed=uuid.uuid4().hex)
+    assert moved.digest != signed.digest
+
+    message, decision = node.refused(moved.tagged)
+    assert f"no cosign signature of {moved.repository}@{moved.digest}" in message, message
+    assert type(decision.error).__name__ == "NoCosignSignatures"
+    # containerd's tag still points at what was signed.
+    assert node.shim.manifest_digest_of(signed.tagged) == signed.digest
+
+
+@pytest.mark.parametrize("cosign", ["cosign2", "cosign3"])
+def test_key_carried_in_the_signature_is_not_trusted(node: CosignNode, cosign: str) -> None:
+    """Signed by key X with X's certificate attached, as a keyless signature carries its
+    signer's key; only A is configured: refused, saying keyless is not supported."""
+    signer: Cosign = getattr(node, cosign)
+    image = node.push(node.registry, "keyed", f"carried-key-{cosign}")
+    certificate = node.keys["x"].certificate(node.workdir)
+    signer.sign(image.by_digest, node.keys["x"], certificate=certificate)
+
+    message, decision = node.refused(image.tagged)
+    assert message.startswith("SignatureValidationFailed: trustd: "), message
+    assert "is not trusted by itself" in message, message
+    assert "keyless (Fulcio) signatures are not supported yet" in message, message
+    assert type(decision.error).__name__ == "KeylessNotSupported"
+
+
+# -- threshold -------------------------------------------------------------------------------------
+
+
+def test_threshold_of_two_keys_needs_both_signatures(node: CosignNode) -> None:
+    image = node.push(node.registry, "threshold", "two-keys")
+    node.cosign2.sign(image.by_digest, node.keys["a"])
+
+    message, decision = node.refused(image.tagged)
+    assert f"{image.digest} is signed by 1 of the 2 required cosign keys" in message, message
+    assert type(decision.error).__name__ == "CosignThresholdNotMet"
+
+    node.cosign3.sign(image.by_digest, node.keys["b"])  # the second key, and the other form
+    node.shim.pull(image.tagged)
+    decision = node.last_pull(image.tagged)
+    assert decision.verdict is Verdict.ALLOW, decision.reason
+    assert decision.pull_ref == image.by_digest
+    assert decision.signed is not None
+    for key in (node.keys["a"], node.keys["b"]):
+        assert key.key_id[:12] in decision.signed.signer
+
+
+# -- with Notary v1 --------------------------------------------------------------------------------
+
+
+def test_any_of_notary_v1_and_cosign_admits_a_cosign_signed_image(node: CosignNode) -> None:
+    image = node.push(node.registry, "any-of", "cosign-only")
+    node.cosign2.sign(image.by_digest, node.keys["a"])
+    unsigned = node.push(node.registry, "any-of", "unsigned")
+
+    decision = _admitted(node, image)
+    assert decision.signed is not None and decision.signed.format == "cosign"
+    message, _ = node.refused(unsigned.tagged)
+    assert "no accepted signature (any of notary-v1, cosign)" in message, message
+    assert "notary-v1: " in message and "cosign: no cosign signature" in message, message
+
+
+def test_all_of_notary_v1_and_cosign_needs_both(node: CosignNode, stack: Stack) -> None:
+    cosign_only = node.push(node.registry, "all-of", "cosign-only")
+    node.cosign2.sign(cosign_only.by_digest, node.keys["a"])
+    both = node.push(node.registry, "all-of", "both")
+    node.cosign2.sign(both.by_digest, node.keys["a"])
+    stack.sign(both)
+
+    message, _ = node.refused(cosign_only.tagged)
+    assert message.startswith("SignatureValidationFailed: trustd: notary-v1: "), message
+
+    node.shim.pull(both.tagged)
+    decision = node.last_pull(both.tagged)
+    assert decision.verdict is Verdict.ALLOW, decision.reason
+    assert decision.pull_ref == both.by_digest
+    assert decision.signed is not None
+    assert decision.signed.format == "notary-v1+cosign"
+    assert node.shim.manifest_digest_of(both.tagged) == both.digest
+
+
+# -- a container runs --------------------------------------------------------------------------
+
+
+def test_kubelet_runs_a_container_of_a_cosign_signed_image(node: CosignNode) -> None:
+    if node.pause is None:
+        pytest.skip(f"{require_static_busybox.__defaults__}: no static busybox for the pod images")
+    message = f"cosign-signed workload {uuid.uuid4().hex}"
+    image = push_busybox_image(
+        node.registry,
+        f"cosign/keyed/pod-{uuid.uuid4().hex[:8]}",
+        "1.0",
+        {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh", "-c", "/bin/busybox cat /etc/trustd-message"]},
+        files={"etc/trustd-message": f"{message}\n".encode()},
+        workdir=node.workdir / "images",
+    )
+    node.cosign3.sign(image.by_digest, node.keys["a"])
+    node.shim.pull(node.pause.tagged)  # containerd 1.6 finds its sandbox image locally
+
+    config = host_network_pod(f"cosign-{uuid.uuid4().hex[:8]}", node.workdir / "pod-logs")
+    sandbox_id = node.runtime.run_pod_sandbox(config)
+    try:
+        kubelet = Kubelet(node.shim.cri, node.runtime)
+        container_id = kubelet.start_container(sandbox_id, config, "app", image.tagged)
+        status = node.runtime.wait_until_exited(container_id)
+        output = node.runtime.output(status, expected_lines=1)
+    finally:
+        node.runtime.remove_pod(sandbox_id)
+
+    assert status.exit_code == 0, (status.reason, status.message)
+    assert status.image_ref == image.by_digest  # the signed bytes ran
+    assert output == [message]
+    [pull] = [d for d in node.shim.decisions_for(image.tagged) if d.action is Action.PULL]
+    assert (pull.verdict, pull.pull_ref) == (Verdict.ALLOW, image.by_digest)
+
+
+# -- registry outages ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegistryDown:
+    """Images of the outage registry, verified through trustd (or not) before it stopped."""
+
+    cached: PushedImage  # pulled under offline = "cached"
+    never_verified: PushedImage  # signed, never pulled, under offline = "cached"
+    deny: PushedImage  # pulled under offline = "deny"
+
+
+@pytest.fixture(scope="module")
+def registry_down(node: CosignNode) -> RegistryDown:
+    cached = node.push(node.outage, "cached", "pulled")
+    never_verified = node.push(node.outage, "cached", "never-pulled")
+    deny = node.push(node.outage, "deny", "pulled")
+    for image in (cached, never_verified, deny):
+        node.cosign2.sign(image.by_digest, node.keys["a"])
+    for image in (cached, deny):
+        _admitted(node, image)
+    node.outage.stop()
+    return RegistryDown(cached, never_verified, deny)
+
+
+def test_registry_outage_under_offline_cached_uses_the_verified_digest(
+    node: CosignNode, registry_down: RegistryDown
+) -> None:
+    image = registry_down.cached
+    # kubelet restarting a container: the image is present, verified from this node's record.
+    assert node.shim.status(image.tagged).HasField("image")
+    status = [d for d in node.shim.decisions_for(image.tagged) if d.action is Action.STATUS][-1]
+    decision = node.shim.policy.decide(image.tagged)
+    for judged in (status, decision):
+        assert judged.verdict is Verdict.ALLOW, judged.reason
+        assert judged.cached_age is not None
+        assert "signatures verified cached on this node" in judged.reason, judged.reason
+        record = audit_record(judged)
+        assert (record["from_cache"], record["format"], record["digest"]) == (
+            True,
+            "cosign",
+            image.digest,
+        )
+    assert decision.pull_ref == image.by_digest
+
+    # What this node never verified is not admitted from a cache it does not have.
+    message, never = node.refused(registry_down.never_verified.tagged)
+    assert message.startswith("RegistryUnavailable: trustd: "), message
+    assert "this node never verified cosign signatures of" in message, message
+    assert never.cached_age is None
+
+
+def test_registry_outage_under_offline_deny_refuses(
+    node: CosignNode, registry_down: RegistryDown
+) -> None:
+    image = registry_down.deny
+    assert not node.shim.status(image.tagged).HasField("image")  # kubelet will pull
+    message, decision = node.refused(image.tagged)
+    assert message.startswith("RegistryUnavailable: trustd: "), message
+    assert f"registry {node.outage.host}" in message, message
+    assert isinstance(decision.error, RegistryUnavailable)
+    assert decision.cached_age is None
+
+
+# -- a second opinion: containers/image's sigstore policy ------------------------------------------
+
+# case: (trustd's error, or None for admitted; what containers/image says)
+SECOND_OPINION_CASES = {
+    "signed-cosign2": (None, "admitted"),
+    "unsigned": ("NoCosignSignatures", "no signature exists"),
+    "wrong-key": ("CosignSignatureInvalid", "signature verification failed"),
+    "signature-of-another-digest": ("SignatureForOtherDigest", "does not match"),
+    "tampered-payload": ("CosignSignatureInvalid", "signature verification failed"),
+    "payload-claiming-another-digest": ("SignatureForOtherDigest", "does not match"),
+}
+
+
+@dataclass(frozen=True)
+class SecondOpinion:
+    images: dict[str, PushedImage]
+    policy: Path
+    registries_d: Path
+    program: Path
+
+
+@pytest.fixture(scope="module")
+def second_opinion(node: CosignNode) -> SecondOpinion:
+    """The same images for trustd and for containers/image, each case in its own repository
+    (plus the images whose signatures are borrowed), under one sigstoreSigned policy."""
+    program = require_peer("containers-policy")
+    key, stranger = node.keys["a"], node.keys["x"]
+    images = {case: node.push(node.registry, "keyed", case) for case in SECOND_OPINION_CASES}
+    node.cosign2.sign(images["signed-cosign2"].by_digest, key)
+    node.cosign2.sign(images["wrong-key"].by_digest, stranger)
+
+    other = images["signature-of-another-digest"]
+    repo = other.repository.split("/", 1)[1]
+    signed_sibling = node.push_to(node.registry, repo, "signed", seed=uuid.uuid4().hex)
+    node.cosign2.sign(signed_sibling.by_digest, key)
+    node.writer(other).copy_manifest(repo, sig_tag(signed_sibling.digest), sig_tag(other.digest))
+
+    image = images["tampered-payload"]
+    repo = image.repository.split("/", 1)[1]
+    node.cosign2.sign(image.by_digest, key)
+    layers = [
+        tampered(layer) for layer in layers_of(node.writer(image), repo, sig_tag(image.digest))
+    ]
+    put_signature_manifest(node.writer(image), repo, sig_tag(image.digest), layers)
+
+    image = images["payload-claiming-another-digest"]
+    repo = image.repository.split("/", 1)[1]
+    claimed = node.push_to(node.registry, repo, "claimed", seed=uuid.uuid4().hex)
+    payload = simple_signing_payload(image.repository, claimed.digest)
+    put_signature_manifest(
+        node.writer(image), repo, sig_tag(image.digest), [signed_layer(key, payload)]
+    )
+
+    directory = node.workdir / "containers-policy"
+    directory.mkdir()
+    scope = f"{node.registry.host}/cosign/keyed"
+    policy = directory / "policy.json"
+    policy.write_text(
+        json.dumps(
+            {
+                "default": [{"type": "reject"}],
+                "transports": {
+                    "docker": {
+                        scope: [
+                            {
+                                "type": "sigstoreSigned",
+                                "keyPath": str(key.public),
+                                "signedIdentity": {"type": "matchRepository"},
+                            }
+                        ]
+                    }
+                },
+            }
+        )
+    )
+    registries_d = directory / "registries.d"
+    registries_d.mkdir()
+    # YAML is a superset of JSON.
+    (registries_d / "cosign.yaml").write_text(
+        json.dumps({"docker": {scope: {"use-sigstore-attachments": True}}})
+    )
+    return SecondOpinion(images, policy, registries_d, program)
+
+
+@pytest.mark.parametrize("case", list(SECOND_OPINION_CASES))
+def test_trustd_and_containers_image_agree(
+    node: CosignNode, second_opinion: SecondOpinion, case: str
+) -> None:
+    """trustd and containers/image (``signature/policy_eval_sigstore.go``: the sigstoreSigned
+    evaluator skopeo, podman and CRI-O run, with ``use-sigstore-attachments``) judge the same
+    image the same way. skopeo itself cannot be had here: the Go module proxy refuses
+    github.com/containers/skopeo (403) and Debian bookworm's skopeo 1.9 has sigstore patched
+    out; the ``containers-policy`` peer runs the same containers/image code skopeo does."""
+    image = second_opinion.images[case]
+    result = subprocess.run(
+        [
+            str(second_opinion.program),
+            "--policy",
+            str(second_opinion.policy),
+            "--registries.d",
+            str(second_opinion.registries_d),
+            "--tls-verify=false",
+            f"docker://{image.tagged}",
+        ],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(node.workdir)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode in (0, 1), f"containers-policy failed: {result.stderr}"
+    containers_image_admits = result.returncode == 0
+
+    with suppress(grpc.RpcError):  # refused: the decision says why
+        node.shim.pull(image.tagged)
+    decision = node.last_pull(image.tagged)
+    trustd_admits = decision.allowed
+
+    said = f"trustd: {decision.reason}\ncontainers/image: {result.stdout.strip()}"
+    assert trustd_admits == containers_image_admits, said
+    # The same reason, in each one's words.
+    error, words = SECOND_OPINION_CASES[case]
+    assert words in result.stdout, said
+    assert (type(decision.error).__name__ if decision.error else None) == error, said
+    if trustd_admits:
+        assert decision.pull_ref == image.by_digest
+
+
+# -- containerd 2.x's image verifier ---------------------------------------------------------------
+
+CONTAINERD2 = REPO_ROOT.parent / "shared" / "bin" / "containerd2"
+
+
+@dataclass
+class VerifyingContainerd:
+    """containerd 2.x with trustd as its bindir image verifier (judging in its own process)."""
+
+    daemon: Containerd
+    node: VerifierNode
+    cri: api_pb2_grpc.ImageServiceStub
+
+    def pull(self, image: str) -> str:
+        request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image))
+        return self.cri.PullImage(request, timeout=TIMEOUT).image_ref
+
+    def present(self, image: str) -> bool:
+        request = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=image))
+        return self.cri.ImageStatus(request, timeout=TIMEOUT).HasField("image")
+
+
+@pytest.fixture(scope="module")
+def containerd2(
+    tmp_path_factory: pytest.TempPathFactory, node: CosignNode, notary_server: NotaryServer
+) -> Iterator[VerifyingContainerd]:
+    if not CONTAINERD2.is_file():
+        pytest.skip(
+            f"no containerd 2.x binary at {CONTAINERD2} (Debian bookworm ships containerd 1.6, "
+            "which has no image-verifier plugin)"
+        )
+    workdir = tmp_path_factory.mktemp("cosign-containerd2").resolve()
+    # Containerd.launch writes its hosts.toml files here; the verifier's trustd reads them too.
+    hosts_dir = workdir / "certs.d"
+    policy = _rule(f"{node.registry.host}/cosign/**", '"cosign"', [node.keys["a"].public])
+    policy += f"[registry]\nhosts_dirs = [{toml_value(str(hosts_dir))}]\n"
+    verifier_node = make_node(
+        tmp_path_factory.mktemp("cosign-verifier"), node.registry, notary_server, policy=policy
+    )
+    try:
+        daemon = Containerd.launch(
+            workdir,
+            [node.registry.host],
+            program=str(CONTAINERD2),
+            verifier_bin_dir=verifier_node.verifier.parent,
+        )
+    except StackError as error:
+        pytest.fail(f"containerd 2.x did not start: {error}", pytrace=False)
+    assert daemon.hosts_dir == hosts_dir
+    channel = grpc.insecure_channel(daemon.endpoint)
+    try:
+        yield VerifyingContainerd(daemon, verifier_node, api_pb2_grpc.ImageServiceStub(channel))
+    finally:
+        channel.close()
+        daemon.stop()
+
+
+def test_containerd2_verifier_admits_a_cosign_signed_pull_and_blocks_an_unsigned_one(
+    node: CosignNode, containerd2: VerifyingContainerd
+) -> None:
+    signed = node.push(node.registry, "verifier", "signed")
+    node.cosign3.sign(signed.by_digest, node.keys["a"])
+    unsigned = node.push(node.registry, "verifier", "unsigned")
+
+    containerd2.pull(signed.tagged)
+    assert containerd2.present(signed.tagged)
+    [record] = containerd2.node.audited(signed.tagged)
+    assert (record["verdict"], record["format"], record["digest"]) == (
+        "allow",
+        "cosign",
+        signed.digest,
+    )
+
+    with pytest.raises(grpc.RpcError) as raised:
+        containerd2.pull(unsigned.tagged)
+    message = raised.value.details() or ""
+    assert (
+        f"image verifier bindir blocked pull of {unsigned.tagged} with digest {unsigned.digest} "
+        "for reason: verifier trustd rejected image (exit code 1): SignatureValidationFailed: "
+        f"trustd: no cosign signature of {unsigned.repository}@{unsigned.digest}"
+    ) in message, message
+    assert not containerd2.present(unsigned.tagged)
+    assert [r["verdict"] for r in containerd2.node.audited(unsigned.tagged)] == ["deny"]
