@@ -52,6 +52,7 @@ from trustd.policy.engine import Action, Decision, Verdict
 from trustd.service.audit import audit_record
 
 PushImageTo = Callable[..., PushedImage]
+PRIVATE = ("cosign-puller", "password-of-the-private-registry")
 
 
 @dataclass
@@ -61,6 +62,7 @@ class CosignNode:
     registry: Registry
     referrers: CraneRegistry
     outage: Registry  # this module's own, which a test stops
+    private: Registry  # this module's own, with a password (PRIVATE)
     containerd: Containerd
     shim: Shim
     cosign2: Cosign
@@ -133,13 +135,16 @@ def node(
         try:
             outage = Registry.start(workdir / "outage-registry")
             cleanup.callback(outage.stop)
+            private = Registry.start(workdir / "private-registry", credentials=PRIVATE)
+            cleanup.callback(private.stop)
             containerd = Containerd.launch(
                 workdir / "containerd",
-                [registry.host, referrers_registry.host, outage.host],
+                [registry.host, referrers_registry.host, outage.host, private.host],
                 sandbox_image=pause.tagged if pause is not None else None,
             )
         except StackError as error:
             pytest.fail(f"the node did not start: {error}", pytrace=False)
+        policy += _rule(f"{private.host}/cosign/keyed/**", '"cosign"', [a])
         for offline in ("cached", "deny"):
             policy += _rule(
                 f"{outage.host}/cosign/{offline}/**",
@@ -162,12 +167,14 @@ def node(
         shim = cleanup.enter_context(running_shim(text, containerd.endpoint, state_dir))
         hosts = (registry.host, referrers_registry.host, outage.host)
         writers = {host: RegistryWriter(host) for host in hosts}
+        cosign2.log_in(private.host, *PRIVATE)
         for writer in writers.values():
             cleanup.callback(writer.close)
         yield CosignNode(
             registry,
             referrers_registry,
             outage,
+            private,
             containerd,
             shim,
             cosign2,
@@ -332,6 +339,35 @@ def test_key_carried_in_the_signature_is_not_trusted(node: CosignNode, cosign: s
     assert "is not trusted by itself" in message, message
     assert "keyless (Fulcio) signatures are not supported yet" in message, message
     assert type(decision.error).__name__ == "KeylessNotSupported"
+
+
+def test_signatures_are_read_with_the_pulls_credentials(node: CosignNode) -> None:
+    """The registry wants a password: trustd reads the tag and its signatures with the pull's
+    own credentials, and what it verified serves kubelet's ImageStatus, which carries none."""
+    image = node.push(node.private, "keyed", "private")
+    node.cosign2.sign(image.by_digest, node.keys["a"])
+
+    for auth in (None, api_pb2.AuthConfig(username=PRIVATE[0], password="wrong")):
+        with pytest.raises(grpc.RpcError) as raised:
+            node.shim.pull(image.tagged, auth)
+        message = raised.value.details() or ""
+        assert message.startswith("RegistryUnavailable: trustd: "), message
+        assert "this node never verified cosign signatures of" in message, message
+
+    right = api_pb2.AuthConfig(username=PRIVATE[0], password=PRIVATE[1])
+    node.shim.pull(image.tagged, right)
+    decision = node.last_pull(image.tagged)
+    assert (decision.verdict, decision.pull_ref) == (Verdict.ALLOW, image.by_digest)
+    assert decision.cached_age is None
+    assert node.shim.manifest_digest_of(image.tagged) == image.digest
+
+    assert node.shim.status(image.tagged).HasField("image")
+    status = [d for d in node.shim.decisions_for(image.tagged) if d.action is Action.STATUS][-1]
+    assert status.verdict is Verdict.ALLOW, status.reason
+    assert status.signed is not None and status.signed.digest == image.digest
+    # Anonymous, the registry answers 401: an outage for the rule's offline = "cached".
+    assert status.cached_age is not None
+    assert "the pull carries none" in status.reason, status.reason
 
 
 # -- threshold -------------------------------------------------------------------------------------

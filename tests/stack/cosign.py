@@ -197,6 +197,13 @@ class Cosign:
         )
         return SigningKey(name, private_pem, prefix.with_suffix(".key"), prefix.with_suffix(".pub"))
 
+    def log_in(self, host: str, username: str, password: str) -> None:
+        """Let this cosign use ``username`` at ``host`` (its own docker config)."""
+        config = self.home / "docker" / "config.json"
+        auths = json.loads(config.read_text())["auths"] if config.exists() else {}
+        auths[host] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
+        config.write_text(json.dumps({"auths": auths}))
+
     def sign(self, image: str, key: SigningKey, certificate: Path | None = None) -> None:
         """Sign ``image`` (``host/repo@sha256:...``) offline with ``key``: cosign 2 the classic
         ``.sig`` tag, cosign 3 a Sigstore bundle. ``certificate`` is attached to the signature."""
