@@ -5,7 +5,8 @@ with the public keys the policy rule configures."""
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from trustd.errors import ConfigError, RegistryUnavailable, TrustError
@@ -20,7 +21,7 @@ from trustd.formats.cosign.manifests import (
     bundle_manifest_layer,
     signature_manifest_layers,
 )
-from trustd.formats.cosign.verify import verify_cosign
+from trustd.formats.cosign.verify import judge_signature, verify_cosign
 from trustd.formats.registry_format import RegistrySignatureFormat, Verified
 from trustd.formats.verified_cache import VerifiedDigests
 from trustd.net.descriptor import Descriptor
@@ -32,6 +33,33 @@ MAX_CANDIDATES = 32
 _BUNDLE_LISTED_AS = frozenset({REFERRER_ARTIFACT_TYPE, EMPTY_CONFIG_TYPE, ""})
 
 Candidate = ClassicSignature | BundleSignature
+
+FORM_CLASSIC = "classic"  # a layer of the sha256-<hex>.sig manifest
+FORM_BUNDLE = "bundle"  # a Sigstore bundle among the digest's referrers
+
+
+@dataclass(frozen=True)
+class ListedSignature:
+    """One cosign signature found for a digest, judged on its own against the rule's keys."""
+
+    form: str  # FORM_CLASSIC or FORM_BUNDLE
+    source: str  # where it was found
+    key_ids: tuple[str, ...]  # configured keys that signed this very digest with it
+    problem: str = ""  # why it does not count; "" when it does
+
+
+@dataclass(frozen=True)
+class CosignListing:
+    """Every cosign signature of one manifest, and the rule's verdict on them all."""
+
+    repository: str
+    digest: str
+    endpoint: str  # the registry, as messages name it
+    keys: tuple[CosignPublicKey, ...]
+    threshold: int
+    signatures: tuple[ListedSignature, ...]
+    unreadable: tuple[str, ...]  # listed signatures that could not be read
+    error: str  # why the digest is not signed under the rule; "" when it is
 
 
 class CosignFormat(RegistrySignatureFormat):
@@ -69,6 +97,48 @@ class CosignFormat(RegistrySignatureFormat):
         signers = ", ".join(by_id[key_id].describe() for key_id in result.key_ids)
         return Verified(signer=f"key {signers}")
 
+    def list_signatures(self, query: SignatureQuery) -> CosignListing:
+        """The cosign signatures of the manifest ``query.reference`` names, each judged on its
+        own with the rule's keys (``trustctl inspect``). Raises what a registry outage or an
+        unusable key file raises; nothing is remembered."""
+        settings = query.rule.cosign
+        keys = self._keys.load(settings.keys) if settings is not None else ()
+        rekor_keys = self._keys.load(settings.rekor_public_keys) if settings is not None else ()
+        threshold = settings.threshold if settings is not None else 1
+        reference, now = query.reference, datetime.now(UTC)
+        with self.registries.client(reference.registry, query.credentials) as client:
+            target = self._target(client, query)
+            candidates, problems = discover(client, reference.path, target)
+            endpoint = client.endpoint.describe()
+        listed = []
+        for candidate in candidates:
+            form = FORM_CLASSIC if isinstance(candidate, ClassicSignature) else FORM_BUNDLE
+            where = candidate.describe()
+            try:
+                verified = judge_signature(candidate, target.digest, keys, now, rekor_keys)
+            except TrustError as rejected:
+                problem = str(rejected).removeprefix(f"{where}: ")
+                listed.append(ListedSignature(form, where, (), problem))
+            else:
+                listed.append(ListedSignature(form, where, verified.key_ids))
+        error = ""
+        try:
+            verify_cosign(
+                candidates, target.digest, keys, threshold, now, rekor_public_keys=rekor_keys
+            )
+        except (TrustError, ConfigError) as failure:
+            error = str(failure)
+        return CosignListing(
+            reference.repository,
+            target.digest,
+            endpoint,
+            keys,
+            threshold,
+            tuple(listed),
+            tuple(problems),
+            error,
+        )
+
 
 def discover(
     client: RegistryClient, path: str, target: Descriptor
@@ -82,9 +152,11 @@ def discover(
         if found is not None:
             descriptor, data = found
             where = f"signature manifest {descriptor.digest} (tag {signature_tag(target.digest)})"
-            for layer in signature_manifest_layers(data, where)[:MAX_CANDIDATES]:
+            layers = signature_manifest_layers(data, where)[:MAX_CANDIDATES]
+            for index, layer in enumerate(layers):
                 payload = client.blob(path, layer)
-                candidates.append(ClassicSignature(layer, payload, f"{where} layer {layer.digest}"))
+                # By position: signatures of one digest by several keys share a payload blob.
+                candidates.append(ClassicSignature(layer, payload, f"{where} layer {index}"))
     except RegistryUnavailable:
         raise
     except TrustError as error:
