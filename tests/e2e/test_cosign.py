@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, suppress
@@ -73,6 +75,20 @@ class CosignNode:
     workdir: Path
     runtime: RuntimeClient
     pause: PushedImage | None  # the pods' sandbox image; None without a static busybox
+    config: Path  # the shim's config, for trustctl
+
+    def trustctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``trustctl ARGS`` in a process of its own, on the shim's config (own state dir)."""
+        command = [sys.executable, "-m", "trustd.programs.trustctl_commands", *args]
+        command += ["-c", str(self.config), "--state-dir", str(self.workdir / "trustctl-state")]
+        return subprocess.run(
+            command,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     def push(self, target: Registry | CraneRegistry, rule: str, name: str) -> PushedImage:
         """A fresh image in a repository the rule ``rule`` applies to."""
@@ -165,6 +181,8 @@ def node(
             policy=policy,
         )
         shim = cleanup.enter_context(running_shim(text, containerd.endpoint, state_dir))
+        config = workdir / "trustd.toml"
+        config.write_text(text)
         hosts = (registry.host, referrers_registry.host, outage.host)
         writers = {host: RegistryWriter(host) for host in hosts}
         cosign2.log_in(private.host, *PRIVATE)
@@ -185,6 +203,7 @@ def node(
             workdir,
             runtime,
             pause,
+            config,
         )
 
 
@@ -458,6 +477,64 @@ def test_kubelet_runs_a_container_of_a_cosign_signed_image(node: CosignNode) -> 
     assert output == [message]
     [pull] = [d for d in node.shim.decisions_for(image.tagged) if d.action is Action.PULL]
     assert (pull.verdict, pull.pull_ref) == (Verdict.ALLOW, image.by_digest)
+
+
+# -- trustctl -------------------------------------------------------------------------------------
+
+
+def test_trustctl_verify_explain_and_inspect_show_cosign(node: CosignNode) -> None:
+    image = node.push(node.registry, "keyed", "trustctl")
+    node.cosign2.sign(image.by_digest, node.keys["a"])
+    node.cosign2.sign(image.by_digest, node.keys["x"])  # a second layer, by a stranger
+    node.cosign3.sign(image.by_digest, node.keys["a"])
+    unsigned = node.push(node.registry, "keyed", "trustctl-unsigned")
+    key = node.keys["a"]
+
+    verify = node.trustctl("verify", image.tagged, "--json")
+    assert verify.returncode == 0, verify.stderr
+    verified = json.loads(verify.stdout)
+    assert (verified["digest"], verified["format"]) == (image.digest, "cosign")
+    assert verified["pinned"] == image.by_digest
+    refused = node.trustctl("verify", unsigned.tagged)
+    assert refused.returncode == 1
+    assert "no cosign signature of" in refused.stderr, refused.stderr
+
+    explain = node.trustctl("explain", image.tagged, "--json")
+    assert explain.returncode == 0, explain.stderr
+    explained = json.loads(explain.stdout)
+    assert explained["signatures"] == "cosign"
+    assert explained["cosign"] == {
+        "keys": [{"file": str(key.public), "id": key.key_id, "algorithm": "ecdsa-p256"}],
+        "threshold": 1,
+        "rekor_public_keys": [],
+    }
+    assert (explained["verdict"], explained["pull_ref"]) == ("allow", image.by_digest)
+    text = node.trustctl("explain", image.tagged)
+    rows = dict(re.split(r"\s{3,}", line, maxsplit=1) for line in text.stdout.splitlines())
+    assert rows["signatures"] == "cosign"
+    assert rows["cosign keys"] == f"{key.key_id[:12]} ecdsa-p256 ({key.public})"
+    assert rows["cosign threshold"] == "1 of the 1 key(s)"
+    assert "notary" not in rows and "roles" not in rows  # Notary v1 is not asked here
+
+    inspect = node.trustctl("inspect", image.tagged, "--json")
+    assert inspect.returncode == 0, inspect.stderr
+    [inspected] = json.loads(inspect.stdout)
+    listing = inspected["cosign"]
+    assert (listing["digest"], listing["verified"], listing["threshold"]) == (
+        image.digest,
+        True,
+        1,
+    )
+    found = sorted((s["form"], tuple(s["key_ids"])) for s in listing["signatures"])
+    assert found == [("bundle", (key.key_id,)), ("classic", ()), ("classic", (key.key_id,))]
+    assert len({s["source"] for s in listing["signatures"]}) == 3  # each told apart
+    [stranger] = [s for s in listing["signatures"] if not s["key_ids"]]
+    assert "does not verify with any configured key" in stranger["problem"]
+    text = node.trustctl("inspect", image.tagged)
+    assert text.returncode == 0, text.stderr
+    assert f"cosign signatures of {image.repository}@{image.digest}" in text.stdout
+    assert re.search(rf"^bundle\s+{key.key_id[:12]}\s+bundle referrer ", text.stdout, re.M)
+    assert "verdict: signed" in text.stdout
 
 
 # -- registry outages ------------------------------------------------------------------------------
