@@ -1,10 +1,12 @@
 """cosign behind the format interface: the image's cosign signatures, found in its registry
-(the classic ``sha256-<hex>.sig`` tag and Sigstore bundles among its referrers) and verified
-with the public keys the policy rule configures."""
+(the classic ``sha256-<hex>.sig`` tag; Sigstore bundles, and classic signature manifests cosign 2
+pushes with ``--registry-referrers-mode=oci-1-1``, among its referrers) and verified with the
+public keys the policy rule configures."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,13 +14,14 @@ from pathlib import Path
 from trustd.errors import ConfigError, RegistryUnavailable, TrustError
 from trustd.formats.base import FormatName, SignatureQuery
 from trustd.formats.cosign.bundle import REFERRER_ARTIFACT_TYPE, BundleSignature
-from trustd.formats.cosign.classic import ClassicSignature, signature_tag
+from trustd.formats.cosign.classic import OCI11_ARTIFACT_TYPE, ClassicSignature, signature_tag
 from trustd.formats.cosign.errors import NoCosignSignatures
 from trustd.formats.cosign.keys import CosignPublicKey
 from trustd.formats.cosign.loader import load_public_key_files
 from trustd.formats.cosign.manifests import (
     EMPTY_CONFIG_TYPE,
     bundle_manifest_layer,
+    classic_referrer_layers,
     signature_manifest_layers,
 )
 from trustd.formats.cosign.verify import judge_signature, verify_cosign
@@ -30,7 +33,11 @@ from trustd.registry.clients import RegistryClients
 
 # Signature candidates read per image (layers of the .sig manifest plus bundles).
 MAX_CANDIDATES = 32
-_BUNDLE_LISTED_AS = frozenset({REFERRER_ARTIFACT_TYPE, EMPTY_CONFIG_TYPE, ""})
+# Referrers that may be signatures: bundles (listed under their config's media type by some
+# registries, see manifests.py) and classic signature manifests pushed as referrers.
+_SIGNATURES_LISTED_AS = frozenset(
+    {REFERRER_ARTIFACT_TYPE, EMPTY_CONFIG_TYPE, OCI11_ARTIFACT_TYPE, ""}
+)
 
 Candidate = ClassicSignature | BundleSignature
 
@@ -152,11 +159,8 @@ def discover(
         if found is not None:
             descriptor, data = found
             where = f"signature manifest {descriptor.digest} (tag {signature_tag(target.digest)})"
-            layers = signature_manifest_layers(data, where)[:MAX_CANDIDATES]
-            for index, layer in enumerate(layers):
-                payload = client.blob(path, layer)
-                # By position: signatures of one digest by several keys share a payload blob.
-                candidates.append(ClassicSignature(layer, payload, f"{where} layer {index}"))
+            layers = signature_manifest_layers(data, where)
+            candidates += _classic(client, path, layers[:MAX_CANDIDATES], where)
     except RegistryUnavailable:
         raise
     except TrustError as error:
@@ -165,13 +169,17 @@ def discover(
         if len(candidates) >= MAX_CANDIDATES:
             problems.append(f"more than {MAX_CANDIDATES} signatures; the rest were not read")
             break
-        if listed.artifact_type not in _BUNDLE_LISTED_AS:
+        if listed.artifact_type not in _SIGNATURES_LISTED_AS:
             continue
         try:
             manifest, data = client.manifest(path, listed)
             where = f"bundle referrer {manifest.digest}"
             bundle_layer = bundle_manifest_layer(data, where)
             if bundle_layer is None:
+                where = f"signature referrer {manifest.digest}"
+                layers = classic_referrer_layers(data, where) or ()
+                room = MAX_CANDIDATES - len(candidates)
+                candidates += _classic(client, path, layers[:room], where)
                 continue
             bundle = client.blob(path, bundle_layer)
         except RegistryUnavailable:
@@ -181,6 +189,17 @@ def discover(
             continue
         candidates.append(BundleSignature(bundle, bundle_layer.media_type, where))
     return candidates, problems
+
+
+def _classic(
+    client: RegistryClient, path: str, layers: Sequence[Descriptor], where: str
+) -> list[Candidate]:
+    """The classic signatures of a signature manifest's ``layers``, with their payloads."""
+    # Named by position: signatures of one digest by several keys share one payload blob.
+    return [
+        ClassicSignature(layer, client.blob(path, layer), f"{where} layer {index}")
+        for index, layer in enumerate(layers)
+    ]
 
 
 class _KeyFiles:
