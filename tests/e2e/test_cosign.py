@@ -264,6 +264,20 @@ def test_cosign3_bundle_admits_the_pull_pinned_to_the_digest(node: CosignNode, w
     _admitted(node, image)
 
 
+def test_cosign2_classic_signature_pushed_as_a_referrer_admits_the_pull(
+    node: CosignNode,
+) -> None:
+    """cosign 2's ``--registry-referrers-mode=oci-1-1``: the classic manifest as a referrer."""
+    image = node.push(node.referrers, "keyed", "v2-referrer")
+    node.cosign2.sign(image.by_digest, node.keys["a"], referrer=True)
+    repo = image.repository.split("/", 1)[1]
+    assert sig_tag(image.digest) not in node.referrers.tags(repo)
+    [listed] = node.referrers.referrers(repo, image.digest)["manifests"]
+    assert listed["artifactType"] == "application/vnd.dev.cosign.artifact.sig.v1+json"
+
+    _admitted(node, image)
+
+
 # -- refused ---------------------------------------------------------------------------------------
 
 

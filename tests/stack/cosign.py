@@ -204,16 +204,31 @@ class Cosign:
         auths[host] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
         config.write_text(json.dumps({"auths": auths}))
 
-    def sign(self, image: str, key: SigningKey, certificate: Path | None = None) -> None:
+    def sign(
+        self,
+        image: str,
+        key: SigningKey,
+        certificate: Path | None = None,
+        referrer: bool = False,
+    ) -> None:
         """Sign ``image`` (``host/repo@sha256:...``) offline with ``key``: cosign 2 the classic
-        ``.sig`` tag, cosign 3 a Sigstore bundle. ``certificate`` is attached to the signature."""
+        ``.sig`` tag (with ``referrer``, the same manifest pushed as an OCI 1.1 referrer, an
+        experimental mode), cosign 3 a Sigstore bundle. ``certificate`` is attached."""
         args = ["sign", "--yes", "--allow-http-registry", "--key", str(key.cosign_key)]
         args.append("--tlog-upload=false")
         if self.major >= 3:
             args.append("--use-signing-config=false")
         if certificate is not None:
             args += ["--certificate", str(certificate)]
-        self.ok(*args, image)
+        if referrer:
+            args.append("--registry-referrers-mode=oci-1-1")
+        saved = dict(self.env)
+        if referrer:
+            self.env["COSIGN_EXPERIMENTAL"] = "1"
+        try:
+            self.ok(*args, image)
+        finally:
+            self.env = saved
 
 
 # --- the registry, by plain HTTP ----------------------------------------------------------------
