@@ -52,6 +52,7 @@ from tests.stack.trustd_config import toml_value, trustd_config_text
 from trustd.errors import RegistryUnavailable
 from trustd.policy.engine import Action, Decision, Verdict
 from trustd.service.audit import audit_record
+from trustd.service.metrics import Metrics
 
 PushImageTo = Callable[..., PushedImage]
 PRIVATE = ("cosign-puller", "password-of-the-private-registry")
@@ -76,6 +77,14 @@ class CosignNode:
     runtime: RuntimeClient
     pause: PushedImage | None  # the pods' sandbox image; None without a static busybox
     config: Path  # the shim's config, for trustctl
+    metrics: Metrics  # observing the shim's decisions, as the daemon's do
+
+    def metric(self, sample: str) -> float:
+        """The value of one sample line (``name{labels}``), 0 if absent."""
+        for line in self.metrics.render().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     def trustctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``trustctl ARGS`` in a process of its own, on the shim's config (own state dir)."""
@@ -183,6 +192,8 @@ def node(
         shim = cleanup.enter_context(running_shim(text, containerd.endpoint, state_dir))
         config = workdir / "trustd.toml"
         config.write_text(text)
+        metrics = Metrics("test")
+        shim.policy.add_observer(metrics.observe)
         hosts = (registry.host, referrers_registry.host, outage.host)
         writers = {host: RegistryWriter(host) for host in hosts}
         cosign2.log_in(private.host, *PRIVATE)
@@ -204,6 +215,7 @@ def node(
             runtime,
             pause,
             config,
+            metrics,
         )
 
 
@@ -245,6 +257,13 @@ def test_cosign2_classic_signature_admits_the_pull_pinned_to_the_digest(node: Co
     assert sig_tag(image.digest) in node.writer(image).tags(image.repository.split("/", 1)[1])
 
     _admitted(node, image)
+    # By digest too (require_signed_digests): the digest is what the signature names.
+    assert node.shim.pull(image.by_digest).startswith("sha256:")
+    decision = node.last_pull(image.by_digest)
+    assert (decision.verdict, decision.pull_ref) == (Verdict.ALLOW, image.by_digest)
+    unsigned = node.push(node.registry, "keyed", "v2-unsigned-digest")
+    message, _ = node.refused(unsigned.by_digest)
+    assert f"no cosign signature of {unsigned.by_digest}" in message, message
 
 
 @pytest.mark.parametrize("where", ["tag-schema", "referrers"])
@@ -283,10 +302,16 @@ def test_cosign2_classic_signature_pushed_as_a_referrer_admits_the_pull(
 
 def test_unsigned_image_is_refused(node: CosignNode) -> None:
     image = node.push(node.registry, "keyed", "unsigned")
+    denied = 'trustd_decisions_total{action="pull",mode="enforce",verdict="deny"}'
+    kind = 'trustd_notary_errors_total{kind="NoCosignSignatures"}'
+    before = node.metric(denied), node.metric(kind)
+
     message, decision = node.refused(image.tagged)
     assert message.startswith("SignatureValidationFailed: trustd: no cosign signature of "), message
     assert image.digest in message
     assert type(decision.error).__name__ == "NoCosignSignatures"
+    # Counted like any denial; the error kind says it was cosign's.
+    assert (node.metric(denied), node.metric(kind)) == (before[0] + 1, before[1] + 1)
 
 
 @pytest.mark.parametrize("cosign", ["cosign2", "cosign3"])
@@ -301,16 +326,24 @@ def test_signature_by_a_key_not_configured_is_refused(node: CosignNode, cosign: 
     assert type(decision.error).__name__ == "CosignSignatureInvalid"
 
 
-def test_signature_of_another_digest_is_refused(node: CosignNode) -> None:
-    signed = node.push(node.registry, "keyed", "other-digest-a")
-    node.cosign2.sign(signed.by_digest, node.keys["a"])
-    other = node.push_to(node.registry, signed.repository.split("/", 1)[1], "2.0", uuid.uuid4().hex)
-    repo = other.repository.split("/", 1)[1]
-    node.writer(other).copy_manifest(repo, sig_tag(signed.digest), sig_tag(other.digest))
+@pytest.mark.parametrize("form", ["classic", "bundle"])
+def test_signature_of_another_digest_is_refused(node: CosignNode, form: str) -> None:
+    """Image A's signatures put where image B's are looked for: its ``.sig`` manifest under
+    B's signature tag, or its tag-schema index (the bundle's listing) under B's index tag."""
+    signed = node.push(node.registry, "keyed", f"other-digest-{form}")
+    repo = signed.repository.split("/", 1)[1]
+    other = node.push_to(node.registry, repo, "2.0", uuid.uuid4().hex)
+    if form == "classic":
+        node.cosign2.sign(signed.by_digest, node.keys["a"])
+        copied = (sig_tag(signed.digest), sig_tag(other.digest))
+    else:
+        node.cosign3.sign(signed.by_digest, node.keys["a"])
+        copied = (signed.digest.replace(":", "-", 1), other.digest.replace(":", "-", 1))
+    node.writer(other).copy_manifest(repo, *copied)
 
     message, decision = node.refused(other.tagged)
     assert message.startswith("SignatureValidationFailed: trustd: "), message
-    assert f"for {signed.digest}, not for the pulled {other.digest}" in message
+    assert f"for {signed.digest}, not for the pulled {other.digest}" in message, message
     assert type(decision.error).__name__ == "SignatureForOtherDigest"
 
 
@@ -409,6 +442,8 @@ def test_signatures_are_read_with_the_pulls_credentials(node: CosignNode) -> Non
 def test_threshold_of_two_keys_needs_both_signatures(node: CosignNode) -> None:
     image = node.push(node.registry, "threshold", "two-keys")
     node.cosign2.sign(image.by_digest, node.keys["a"])
+    node.cosign2.sign(image.by_digest, node.keys["a"])  # the same key again counts once
+    node.cosign2.sign(image.by_digest, node.keys["x"])  # and a key not configured not at all
 
     message, decision = node.refused(image.tagged)
     assert f"{image.digest} is signed by 1 of the 2 required cosign keys" in message, message
