@@ -394,7 +394,9 @@ def test_tag_moved_after_signing_is_refused(node: CosignNode) -> None:
 @pytest.mark.parametrize("cosign", ["cosign2", "cosign3"])
 def test_key_carried_in_the_signature_is_not_trusted(node: CosignNode, cosign: str) -> None:
     """Signed by key X with X's certificate attached, as a keyless signature carries its
-    signer's key; only A is configured: refused, saying keyless is not supported."""
+    signer's key; only A is configured: refused, saying keyless is not supported. (The real
+    keyless flow needs Fulcio and an OIDC token, which cannot be had offline; the signature it
+    leaves has this shape: a certificate, and no configured key that signed.)"""
     signer: Cosign = getattr(node, cosign)
     image = node.push(node.registry, "keyed", f"carried-key-{cosign}")
     certificate = node.keys["x"].certificate(node.workdir)
@@ -405,6 +407,12 @@ def test_key_carried_in_the_signature_is_not_trusted(node: CosignNode, cosign: s
     assert "is not trusted by itself" in message, message
     assert "keyless (Fulcio) signatures are not supported yet" in message, message
     assert type(decision.error).__name__ == "KeylessNotSupported"
+
+    # A configured key's signature counts, a certificate attached to it or not.
+    configured = node.push(node.registry, "keyed", f"carried-configured-key-{cosign}")
+    certificate = node.keys["a"].certificate(node.workdir)
+    signer.sign(configured.by_digest, node.keys["a"], certificate=certificate)
+    _admitted(node, configured)
 
 
 def test_signatures_are_read_with_the_pulls_credentials(node: CosignNode) -> None:
