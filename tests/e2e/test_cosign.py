@@ -31,7 +31,7 @@ import pytest
 from cri_shim.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from tests.e2e.cri_helpers import TIMEOUT, Shim, running_shim
 from tests.e2e.pod_helpers import Kubelet, RuntimeClient, host_network_pod
-from tests.e2e.verifier_helpers import REPO_ROOT, make_node
+from tests.e2e.verifier_helpers import REPO_ROOT, make_node, running_daemon
 from tests.e2e.verifier_helpers import Node as VerifierNode
 from tests.peers import require_peer
 from tests.stack import Containerd, NotaryServer, PushedImage, Registry, Stack, StackError
@@ -843,24 +843,38 @@ def containerd2(
         daemon.stop()
 
 
+@pytest.mark.parametrize("daemon", ["daemon running", "daemon stopped"])
 def test_containerd2_verifier_admits_a_cosign_signed_pull_and_blocks_an_unsigned_one(
-    node: CosignNode, containerd2: VerifyingContainerd
+    node: CosignNode, containerd2: VerifyingContainerd, daemon: str
 ) -> None:
+    """The verifier asks ``trustd serve`` when it runs, else judges in its own process."""
     signed = node.push(node.registry, "verifier", "signed")
     node.cosign3.sign(signed.by_digest, node.keys["a"])
     unsigned = node.push(node.registry, "verifier", "unsigned")
+    verifier = containerd2.node
 
-    containerd2.pull(signed.tagged)
+    with ExitStack() as running:
+        server = None
+        if daemon == "daemon running":
+            server = running.enter_context(
+                running_daemon(verifier.config, verifier.verifier_socket, verifier.metrics_port)
+            )
+        containerd2.pull(signed.tagged)
+        with pytest.raises(grpc.RpcError) as raised:
+            containerd2.pull(unsigned.tagged)
+        if server is not None:
+            allowed = 'trustd_decisions_total{action="verify",mode="enforce",verdict="allow"}'
+            assert server.metric(allowed) == 1.0
+            assert server.metric('trustd_notary_errors_total{kind="NoCosignSignatures"}') == 1.0
+
     assert containerd2.present(signed.tagged)
-    [record] = containerd2.node.audited(signed.tagged)
+    [record] = verifier.audited(signed.tagged)
     assert (record["verdict"], record["format"], record["digest"]) == (
         "allow",
         "cosign",
         signed.digest,
     )
-
-    with pytest.raises(grpc.RpcError) as raised:
-        containerd2.pull(unsigned.tagged)
+    assert node.keys["a"].key_id[:12] in str(record["signer"])
     message = raised.value.details() or ""
     assert (
         f"image verifier bindir blocked pull of {unsigned.tagged} with digest {unsigned.digest} "
@@ -868,4 +882,4 @@ def test_containerd2_verifier_admits_a_cosign_signed_pull_and_blocks_an_unsigned
         f"trustd: no cosign signature of {unsigned.repository}@{unsigned.digest}"
     ) in message, message
     assert not containerd2.present(unsigned.tagged)
-    assert [r["verdict"] for r in containerd2.node.audited(unsigned.tagged)] == ["deny"]
+    assert [r["verdict"] for r in verifier.audited(unsigned.tagged)] == ["deny"]
