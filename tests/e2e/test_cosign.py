@@ -593,6 +593,16 @@ def test_trustctl_verify_explain_and_inspect_show_cosign(node: CosignNode) -> No
     assert re.search(rf"^bundle\s+{key.key_id[:12]}\s+bundle referrer ", text.stdout, re.M)
     assert "verdict: signed" in text.stdout
 
+    # Under any_of with Notary v1, an image Notary never signed still lists its cosign signatures.
+    migrating = node.push(node.registry, "any-of", "trustctl")
+    node.cosign3.sign(migrating.by_digest, key)
+    inspect = node.trustctl("inspect", migrating.tagged, "--json")
+    assert inspect.returncode == 0, inspect.stderr
+    [inspected] = json.loads(inspect.stdout)
+    assert inspected["notary_error"].startswith("no trust data for "), inspected
+    assert inspected["cosign"]["verified"] is True
+    assert [s["form"] for s in inspected["cosign"]["signatures"]] == ["bundle"]
+
 
 # -- registry outages ------------------------------------------------------------------------------
 

@@ -90,16 +90,24 @@ def _inspect(args: argparse.Namespace) -> int:
     config = load_config(config_path(args.config))
     reference = parse_reference(args.reference)
     formats = config.rule_for(reference.repository).signatures.formats
-    repository = None
+    repository, notary_error = None, None
     with _engine(config, args.state_dir) as engine:
         credentials = _credentials(args)
         if FormatName.NOTARY_V1 in formats:
-            repository = engine.trust.repository(
-                reference.registry, reference.repository, credentials
-            )
+            try:
+                repository = engine.trust.repository(
+                    reference.registry, reference.repository, credentials
+                )
+            except TrustError as error:
+                if len(formats) == 1:
+                    raise
+                notary_error = str(error)  # the rule's other formats are still shown
         cosign = _cosign_inspection(engine, reference, credentials, formats)
     document: dict[str, object] = {"Name": reference.repository}
     texts = []
+    if notary_error is not None:
+        document["notary_error"] = notary_error
+        texts.append(f"Notary v1: {notary_error}\n")
     if repository is not None:
         report = inspect_repository(repository)
         lifetime = _lifetime_report(repository, config.server.expiry_warning_days)
