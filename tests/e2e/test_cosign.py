@@ -3,13 +3,16 @@
 The node here is a containerd 1.6 of this module's own with trustd's CRI shim in front of it
 (``tests/e2e/cri_helpers.py``); containerd reaches the registries through the hosts.toml
 directory ``tests/stack/containerd.py`` writes, and trustd's ``[registry] hosts_dirs`` names the
-same directory, so trustd reaches each registry as containerd does. Registries: Debian's
+same directory, so trustd reaches each registry as containerd does. Registries: the session's
 docker-registry 2.8 (no referrers API: classic ``.sig`` tags, and cosign 3's bundles in the
-``sha256-<hex>`` tag-schema index) and go-containerregistry's registry with the referrers API
-(cosign 3's bundles as referrers). Keys are made per module (``tests/stack/cosign.py``); cosign
-signs offline (no transparency log, nothing but loopback). The signatures cosign will not make
-(a payload claiming another digest, a tampered payload) are made in test code with the same
-keys. A test skips only when a cosign peer could not be built here.
+``sha256-<hex>`` tag-schema index), go-containerregistry's registry with the referrers API
+(cosign 3's bundles as referrers), and two docker-registries of the module's own: one a test
+stops (outages), one that wants a password. Keys are made per module (``tests/stack/cosign.py``);
+cosign signs offline (no transparency log, nothing but loopback). The signatures cosign will not
+make (a payload claiming another digest, a tampered payload) are made in test code with the same
+keys. Also here: trustctl, containerd 2.x's image verifier, and containers/image's verdict on
+the same images. A test skips only when a peer (cosign, containers-policy, containerd 2.x) could
+not be had here.
 """
 
 from __future__ import annotations
@@ -167,6 +170,7 @@ def node(
                 [registry.host, referrers_registry.host, outage.host, private.host],
                 sandbox_image=pause.tagged if pause is not None else None,
             )
+            cleanup.callback(containerd.stop)
         except StackError as error:
             pytest.fail(f"the node did not start: {error}", pytrace=False)
         policy += _rule(f"{private.host}/cosign/keyed/**", '"cosign"', [a])
@@ -177,7 +181,6 @@ def node(
                 [a],
                 extra=f"offline = {toml_value(offline)}\n",
             )
-        cleanup.callback(containerd.stop)
         runtime = RuntimeClient(containerd.endpoint)
         cleanup.callback(runtime.close)
         cleanup.callback(runtime.remove_all_pods)  # before containerd stops
@@ -506,7 +509,7 @@ def test_all_of_notary_v1_and_cosign_needs_both(node: CosignNode, stack: Stack) 
 
 def test_kubelet_runs_a_container_of_a_cosign_signed_image(node: CosignNode) -> None:
     if node.pause is None:
-        pytest.skip(f"{require_static_busybox.__defaults__}: no static busybox for the pod images")
+        pytest.skip("no static busybox (Debian's busybox-static) to build the pod's images from")
     message = f"cosign-signed workload {uuid.uuid4().hex}"
     image = push_busybox_image(
         node.registry,
