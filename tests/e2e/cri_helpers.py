@@ -24,6 +24,7 @@ from cri_shim.server import RunningServer, serve
 from tests.e2e.containerd_images import await_cri_tag, get_image
 from trustd.config.load import parse_config
 from trustd.config.model import Config
+from trustd.formats.configured import RegistryFormats
 from trustd.formats.notary.engine import TrustEngine
 from trustd.net.credentials import Credentials
 from trustd.policy.engine import Action, Decision, PolicyEngine
@@ -134,7 +135,9 @@ def running_shim(config_text: str, containerd_endpoint: str, state_dir: Path) ->
     config = parse_config(config_text, str(state_dir / "trustd.toml"))
     socket = short_socket_dir() / "cri.sock"
     trust = TrustEngine(config, config.server.state_dir)
-    policy = PolicyEngine(config, trust)
+    # Notation and cosign as the daemon builds them (trustd.service.engine.build_engine).
+    registry_formats = RegistryFormats(config.server.state_dir)
+    policy = PolicyEngine(config, trust, registry_formats.formats_for)
     decisions: list[Decision] = []
     policy.add_observer(decisions.append)
     admission = RecordingAdmission(policy)
@@ -163,4 +166,5 @@ def running_shim(config_text: str, containerd_endpoint: str, state_dir: Path) ->
         server.stop(grace=5.0)
         containerd.close()
         trust.close()
+        registry_formats.close()
         socket.parent.rmdir()

@@ -43,7 +43,7 @@ from trustd.registry.errors import (
     TooManyReferrers,
 )
 from trustd.registry.hosts import ClientCertificate, RegistryEndpoint
-from trustd.registry.transport import RegistryTransports
+from trustd.registry.transport import RegistryTransport, RegistryTransports
 
 REPO = "team/app"
 BASE = f"/v2/{REPO}"
@@ -460,6 +460,28 @@ def test_http_fallback_only_when_the_server_speaks_http(
         pytest.raises(RegistryRequestFailed, match="certificate verify failed"),
     ):
         registry.resolve(REPO, "v1")
+
+
+def test_http_fallback_of_requests_that_set_out_together(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests sent over HTTPS at once both fail the handshake; the one that finds the
+    fallback already taken by the other must fall back too, not fail with a TLS error."""
+    image = manifest("together")
+    server.fixed("HEAD", f"{BASE}/manifests/v1", 200, image.body, **image.headers())
+    plain = RegistryEndpoint(server.host, f"https://{server.host}/v2", http_fallback=True)
+    transport = RegistryTransport(plain)
+    send_once = transport._send_once
+
+    def other_request_fell_back_meanwhile(request: object, url: str, watch: object) -> object:
+        transport._fallen_back = True  # what the other request's failed handshake did
+        return send_once(request, url, watch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(transport, "_send_once", other_request_fell_back_meanwhile)
+    with RegistryClient(plain, transport=transport) as registry:
+        assert registry.resolve(REPO, "v1").digest == image.digest
+    transport.close()
+    assert len(server.seen) == 1
 
 
 # --- authentication ------------------------------------------------------------------------------

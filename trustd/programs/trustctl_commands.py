@@ -27,11 +27,13 @@ from trustd.programs.options import add_config_option, config_path
 if TYPE_CHECKING:
     # The trust engine (cryptography, TLS) is imported by the commands that use it, so that
     # `trustd check-config` and `--help` do not pay for it.
+    from trustd.formats.base import FormatName
     from trustd.formats.notary.engine import TrustEngine
     from trustd.formats.notary.lifetime import Expiry
     from trustd.formats.notary.metadata import Root
     from trustd.formats.notary.resolution import RepositoryReport
     from trustd.formats.notary.view import VerifiedRepository
+    from trustd.names.reference import Reference
     from trustd.net.credentials import Credentials
     from trustd.service.audit import AuditLog
     from trustd.service.engine import Audit, Engine
@@ -82,21 +84,108 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from trustd.formats.base import FormatName
     from trustd.formats.notary.resolution import inspect_repository
 
     config = load_config(config_path(args.config))
     reference = parse_reference(args.reference)
+    formats = config.rule_for(reference.repository).signatures.formats
+    repository, notary_error = None, None
     with _engine(config, args.state_dir) as engine:
         credentials = _credentials(args)
-        repository = engine.trust.repository(reference.registry, reference.repository, credentials)
-    report = inspect_repository(repository)
-    lifetime = _lifetime_report(repository, config.server.expiry_warning_days)
+        if FormatName.NOTARY_V1 in formats:
+            try:
+                repository = engine.trust.repository(
+                    reference.registry, reference.repository, credentials
+                )
+            except TrustError as error:
+                if len(formats) == 1:
+                    raise
+                notary_error = str(error)  # the rule's other formats are still shown
+        cosign = _cosign_inspection(engine, reference, credentials, formats)
+    document: dict[str, object] = {"Name": reference.repository}
+    texts = []
+    if notary_error is not None:
+        document["notary_error"] = notary_error
+        texts.append(f"Notary v1: {notary_error}\n")
+    if repository is not None:
+        report = inspect_repository(repository)
+        lifetime = _lifetime_report(repository, config.server.expiry_warning_days)
+        document = {**_docker_trust_inspect_shape(report), **lifetime.json()}
+        texts += [_format_report(report), lifetime.text()]
+    if cosign is not None:
+        document["cosign"] = cosign
+        texts.append(_format_cosign_inspection(cosign))
     if args.json:
-        print(json.dumps([{**_docker_trust_inspect_shape(report), **lifetime.json()}], indent=2))
+        print(json.dumps([document], indent=2))
     else:
-        print(_format_report(report))
-        print(lifetime.text())
+        print("\n".join(texts))
     return EXIT_OK
+
+
+def _cosign_inspection(
+    engine: Engine,
+    reference: Reference,
+    credentials: Credentials | None,
+    formats: Sequence[FormatName],
+) -> dict[str, object] | None:
+    """The cosign signatures of the manifest ``reference`` names, when its rule requires cosign:
+    each with its form, where it is and the configured keys that verified it."""
+    from trustd.formats.base import FormatName, SignatureQuery
+    from trustd.formats.cosign.format import CosignFormat
+
+    cosign = engine.policy.formats.get(FormatName.COSIGN)
+    if FormatName.COSIGN not in formats or not isinstance(cosign, CosignFormat):
+        return None
+    rule = engine.policy.config.rule_for(reference.repository)
+    listing = cosign.list_signatures(SignatureQuery(reference, rule, credentials))
+    return {
+        "repository": listing.repository,
+        "digest": listing.digest,
+        "registry": listing.endpoint,
+        "keys": [
+            {"id": key.key_id, "algorithm": key.algorithm, "file": key.source}
+            for key in listing.keys
+        ],
+        "threshold": listing.threshold,
+        "signatures": [
+            {
+                "form": signature.form,
+                "source": signature.source,
+                "key_ids": list(signature.key_ids),
+                "problem": signature.problem or None,
+            }
+            for signature in listing.signatures
+        ],
+        "unreadable": list(listing.unreadable),
+        "verified": not listing.error,
+        "reason": listing.error or None,
+    }
+
+
+def _format_cosign_inspection(listing: dict[str, Any]) -> str:
+    keys = listing["keys"]
+    lines = [
+        f"cosign signatures of {listing['repository']}@{listing['digest']} in "
+        f"{listing['registry']}",
+        "",
+    ]
+    if listing["signatures"]:
+        lines.append(f"{'FORM':<8}   {'KEYS':<12}   WHERE")
+        for signature in listing["signatures"]:
+            ids = ", ".join(key_id[:12] for key_id in signature["key_ids"]) or "-"
+            lines.append(f"{signature['form']:<8}   {ids:<12}   {signature['source']}")
+            if signature["problem"]:
+                lines.append(f"{'':<8}   {'':<12}   not counted: {signature['problem']}")
+    else:
+        lines.append("No cosign signatures.")
+    lines += [f"unreadable: {problem}" for problem in listing["unreadable"]]
+    lines.append("")
+    configured = ", ".join(f"{key['id'][:12]} ({key['file']})" for key in keys) or "none"
+    lines.append(f"configured keys: {configured}; threshold {listing['threshold']}")
+    verdict = "signed" if listing["verified"] else f"not signed: {listing['reason']}"
+    lines.append(f"verdict: {verdict}")
+    return "\n".join(lines)
 
 
 class _LifetimeReport:
@@ -559,6 +648,8 @@ def _explain(args: argparse.Namespace) -> int:
         "roles": list(rule.roles) if rule is not None and not rule.signers else [],
         "signers": list(rule.signers) if rule is not None else [],
         "require_signed_digests": rule.require_signed_digests if rule is not None else None,
+        "signatures": rule.signatures.describe() if rule is not None else None,
+        "cosign": _cosign_rule(rule),
         "outage": _outage_policy(config, rule),
         "notary": {
             "url": notary.url,
@@ -587,6 +678,46 @@ def _explain(args: argparse.Namespace) -> int:
     return status_for(decision.error) if decision.error is not None else EXIT_UNTRUSTED
 
 
+def _cosign_rule(rule: PolicyRule | None) -> dict[str, object] | None:
+    """The rule's ``[policy.cosign]``: each key file with its key ID (or why it is unusable)."""
+    from trustd.formats.cosign.loader import load_public_key_file
+
+    if rule is None or rule.cosign is None:
+        return None
+
+    def keys(paths: Sequence[Path]) -> list[dict[str, str]]:
+        described = []
+        for path in paths:
+            try:
+                key = load_public_key_file(path)
+            except ConfigError as error:
+                described.append({"file": str(path), "error": str(error)})
+            else:
+                described.append({"file": str(path), "id": key.key_id, "algorithm": key.algorithm})
+        return described
+
+    return {
+        "keys": keys(rule.cosign.keys),
+        "threshold": rule.cosign.threshold,
+        "rekor_public_keys": keys(rule.cosign.rekor_public_keys),
+    }
+
+
+def _cosign_rows(cosign: dict[str, Any]) -> list[tuple[str, str]]:
+    def shown(key: dict[str, str]) -> str:
+        if "error" in key:
+            return f"UNUSABLE {key['error']}"
+        return f"{key['id'][:12]} {key['algorithm']} ({key['file']})"
+
+    keys = cosign["keys"]
+    rows = [("cosign keys", "; ".join(shown(key) for key in keys))]
+    rows.append(("cosign threshold", f"{cosign['threshold']} of the {len(keys)} key(s)"))
+    if cosign["rekor_public_keys"]:
+        rekor = "; ".join(shown(key) for key in cosign["rekor_public_keys"])
+        rows.append(("rekor", f"classic signatures need a signed entry timestamp of {rekor}"))
+    return rows
+
+
 def _outage_policy(config: Config, rule: PolicyRule | None) -> dict[str, object] | None:
     """What the rule does when its Notary server cannot be reached (``offline``)."""
     if rule is None or rule.mode == "off":
@@ -611,6 +742,8 @@ def _notary_warning(config: Config, registry: str) -> str | None:
 
 
 def _format_explanation(explanation: dict[str, Any], rule: PolicyRule | None) -> str:
+    from trustd.formats.base import FormatName
+
     applies = explanation["applies"]
     rows = [
         ("image", explanation["image"]),
@@ -619,14 +752,19 @@ def _format_explanation(explanation: dict[str, Any], rule: PolicyRule | None) ->
         ("mode", explanation["mode"]),
     ]
     if rule is not None and rule.mode != "off":
-        if rule.signers:
+        notary_v1 = FormatName.NOTARY_V1 in rule.signatures.formats
+        rows.append(("signatures", explanation["signatures"]))
+        if notary_v1 and rule.signers:
             rows.append(("signers", f"all of {', '.join(rule.signers)}, with one digest"))
-        else:
+        elif notary_v1:
             rows.append(("roles", ", ".join(rule.roles) + " (first that signs the tag)"))
+        if explanation["cosign"] is not None and FormatName.COSIGN in rule.signatures.formats:
+            rows += _cosign_rows(explanation["cosign"])
+        signed = "must be signed targets" if notary_v1 else "must be signed"
         rows.append(
             (
                 "digests",
-                "must be signed targets"
+                signed
                 if rule.require_signed_digests
                 else "admitted unsigned (require_signed_digests = false)",
             )
@@ -641,30 +779,41 @@ def _format_explanation(explanation: dict[str, Any], rule: PolicyRule | None) ->
                 f"judged from trust data cached on this node, if unexpired and {limit} "
                 f'(offline = "cached")'
             )
+            if not notary_v1:
+                limit = "of any age" if age is None else f"made at most {age:g} s ago"
+                unreachable = (
+                    f'judged from this node\'s own verification, {limit} (offline = "cached")'
+                )
         rows.append(("if unreachable", unreachable))
-        rows.append(
-            (
-                "freshness",
-                f"a verified lookup is reused for {outage['freshness_window']:g} s "
-                "(server.freshness_window)",
-            )
-        )
-        notary = explanation["notary"]
-        rows.append(("notary", f"{notary['url']} ({notary['source']})"))
-        if notary["warning"]:
-            rows.append(("", f"WARNING: {notary['warning']}"))
-        pinning = explanation["trust_pinning"]
-        first = pinning["source"]
-        if pinning["root_key_ids"]:
-            first += f" ({', '.join(pinning['root_key_ids'])})"
-        trusted = "cached" if pinning["trusted_root_cached"] else "none cached"
-        rows.append(("first root", f"{first}; trusted root: {trusted}"))
+        if notary_v1:
+            rows += _notary_rows(explanation, outage)
     verdict = f"{explanation['verdict']}: {explanation['reason']}"
     rows.append(("verdict now", verdict))
     if explanation["pull_ref"]:
         rows.append(("would pull", explanation["pull_ref"]))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}   {value}" for label, value in rows)
+
+
+def _notary_rows(explanation: dict[str, Any], outage: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [
+        (
+            "freshness",
+            f"a verified lookup is reused for {outage['freshness_window']:g} s "
+            "(server.freshness_window)",
+        )
+    ]
+    notary = explanation["notary"]
+    rows.append(("notary", f"{notary['url']} ({notary['source']})"))
+    if notary["warning"]:
+        rows.append(("", f"WARNING: {notary['warning']}"))
+    pinning = explanation["trust_pinning"]
+    first = pinning["source"]
+    if pinning["root_key_ids"]:
+        first += f" ({', '.join(pinning['root_key_ids'])})"
+    trusted = "cached" if pinning["trusted_root_cached"] else "none cached"
+    rows.append(("first root", f"{first}; trusted root: {trusted}"))
+    return rows
 
 
 # --- trustctl command line ----------------------------------------------------------------------

@@ -565,17 +565,19 @@ class RegistryTransport:
                     raise RegistryTimeout(f"{self.where(url)} did not answer in time") from None
                 if (
                     self.endpoint.http_fallback
-                    and not self._fallen_back
                     and origin(url) == origin(self.endpoint.url)
                     and _speaks_plain_http(error)
                 ):
-                    log.info(
-                        "%s answered the TLS handshake in plain HTTP; using http:// for it, "
-                        "as containerd does for %s",
-                        self.where(url),
-                        self.endpoint.source,
-                    )
-                    self._fallen_back = True
+                    # Requests that set out over HTTPS together all fail the handshake; each
+                    # falls back, not only the first (the rewritten URL is http, so once).
+                    if not self._fallen_back:
+                        log.info(
+                            "%s answered the TLS handshake in plain HTTP; using http:// for it, "
+                            "as containerd does for %s",
+                            self.where(url),
+                            self.endpoint.source,
+                        )
+                        self._fallen_back = True
                     url = "http" + url.removeprefix("https")
                     continue
                 # A TLS failure is configuration or an attack, not a blip: never retried.

@@ -11,6 +11,7 @@ from trustd.formats.cosign.errors import MalformedCosignSignature
 from trustd.formats.cosign.manifests import (
     bundle_manifest_layer,
     bundle_referrers,
+    classic_referrer_layers,
     signature_manifest_layers,
 )
 
@@ -45,6 +46,10 @@ def test_signature_manifest_layers() -> None:
 def test_oci11_classic_referrer_is_read_too() -> None:
     data = _sig_manifest(artifactType="application/vnd.dev.cosign.artifact.sig.v1+json")
     assert len(signature_manifest_layers(data, "referrer")) == 2
+    assert classic_referrer_layers(data, "referrer") == signature_manifest_layers(data, "x")
+    # Referrers of other kinds are not classic signatures; a .sig-tagged manifest is not one.
+    assert classic_referrer_layers(_sig_manifest(artifactType=BUNDLE), "referrer") is None
+    assert classic_referrer_layers(_sig_manifest(), "referrer") is None
 
 
 @pytest.mark.parametrize(

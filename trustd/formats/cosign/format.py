@@ -1,26 +1,30 @@
 """cosign behind the format interface: the image's cosign signatures, found in its registry
-(the classic ``sha256-<hex>.sig`` tag and Sigstore bundles among its referrers) and verified
-with the public keys the policy rule configures."""
+(the classic ``sha256-<hex>.sig`` tag; Sigstore bundles, and classic signature manifests cosign 2
+pushes with ``--registry-referrers-mode=oci-1-1``, among its referrers) and verified with the
+public keys the policy rule configures."""
 
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from trustd.errors import ConfigError, RegistryUnavailable, TrustError
 from trustd.formats.base import FormatName, SignatureQuery
 from trustd.formats.cosign.bundle import REFERRER_ARTIFACT_TYPE, BundleSignature
-from trustd.formats.cosign.classic import ClassicSignature, signature_tag
+from trustd.formats.cosign.classic import OCI11_ARTIFACT_TYPE, ClassicSignature, signature_tag
 from trustd.formats.cosign.errors import NoCosignSignatures
 from trustd.formats.cosign.keys import CosignPublicKey
 from trustd.formats.cosign.loader import load_public_key_files
 from trustd.formats.cosign.manifests import (
     EMPTY_CONFIG_TYPE,
     bundle_manifest_layer,
+    classic_referrer_layers,
     signature_manifest_layers,
 )
-from trustd.formats.cosign.verify import verify_cosign
+from trustd.formats.cosign.verify import judge_signature, verify_cosign
 from trustd.formats.registry_format import RegistrySignatureFormat, Verified
 from trustd.formats.verified_cache import VerifiedDigests
 from trustd.net.descriptor import Descriptor
@@ -29,9 +33,40 @@ from trustd.registry.clients import RegistryClients
 
 # Signature candidates read per image (layers of the .sig manifest plus bundles).
 MAX_CANDIDATES = 32
-_BUNDLE_LISTED_AS = frozenset({REFERRER_ARTIFACT_TYPE, EMPTY_CONFIG_TYPE, ""})
+# Referrers that may be signatures: bundles (listed under their config's media type by some
+# registries, see manifests.py) and classic signature manifests pushed as referrers.
+_SIGNATURES_LISTED_AS = frozenset(
+    {REFERRER_ARTIFACT_TYPE, EMPTY_CONFIG_TYPE, OCI11_ARTIFACT_TYPE, ""}
+)
 
 Candidate = ClassicSignature | BundleSignature
+
+FORM_CLASSIC = "classic"  # a layer of the sha256-<hex>.sig manifest
+FORM_BUNDLE = "bundle"  # a Sigstore bundle among the digest's referrers
+
+
+@dataclass(frozen=True)
+class ListedSignature:
+    """One cosign signature found for a digest, judged on its own against the rule's keys."""
+
+    form: str  # FORM_CLASSIC or FORM_BUNDLE
+    source: str  # where it was found
+    key_ids: tuple[str, ...]  # configured keys that signed this very digest with it
+    problem: str = ""  # why it does not count; "" when it does
+
+
+@dataclass(frozen=True)
+class CosignListing:
+    """Every cosign signature of one manifest, and the rule's verdict on them all."""
+
+    repository: str
+    digest: str
+    endpoint: str  # the registry, as messages name it
+    keys: tuple[CosignPublicKey, ...]
+    threshold: int
+    signatures: tuple[ListedSignature, ...]
+    unreadable: tuple[str, ...]  # listed signatures that could not be read
+    error: str  # why the digest is not signed under the rule; "" when it is
 
 
 class CosignFormat(RegistrySignatureFormat):
@@ -69,6 +104,48 @@ class CosignFormat(RegistrySignatureFormat):
         signers = ", ".join(by_id[key_id].describe() for key_id in result.key_ids)
         return Verified(signer=f"key {signers}")
 
+    def list_signatures(self, query: SignatureQuery) -> CosignListing:
+        """The cosign signatures of the manifest ``query.reference`` names, each judged on its
+        own with the rule's keys (``trustctl inspect``). Raises what a registry outage or an
+        unusable key file raises; nothing is remembered."""
+        settings = query.rule.cosign
+        keys = self._keys.load(settings.keys) if settings is not None else ()
+        rekor_keys = self._keys.load(settings.rekor_public_keys) if settings is not None else ()
+        threshold = settings.threshold if settings is not None else 1
+        reference, now = query.reference, datetime.now(UTC)
+        with self.registries.client(reference.registry, query.credentials) as client:
+            target = self._target(client, query)
+            candidates, problems = discover(client, reference.path, target)
+            endpoint = client.endpoint.describe()
+        listed = []
+        for candidate in candidates:
+            form = FORM_CLASSIC if isinstance(candidate, ClassicSignature) else FORM_BUNDLE
+            where = candidate.describe()
+            try:
+                verified = judge_signature(candidate, target.digest, keys, now, rekor_keys)
+            except TrustError as rejected:
+                problem = str(rejected).removeprefix(f"{where}: ")
+                listed.append(ListedSignature(form, where, (), problem))
+            else:
+                listed.append(ListedSignature(form, where, verified.key_ids))
+        error = ""
+        try:
+            verify_cosign(
+                candidates, target.digest, keys, threshold, now, rekor_public_keys=rekor_keys
+            )
+        except (TrustError, ConfigError) as failure:
+            error = str(failure)
+        return CosignListing(
+            reference.repository,
+            target.digest,
+            endpoint,
+            keys,
+            threshold,
+            tuple(listed),
+            tuple(problems),
+            error,
+        )
+
 
 def discover(
     client: RegistryClient, path: str, target: Descriptor
@@ -82,9 +159,8 @@ def discover(
         if found is not None:
             descriptor, data = found
             where = f"signature manifest {descriptor.digest} (tag {signature_tag(target.digest)})"
-            for layer in signature_manifest_layers(data, where)[:MAX_CANDIDATES]:
-                payload = client.blob(path, layer)
-                candidates.append(ClassicSignature(layer, payload, f"{where} layer {layer.digest}"))
+            layers = signature_manifest_layers(data, where)
+            candidates += _classic(client, path, layers[:MAX_CANDIDATES], where)
     except RegistryUnavailable:
         raise
     except TrustError as error:
@@ -93,13 +169,17 @@ def discover(
         if len(candidates) >= MAX_CANDIDATES:
             problems.append(f"more than {MAX_CANDIDATES} signatures; the rest were not read")
             break
-        if listed.artifact_type not in _BUNDLE_LISTED_AS:
+        if listed.artifact_type not in _SIGNATURES_LISTED_AS:
             continue
         try:
             manifest, data = client.manifest(path, listed)
             where = f"bundle referrer {manifest.digest}"
             bundle_layer = bundle_manifest_layer(data, where)
             if bundle_layer is None:
+                where = f"signature referrer {manifest.digest}"
+                layers = classic_referrer_layers(data, where) or ()
+                room = MAX_CANDIDATES - len(candidates)
+                candidates += _classic(client, path, layers[:room], where)
                 continue
             bundle = client.blob(path, bundle_layer)
         except RegistryUnavailable:
@@ -109,6 +189,17 @@ def discover(
             continue
         candidates.append(BundleSignature(bundle, bundle_layer.media_type, where))
     return candidates, problems
+
+
+def _classic(
+    client: RegistryClient, path: str, layers: Sequence[Descriptor], where: str
+) -> list[Candidate]:
+    """The classic signatures of a signature manifest's ``layers``, with their payloads."""
+    # Named by position: signatures of one digest by several keys share one payload blob.
+    return [
+        ClassicSignature(layer, client.blob(path, layer), f"{where} layer {index}")
+        for index, layer in enumerate(layers)
+    ]
 
 
 class _KeyFiles:

@@ -86,6 +86,14 @@ def signature_manifest_layers(data: bytes, where: str) -> tuple[Descriptor, ...]
     return _descriptors(document["layers"], f"{where}: layers", MAX_LAYERS)
 
 
+def classic_referrer_layers(data: bytes, where: str) -> tuple[Descriptor, ...] | None:
+    """The layers of a classic signature manifest pushed as a referrer (cosign 2's
+    ``--registry-referrers-mode=oci-1-1``); None for a referrer of another ``artifactType``."""
+    if _manifest(data, where).get("artifactType") != OCI11_ARTIFACT_TYPE:
+        return None
+    return signature_manifest_layers(data, where)
+
+
 def bundle_referrers(data: bytes, where: str) -> tuple[Descriptor, ...]:
     """The entries of a referrers index (the API's answer or the ``sha256-<hex>`` tag-schema
     index) that may be Sigstore bundle manifests: those listed as bundles, and those listed under

@@ -134,7 +134,7 @@ def verify_cosign(
     for candidate in signatures[:MAX_CANDIDATES]:
         try:
             accepted.append(
-                _judge(
+                judge_signature(
                     candidate,
                     manifest_digest,
                     distinct,
@@ -160,14 +160,16 @@ def verify_cosign(
     raise _denial(manifest_digest, threshold, distinct, key_ids, failures, rejected)
 
 
-def _judge(
+def judge_signature(
     candidate: Candidate,
     manifest_digest: str,
     keys: Sequence[CosignPublicKey],
     now: datetime,
-    rekor_public_keys: Sequence[CosignPublicKey],
-    accepted_predicate_types: frozenset[str],
+    rekor_public_keys: Sequence[CosignPublicKey] = (),
+    accepted_predicate_types: frozenset[str] = DEFAULT_PREDICATE_TYPES,
 ) -> VerifiedSignature:
+    """One candidate on its own: the configured keys that signed ``manifest_digest`` with it,
+    or the TrustError saying why it does not count (``verify_cosign`` asks it of each)."""
     if isinstance(candidate, ClassicSignature):
         classic: ClassicVerified = verify_classic(
             candidate, manifest_digest, keys, now, rekor_public_keys
