@@ -24,10 +24,10 @@ from cri_shim.server import RunningServer, serve
 from tests.e2e.containerd_images import await_cri_tag, get_image
 from trustd.config.load import parse_config
 from trustd.config.model import Config
-from trustd.formats.configured import RegistryFormats
 from trustd.formats.notary.engine import TrustEngine
 from trustd.net.credentials import Credentials
 from trustd.policy.engine import Action, Decision, PolicyEngine
+from trustd.service.engine import build_engine
 
 TIMEOUT = 60.0
 
@@ -134,10 +134,9 @@ def running_shim(config_text: str, containerd_endpoint: str, state_dir: Path) ->
     state_dir.mkdir(parents=True, exist_ok=True)
     config = parse_config(config_text, str(state_dir / "trustd.toml"))
     socket = short_socket_dir() / "cri.sock"
-    trust = TrustEngine(config, config.server.state_dir)
-    # Notation and cosign as the daemon builds them (trustd.service.engine.build_engine).
-    registry_formats = RegistryFormats(config.server.state_dir)
-    policy = PolicyEngine(config, trust, registry_formats.formats_for)
+    # The engine as the daemon builds it (Notary v1, Notation, cosign), auditing nothing.
+    engine = build_engine(config)
+    trust, policy = engine.trust, engine.policy
     decisions: list[Decision] = []
     policy.add_observer(decisions.append)
     admission = RecordingAdmission(policy)
@@ -165,6 +164,5 @@ def running_shim(config_text: str, containerd_endpoint: str, state_dir: Path) ->
         direct_channel.close()
         server.stop(grace=5.0)
         containerd.close()
-        trust.close()
-        registry_formats.close()
+        engine.close()
         socket.parent.rmdir()
