@@ -24,7 +24,7 @@ from trustd.formats.cosign.manifests import (
     classic_referrer_layers,
     signature_manifest_layers,
 )
-from trustd.formats.cosign.verify import judge_signature, verify_cosign
+from trustd.formats.cosign.verify import CosignVerification, judge_signature, verify_cosign
 from trustd.formats.registry_format import RegistrySignatureFormat, Verified
 from trustd.formats.verified_cache import VerifiedDigests
 from trustd.net.descriptor import Descriptor
@@ -90,7 +90,28 @@ class CosignFormat(RegistrySignatureFormat):
             )
         keys = self._keys.load(settings.keys)
         rekor_keys = self._keys.load(settings.rekor_public_keys)
-        candidates, problems = discover(client, query.reference.path, target)
+        path = query.reference.path
+        # The .sig tag first: when its signatures meet the threshold, the referrers (one more
+        # round trip) are not asked.
+        candidates, problems = discover_classic(client, path, target)
+        if candidates:
+            try:
+                result = verify_cosign(
+                    candidates,
+                    target.digest,
+                    keys,
+                    settings.threshold,
+                    now,
+                    rekor_public_keys=rekor_keys,
+                )
+            except TrustError:
+                pass  # bundles among the referrers may make up for it
+            else:
+                return _verified(result, keys)
+        referred, more_problems = discover_referrers(
+            client, path, target, MAX_CANDIDATES - len(candidates)
+        )
+        candidates, problems = candidates + referred, problems + more_problems
         if not candidates:
             why = f" ({'; '.join(problems[:3])})" if problems else ""
             raise NoCosignSignatures(
@@ -100,9 +121,7 @@ class CosignFormat(RegistrySignatureFormat):
         result = verify_cosign(
             candidates, target.digest, keys, settings.threshold, now, rekor_public_keys=rekor_keys
         )
-        by_id = {key.key_id: key for key in keys}
-        signers = ", ".join(by_id[key_id].describe() for key_id in result.key_ids)
-        return Verified(signer=f"key {signers}")
+        return _verified(result, keys)
 
     def list_signatures(self, query: SignatureQuery) -> CosignListing:
         """The cosign signatures of the manifest ``query.reference`` names, each judged on its
@@ -152,21 +171,40 @@ def discover(
 ) -> tuple[list[Candidate], list[str]]:
     """Both storage forms of ``target``'s cosign signatures, and why any listed one could not be
     read. A registry that cannot be reached raises (an outage)."""
-    candidates: list[Candidate] = []
-    problems: list[str] = []
+    classic, problems = discover_classic(client, path, target)
+    referred, more_problems = discover_referrers(
+        client, path, target, MAX_CANDIDATES - len(classic)
+    )
+    return classic + referred, problems + more_problems
+
+
+def discover_classic(
+    client: RegistryClient, path: str, target: Descriptor
+) -> tuple[list[Candidate], list[str]]:
+    """The classic signatures of ``target``: the layers of its ``sha256-<hex>.sig`` tag."""
     try:
         found = client.tag_manifest(path, signature_tag(target.digest))
-        if found is not None:
-            descriptor, data = found
-            where = f"signature manifest {descriptor.digest} (tag {signature_tag(target.digest)})"
-            layers = signature_manifest_layers(data, where)
-            candidates += _classic(client, path, layers[:MAX_CANDIDATES], where)
+        if found is None:
+            return [], []
+        descriptor, data = found
+        where = f"signature manifest {descriptor.digest} (tag {signature_tag(target.digest)})"
+        layers = signature_manifest_layers(data, where)
+        return _classic(client, path, layers[:MAX_CANDIDATES], where), []
     except RegistryUnavailable:
         raise
     except TrustError as error:
-        problems.append(str(error))
+        return [], [str(error)]
+
+
+def discover_referrers(
+    client: RegistryClient, path: str, target: Descriptor, room: int
+) -> tuple[list[Candidate], list[str]]:
+    """The signatures among ``target``'s referrers (Sigstore bundles, and classic signatures
+    cosign 2 pushes as referrers), at most ``room`` of them."""
+    candidates: list[Candidate] = []
+    problems: list[str] = []
     for listed in client.referrers(path, target.digest):
-        if len(candidates) >= MAX_CANDIDATES:
+        if len(candidates) >= room:
             problems.append(f"more than {MAX_CANDIDATES} signatures; the rest were not read")
             break
         if listed.artifact_type not in _SIGNATURES_LISTED_AS:
@@ -178,8 +216,7 @@ def discover(
             if bundle_layer is None:
                 where = f"signature referrer {manifest.digest}"
                 layers = classic_referrer_layers(data, where) or ()
-                room = MAX_CANDIDATES - len(candidates)
-                candidates += _classic(client, path, layers[:room], where)
+                candidates += _classic(client, path, layers[: room - len(candidates)], where)
                 continue
             bundle = client.blob(path, bundle_layer)
         except RegistryUnavailable:
@@ -189,6 +226,12 @@ def discover(
             continue
         candidates.append(BundleSignature(bundle, bundle_layer.media_type, where))
     return candidates, problems
+
+
+def _verified(result: CosignVerification, keys: Sequence[CosignPublicKey]) -> Verified:
+    by_id = {key.key_id: key for key in keys}
+    signers = ", ".join(by_id[key_id].describe() for key_id in result.key_ids)
+    return Verified(signer=f"key {signers}")
 
 
 def _classic(
