@@ -18,6 +18,7 @@ from tests.stack.notary_keys import load_notary_key
 from trustd.errors import (
     AuthenticationFailed,
     DigestNotSigned,
+    MetadataTooLarge,
     NotaryUnavailable,
     NoTrustData,
     PinningViolation,
@@ -26,6 +27,7 @@ from trustd.errors import (
 )
 from trustd.formats.notary.held_sets import HeldSets
 from trustd.formats.notary.pinning import TrustPinning
+from trustd.formats.notary.refresh import SizeLimits
 from trustd.formats.notary.resolution import inspect_repository, resolve_digest, resolve_tag
 from trustd.formats.notary.single_flight import SingleFlight
 from trustd.formats.notary.store import MetadataStore
@@ -113,6 +115,27 @@ def test_warm_refresh_fetches_only_the_timestamp(store: MetadataStore) -> None:
     served.requests.clear()
     refresh(updater, served)
     assert served.requests == ["timestamp"]
+
+
+@pytest.mark.parametrize("role", ["snapshot", "targets"])
+def test_a_signed_length_over_max_metadata_bytes_is_refused_unread(
+    store: MetadataStore, role: str
+) -> None:
+    served = ServedFiles()
+    length = len(served.files[role])
+    # One byte short of this file (the fixture's snapshot is smaller than its targets).
+    limits = SizeLimits(other=length - 1)
+    parent = "timestamp" if role == "snapshot" else "snapshot"
+    expected = (
+        rf"^{role}\.json for {GUN} on https://notary\.test is {length} bytes as {parent}\.json "
+        rf"lists it, over the {length - 1}-byte limit \(max_metadata_bytes\)$"
+    )
+    updater = Updater(store, clock=lambda: NOW)
+    with pytest.raises(MetadataTooLarge, match=expected):
+        updater.refresh(GUN, served, TrustPinning(), limits=limits)  # type: ignore[arg-type]
+    assert not [name for name in served.requests if name.split(".")[0] == role]
+    # Within the limit, the same files verify.
+    assert resolve_tag(refresh(updater, served), "v1").size == 34
 
 
 def test_restart_uses_the_cache_and_does_not_fetch_root_again(store: MetadataStore) -> None:
