@@ -6,10 +6,14 @@ change what the "server" says; the end-to-end tests run the same code against no
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -36,6 +40,7 @@ from trustd.formats.notary.trusted_set import TrustedSet
 from trustd.formats.notary.updater import Updater
 from trustd.formats.notary.view import VerifiedRepository
 from trustd.net.credentials import Credentials
+from trustd.net.deadline import call_deadline
 
 FIXTURES = Path(__file__).parent.parent / "data" / "notary"
 # The CLI's private root key file is named by the canonical ID of the certificate's public key.
@@ -421,3 +426,65 @@ def test_a_root_signed_again_under_the_same_version_is_not_an_attack(
     assert repository.root.version == held_version  # no rotation, and no refusal
     assert store.load(GUN, "root") == original  # now the server's copy
     assert resolve_tag(repository, "v1").size == 34
+
+
+# --- the per-repository lock ---------------------------------------------------------------------
+
+# Generous: the deadlines below are a fraction of a second; a busy machine may take longer.
+WITHIN = 15.0
+
+
+class OtherHolder:
+    """The lock of GUN's cache held through another open file, as another process holds it."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        store.lock_dir.mkdir(parents=True, exist_ok=True)
+        self.descriptor = os.open(store.lock_dir / f"{quote(GUN, safe='-_.:')}.lock", os.O_RDWR)
+        fcntl.flock(self.descriptor, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        os.close(self.descriptor)
+
+
+def test_the_repository_lock_is_waited_for_until_the_call_deadline(store: MetadataStore) -> None:
+    with store.locked(GUN):  # creates the lock file
+        pass
+    holder = OtherHolder(store)
+    try:
+        started = time.monotonic()
+        with (
+            call_deadline(0.3),
+            pytest.raises(
+                NotaryUnavailable,
+                match=rf"^{GUN}: another lookup of it holds the lock on its cached trust data "
+                r"\(.*\.lock\) and did not release it before this call's deadline$",
+            ),
+        ):
+            refresh(Updater(store, clock=lambda: NOW), ServedFiles())
+        assert time.monotonic() - started < WITHIN
+    finally:
+        holder.release()
+    # Free again: the same lookup succeeds.
+    with call_deadline(WITHIN):
+        assert resolve_tag(refresh(Updater(store, clock=lambda: NOW), ServedFiles()), "v1")
+
+
+@pytest.mark.parametrize("deadline", [None, 600.0])
+def test_a_lock_released_in_time_is_taken(store: MetadataStore, deadline: float | None) -> None:
+    with store.locked(GUN):
+        pass
+    holder = OtherHolder(store)
+    taken = threading.Event()
+
+    def lookup() -> None:
+        with call_deadline(deadline), store.locked(GUN):
+            taken.set()
+
+    waiter = threading.Thread(target=lookup)
+    waiter.start()
+    try:
+        assert not taken.wait(0.3)  # it waits while the lock is held
+    finally:
+        holder.release()
+    assert taken.wait(WITHIN)
+    waiter.join(WITHIN)
