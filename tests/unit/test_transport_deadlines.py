@@ -31,8 +31,10 @@ WITHIN = 15.0
 
 
 class RawServer:
-    """Answers by the file name asked for: ``ok``, ``trickle-body``, ``trickle-headers``, or
-    ``silent`` (reads the request, then waits). Keeps connections alive as HTTP/1.1 does."""
+    """Answers by the file name asked for: ``ok``, ``trickle-body``, ``trickle-closing`` (the
+    same, ending the connection with the answer, as an HTTP/1.0 server does),
+    ``trickle-headers``, or ``silent`` (reads the request, then waits). Otherwise keeps
+    connections alive as HTTP/1.1 does."""
 
     def __init__(self, context: ssl.SSLContext | None = None) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -76,6 +78,10 @@ class RawServer:
                 elif name == "trickle-body":
                     connection.sendall(head)
                     self._trickle(connection, BODY)
+                elif name == "trickle-closing":
+                    connection.sendall(head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+                    self._trickle(connection, BODY)
+                    return
                 elif name == "trickle-headers":
                     self._trickle(connection, head + BODY)
                 else:
@@ -116,7 +122,7 @@ def timed_failure(client: NotaryTransport, name: str) -> tuple[str, float]:
     return str(caught.value), time.monotonic() - started
 
 
-@pytest.mark.parametrize("name", ["trickle-body", "trickle-headers", "silent"])
+@pytest.mark.parametrize("name", ["trickle-body", "trickle-closing", "trickle-headers", "silent"])
 def test_a_download_is_cut_off_at_the_notary_timeout(raw_server: RawServer, name: str) -> None:
     url = f"http://127.0.0.1:{raw_server.port}"
     client = transport(url, timeout=1.0)
@@ -152,10 +158,11 @@ def test_a_trickle_over_tls_is_cut_off_too(tmp_path: Path) -> None:
         url = f"https://127.0.0.1:{server.port}"
         client = transport(url, timeout=1.0, ca_file=pki.ca_cert)
         assert client.fetch(GUN, "ok", 1000) == BODY
-        message, seconds = timed_failure(client, "trickle-body")
-        assert "did not deliver trickle-body.json" in message
-        assert seconds < WITHIN
-        assert client.fetch(GUN, "ok", 1000) == BODY
+        for name in ("trickle-body", "trickle-closing"):
+            message, seconds = timed_failure(client, name)
+            assert f"did not deliver {name}.json" in message
+            assert seconds < WITHIN
+            assert client.fetch(GUN, "ok", 1000) == BODY
     finally:
         server.stop()
 

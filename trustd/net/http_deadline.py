@@ -33,14 +33,18 @@ _AGAIN = 0.1
 
 
 class Exchange:
-    """One bounded exchange: its deadline, and the connections it has used."""
+    """One bounded exchange: its deadline, and the connections and sockets it has used."""
 
-    __slots__ = ("connections", "deadline", "expired")
+    __slots__ = ("connections", "deadline", "expired", "sockets")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline  # time.monotonic(); moved on by _AGAIN once expired
         self.expired = False
         self.connections: list[WatchedHTTPConnection] = []
+        # Each socket with the connection it was opened for: a response that ends the
+        # connection (HTTP/1.0, "Connection: close") takes the socket over, and the connection
+        # forgets it while the body is still being read from it.
+        self.sockets: list[tuple[WatchedHTTPConnection, socket.socket]] = []
 
 
 _current: ContextVar[Exchange | None] = ContextVar("trustd_http_exchange", default=None)
@@ -74,6 +78,7 @@ class _Watcher:
         with self._lock:
             self._active.discard(exchange)
             exchange.connections.clear()
+            exchange.sockets.clear()
 
     def attach(self, connection: WatchedHTTPConnection) -> None:
         """``connection`` is about to connect or send a request for the calling thread's
@@ -87,14 +92,19 @@ class _Watcher:
                 return
             exchange.connections.append(connection)
             if exchange.expired:
-                _shut_down(connection)
+                _shut_down(connection.sock)
 
-    def connected(self, connection: WatchedHTTPConnection) -> None:
-        """``connection`` has a new socket; its exchange may have expired while it opened."""
+    def track(self, connection: WatchedHTTPConnection) -> None:
+        """``connection`` has opened or used its socket for its exchange (which may have
+        expired meanwhile)."""
         with self._lock:
-            exchange = connection.exchange
-            if exchange is not None and exchange.expired:
-                _shut_down(connection)
+            exchange, sock = connection.exchange, connection.sock
+            if exchange is None or sock is None:
+                return
+            if not any(known is sock for _, known in exchange.sockets):
+                exchange.sockets.append((connection, sock))
+            if exchange.expired:
+                _shut_down(sock)
 
     def _run(self) -> None:
         with self._lock:
@@ -106,15 +116,17 @@ class _Watcher:
                         exchange.deadline = now + _AGAIN
                         for connection in exchange.connections:
                             if connection.exchange is exchange:
-                                _shut_down(connection)
+                                _shut_down(connection.sock)
+                        for connection, sock in exchange.sockets:
+                            if connection.exchange is exchange:
+                                _shut_down(sock)
                 self._wake_at = min(
                     (exchange.deadline for exchange in self._active), default=math.inf
                 )
                 self._changed.wait(None if self._wake_at == math.inf else self._wake_at - now)
 
 
-def _shut_down(connection: HTTPConnection) -> None:
-    sock = connection.sock
+def _shut_down(sock: socket.socket | None) -> None:
     if sock is None:
         return
     # socket.socket's own shutdown, also for a TLS socket: it wakes a thread blocked on the
@@ -156,11 +168,12 @@ class WatchedHTTPConnection(HTTPConnection):
         # slow as a trickled answer): it belongs to the exchange that opens it.
         _watcher.attach(self)
         super().connect()
-        _watcher.connected(self)
+        _watcher.track(self)
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _watcher.attach(self)
         super().request(*args, **kwargs)
+        _watcher.track(self)
 
 
 class WatchedHTTPSConnection(WatchedHTTPConnection, HTTPSConnection):
