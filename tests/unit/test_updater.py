@@ -47,6 +47,8 @@ FIXTURES = Path(__file__).parent.parent / "data" / "notary"
 ROOT_KEY_FILE = "1f09cda879ac0271a742cc31ef6222a4f147ce2e745f1c3812ba05f329bec620"
 GUN = "127.0.0.1:5000/library/hello"
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
+# Generous bound for waits that end at deadlines of a fraction of a second, on a busy machine.
+WITHIN = 15.0
 
 
 class ServedFiles:
@@ -296,6 +298,30 @@ def test_concurrent_lookups_of_one_gun_share_one_refresh(store: MetadataStore) -
     }
 
 
+def test_joining_a_refresh_in_flight_waits_no_longer_than_the_call(store: MetadataStore) -> None:
+    updater = Updater(store, clock=lambda: NOW)
+    served = HeldTimestamp()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        leader = pool.submit(refresh, updater, served)
+        try:
+            assert served.waiting.wait(10)  # the leader's download is stalled
+            started = time.monotonic()
+            with (
+                call_deadline(0.2),
+                pytest.raises(
+                    NotaryUnavailable,
+                    match=rf"^{GUN}: a refresh of its trust data already under way did not "
+                    "finish before this call's deadline$",
+                ),
+            ):
+                refresh(updater, served)
+            assert time.monotonic() - started < WITHIN
+        finally:
+            served.release.set()
+        assert resolve_tag(leader.result(10), "v1").size == 34  # the leader was not disturbed
+    assert served.requests.count("timestamp") == 1
+
+
 class NeedsCredentials(HeldTimestamp):
     """A server that refuses anonymous readers, as a Notary behind a token service does."""
 
@@ -429,9 +455,6 @@ def test_a_root_signed_again_under_the_same_version_is_not_an_attack(
 
 
 # --- the per-repository lock ---------------------------------------------------------------------
-
-# Generous: the deadlines below are a fraction of a second; a busy machine may take longer.
-WITHIN = 15.0
 
 
 class OtherHolder:
