@@ -18,8 +18,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from requests.adapters import HTTPAdapter
@@ -138,18 +137,28 @@ def _shut_down(sock: socket.socket | None) -> None:
 _watcher = _Watcher()
 
 
-@contextlib.contextmanager
-def bounded(deadline: float) -> Iterator[Exchange]:
+class bounded:  # used as a function: ``with bounded(deadline):``
     """Bound every request this thread makes through a ``BoundedHTTPAdapter`` in the block,
-    response bodies included, by ``deadline`` (``time.monotonic()``)."""
-    exchange = Exchange(deadline)
-    _watcher.add(exchange)
-    token = _current.set(exchange)
-    try:
-        yield exchange
-    finally:
-        _current.reset(token)
-        _watcher.remove(exchange)
+    response bodies included, by ``deadline`` (``time.monotonic()``).
+
+    A class rather than a generator: it wraps every metadata download.
+    """
+
+    __slots__ = ("_exchange", "_token")
+
+    def __init__(self, deadline: float) -> None:
+        self._exchange = Exchange(deadline)
+        self._token: Token[Exchange | None] | None = None
+
+    def __enter__(self) -> Exchange:
+        _watcher.add(self._exchange)
+        self._token = _current.set(self._exchange)
+        return self._exchange
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+        _watcher.remove(self._exchange)
 
 
 def deadline_passed() -> bool:

@@ -33,7 +33,7 @@ import urllib3
 
 from trustd.errors import AuthenticationFailed, MetadataTooLarge, NotaryUnavailable
 from trustd.net.credentials import Credentials
-from trustd.net.deadline import call_deadline, current_deadline
+from trustd.net.deadline import current_deadline
 from trustd.net.http_deadline import BoundedHTTPAdapter, bounded, deadline_passed
 
 log = logging.getLogger(__name__)
@@ -127,14 +127,14 @@ class NotaryTransport:
         not finish within the endpoint's ``timeout`` or the call's deadline."""
         started = time.monotonic()
         call = current_deadline()
-        with call_deadline(self.endpoint.timeout):
-            deadline = current_deadline()
-            assert deadline is not None  # call_deadline(seconds) always sets one
-            with bounded(deadline):
-                try:
-                    return self._fetch(gun, name, max_bytes, credentials)
-                except _TimedOut:
-                    pass
+        deadline = started + self.endpoint.timeout
+        if call is not None:
+            deadline = min(deadline, call)
+        with bounded(deadline):
+            try:
+                return self._fetch(gun, name, max_bytes, credentials, deadline)
+            except _TimedOut:
+                pass
         if call is not None and call <= deadline:
             allowed = f"{max(call - started, 0.0):.1f}s (all this call had left)"
         else:
@@ -144,11 +144,18 @@ class NotaryTransport:
             f"within {allowed}"
         )
 
-    def _fetch(self, gun: str, name: str, max_bytes: int, credentials: Credentials | None) -> bytes:
+    def _fetch(
+        self,
+        gun: str,
+        name: str,
+        max_bytes: int,
+        credentials: Credentials | None,
+        deadline: float,
+    ) -> bytes:
         url = self.url_for(gun, name)
         credentials = credentials or self.endpoint.default_credentials
         token = self._cached_token(gun, credentials)
-        response = self._get(url, token, gun)
+        response = self._get(url, token, gun, deadline)
         try:
             if response.status_code == 401:
                 challenge = parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
@@ -158,8 +165,8 @@ class NotaryTransport:
                         f"notary at {self.endpoint.base_url} requires authentication for {gun} "
                         "but did not offer Docker token auth"
                     )
-                token = self._obtain_token(gun, challenge, credentials)
-                response = self._get(url, token, gun)
+                token = self._obtain_token(gun, challenge, credentials, deadline)
+                response = self._get(url, token, gun, deadline)
                 if response.status_code in (401, 403):
                     raise AuthenticationFailed(
                         f"notary at {self.endpoint.base_url} refused access to {gun} "
@@ -182,7 +189,9 @@ class NotaryTransport:
 
     # --- HTTP ------------------------------------------------------------------------------------
 
-    def _get(self, url: str, token: str | None, gun: str | None) -> requests.Response:
+    def _get(
+        self, url: str, token: str | None, gun: str | None, deadline: float
+    ) -> requests.Response:
         prepared = self._prepared.get(url)
         if prepared is None:
             prepared = self._session.prepare_request(requests.Request("GET", url))
@@ -192,7 +201,9 @@ class NotaryTransport:
         prepared = prepared.copy()
         if token:
             prepared.headers["Authorization"] = f"Bearer {token}"
-        return self._request("GET", url, service="notary", gun=gun, prepared=prepared)
+        return self._request(
+            "GET", url, service="notary", gun=gun, deadline=deadline, prepared=prepared
+        )
 
     def _request(
         self,
@@ -201,18 +212,17 @@ class NotaryTransport:
         *,
         service: str,
         gun: str | None,
+        deadline: float,
         prepared: requests.PreparedRequest | None = None,
         **kwargs: object,
     ) -> requests.Response:
-        """One request, retried on transient failures; the errors name the service and GUN."""
+        """One request, retried on transient failures until ``deadline`` (time.monotonic());
+        the errors name the service and GUN."""
         # Only the origin: a URL's path and query can carry a token or an account name.
         where = f"{service} at {_origin(url)}" + (f" for {gun}" if gun else "")
-        deadline = current_deadline()
         attempt = 0
         while True:
-            timeout = self.endpoint.timeout
-            if deadline is not None:
-                timeout = max(min(timeout, deadline - time.monotonic()), 0.001)
+            timeout = max(min(self.endpoint.timeout, deadline - time.monotonic()), 0.001)
             problem: NotaryUnavailable | None
             try:
                 response = self._attempt(method, url, timeout, where, prepared, kwargs)
@@ -223,9 +233,7 @@ class NotaryTransport:
                     return response
                 problem = None
             backoff = _FIRST_BACKOFF * 2**attempt * random.uniform(1.0, 1.5)
-            retry = attempt < self.endpoint.retries and (
-                deadline is None or time.monotonic() + backoff < deadline
-            )
+            retry = attempt < self.endpoint.retries and time.monotonic() + backoff < deadline
             if not retry:
                 if problem is None:
                     return response  # the caller reports the status
@@ -325,7 +333,11 @@ class NotaryTransport:
         return None
 
     def _obtain_token(
-        self, gun: str, challenge: dict[str, str], credentials: Credentials | None
+        self,
+        gun: str,
+        challenge: dict[str, str],
+        credentials: Credentials | None,
+        deadline: float,
     ) -> str:
         realm = challenge.get("realm", "")
         realm_parts = urlsplit(realm)
@@ -353,7 +365,13 @@ class NotaryTransport:
                 **params,
             }
             response = self._request(
-                "POST", realm, service="token service", gun=gun, data=form, verify=verify
+                "POST",
+                realm,
+                service="token service",
+                gun=gun,
+                deadline=deadline,
+                data=form,
+                verify=verify,
             )
         else:
             if credentials and credentials.username:
@@ -364,6 +382,7 @@ class NotaryTransport:
                 realm,
                 service="token service",
                 gun=gun,
+                deadline=deadline,
                 params=params,
                 auth=auth,
                 verify=verify,
