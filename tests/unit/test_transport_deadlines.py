@@ -32,7 +32,8 @@ WITHIN = 15.0
 
 class RawServer:
     """Answers by the file name asked for: ``ok``, ``trickle-body``, ``trickle-closing`` (the
-    same, ending the connection with the answer, as an HTTP/1.0 server does),
+    same, ending the connection with the answer, as an HTTP/1.0 server does), ``trickle-unsized``
+    (no Content-Length: the body ends where the connection does),
     ``trickle-headers``, or ``silent`` (reads the request, then waits). Otherwise keeps
     connections alive as HTTP/1.1 does."""
 
@@ -78,6 +79,10 @@ class RawServer:
                 elif name == "trickle-body":
                     connection.sendall(head)
                     self._trickle(connection, BODY)
+                elif name == "trickle-unsized":
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                    self._trickle(connection, BODY)
+                    return
                 elif name == "trickle-closing":
                     connection.sendall(head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
                     self._trickle(connection, BODY)
@@ -122,7 +127,9 @@ def timed_failure(client: NotaryTransport, name: str) -> tuple[str, float]:
     return str(caught.value), time.monotonic() - started
 
 
-@pytest.mark.parametrize("name", ["trickle-body", "trickle-closing", "trickle-headers", "silent"])
+@pytest.mark.parametrize(
+    "name", ["trickle-body", "trickle-closing", "trickle-unsized", "trickle-headers", "silent"]
+)
 def test_a_download_is_cut_off_at_the_notary_timeout(raw_server: RawServer, name: str) -> None:
     url = f"http://127.0.0.1:{raw_server.port}"
     client = transport(url, timeout=1.0)

@@ -315,6 +315,10 @@ class NotaryTransport:
             raise NotaryUnavailable(
                 f"reading {what} from {self.endpoint.base_url} failed: {_short_reason(e)}"
             ) from None
+        if deadline_passed():
+            # A body without a length ends where its connection does, so one cut off at the
+            # deadline reads as complete: it is not.
+            raise _TimedOut
         if len(received) > max_bytes:
             raise MetadataTooLarge(
                 f"{what} from {self.endpoint.base_url} exceeds the {max_bytes}-byte limit"
