@@ -97,10 +97,25 @@ def credentials_from(auth: api_pb2.AuthConfig) -> Credentials | None:
     return credentials or None
 
 
-def _timeout(context: grpc.ServicerContext) -> float | None:
+def _timeout(context: grpc.ServicerContext, default: float | None = None) -> float | None:
+    """Seconds left before the caller's deadline; ``default`` when the caller set none."""
     remaining = context.time_remaining()
     # grpc reports "no deadline" as a very large number
-    return None if remaining is None or remaining > 10**8 else max(remaining, 0.001)
+    return default if remaining is None or remaining > 10**8 else max(remaining, 0.001)
+
+
+class _CallDeadline:
+    """One deadline for everything a call waits for: the caller's, or ``limit`` from its start
+    if that is sooner (kubelet sends PullImage without one)."""
+
+    def __init__(self, context: grpc.ServicerContext, limit: float | None) -> None:
+        timeout = _timeout(context, limit)
+        if timeout is not None and limit is not None:
+            timeout = min(timeout, limit)
+        self._at = None if timeout is None else time.monotonic() + timeout
+
+    def left(self) -> float | None:
+        return None if self._at is None else max(self._at - time.monotonic(), 0.001)
 
 
 def _abort_with_upstream(context: grpc.ServicerContext, error: grpc.RpcError) -> None:
@@ -265,8 +280,10 @@ class ImageService:
     def pull_image(
         self, request: api_pb2.PullImageRequest, context: grpc.ServicerContext
     ) -> api_pb2.PullImageResponse:
+        # pull_timeout bounds the whole pull, verification included, whatever the caller sent.
+        deadline = _CallDeadline(context, self.pull_timeout)
         decision = self.admission.decide(
-            request.image.image, credentials_from(request.auth), Action.PULL, _timeout(context)
+            request.image.image, credentials_from(request.auth), Action.PULL, deadline.left()
         )
         pull_ref = decision.pull_ref
         if not decision.allowed or pull_ref is None:
@@ -276,11 +293,8 @@ class ImageService:
         upstream.CopyFrom(request)
         upstream.image.image = pull_ref
         metadata = forwardable_metadata(context.invocation_metadata())
-        timeout = _timeout(context)
-        if self.pull_timeout is not None:
-            timeout = self.pull_timeout if timeout is None else min(timeout, self.pull_timeout)
         try:
-            response = self.containerd.pull_image(upstream, timeout, metadata)
+            response = self.containerd.pull_image(upstream, deadline.left(), metadata)
             tag = _tag_to_apply(decision)
             if tag is not None:
                 self.recent_tags.add(tag, pull_ref)
@@ -289,7 +303,7 @@ class ImageService:
                 # Audit mode pulled what was asked; tell the policy what arrived.
                 status = self.containerd.image_status(
                     api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=decision.pull_ref)),
-                    _timeout(context),
+                    deadline.left(),
                     metadata,
                 )
                 self.admission.check_local_image(decision, list(status.image.repo_digests))
@@ -302,6 +316,7 @@ class ImageService:
         self, request: api_pb2.ImageStatusRequest, context: grpc.ServicerContext
     ) -> api_pb2.ImageStatusResponse:
         metadata = forwardable_metadata(context.invocation_metadata())
+        deadline = _CallDeadline(context, self.pull_timeout)
         name = _normalised(request.image.image)
         if name is not None and self.recent_tags.pinned(name) is None:
             # containerd first: an image it does not hold is absent whatever Notary says, and
@@ -309,7 +324,7 @@ class ImageService:
             # the answer, and the pull joins it (single flight, freshness window).
             try:
                 response = self.containerd.image_status(
-                    _status_request(request, name), _timeout(context), metadata
+                    _status_request(request, name), deadline.left(), metadata
                 )
             except grpc.RpcError as error:
                 _abort_with_upstream(context, error)
@@ -320,7 +335,7 @@ class ImageService:
                     self.lookahead.submit(image)
                 return response
             decision = self.admission.decide(
-                request.image.image, None, Action.STATUS, _timeout(context)
+                request.image.image, None, Action.STATUS, deadline.left()
             )
             if not decision.allowed:
                 # A present-but-unverified image never runs: reported absent, kubelet pulls,
@@ -330,7 +345,7 @@ class ImageService:
                 return self._checked(decision, response)
         else:
             decision = self.admission.decide(
-                request.image.image, None, Action.STATUS, _timeout(context)
+                request.image.image, None, Action.STATUS, deadline.left()
             )
             if not decision.allowed:
                 return api_pb2.ImageStatusResponse()
@@ -343,7 +358,7 @@ class ImageService:
                 request, self._recently_pinned(decision) or str(decision.reference)
             )
         try:
-            response = self.containerd.image_status(upstream, _timeout(context), metadata)
+            response = self.containerd.image_status(upstream, deadline.left(), metadata)
         except grpc.RpcError as error:
             _abort_with_upstream(context, error)
         return self._checked(decision, response)
@@ -428,9 +443,15 @@ class _Handlers(grpc.GenericRpcHandler):
             # images behind the policy's back).
             return None
         containerd = self._service.containerd
+        pull_timeout = self._service.pull_timeout
+
+        def forward_timeout(context: grpc.ServicerContext) -> float | None:
+            return _timeout(context, pull_timeout)  # a call without a deadline gets this one
+
         if method in STREAMING_METHODS:
 
             def forward_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+                # A stream lasts as long as its caller wants; it is cancelled when the caller goes.
                 call = containerd.forward_stream(
                     method, request, context.invocation_metadata(), _timeout(context)
                 )
@@ -447,7 +468,7 @@ class _Handlers(grpc.GenericRpcHandler):
         def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
             try:
                 response, trailing = containerd.forward(
-                    method, request, context.invocation_metadata(), _timeout(context)
+                    method, request, context.invocation_metadata(), forward_timeout(context)
                 )
             except grpc.RpcError as error:
                 trailing_metadata = getattr(error, "trailing_metadata", lambda: None)()

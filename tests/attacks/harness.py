@@ -8,7 +8,9 @@ harness PKI, so trustd talks to it exactly as to a real Notary server.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -37,6 +39,52 @@ _VERSIONED = re.compile(r"^[0-9]+\.(?P<role>.+)$")
 ENDLESS = b"<endless>"
 _ENDLESS_CHUNK = b" " * 65536
 _ENDLESS_CAP = 64 * 1024 * 1024  # a client that never stops reading must not hang the test
+_PADDING_CHUNK = b" " * (1024 * 1024)
+
+
+@dataclass(frozen=True)
+class Padded:
+    """``data`` followed by spaces up to ``length`` bytes: still the same JSON document.
+
+    Sent with its Content-Length, a megabyte at a time, so the test never holds it in memory.
+    """
+
+    data: bytes
+    length: int
+
+    def chunks(self) -> Iterator[bytes]:
+        yield self.data
+        left = self.length - len(self.data)
+        while left > 0:
+            chunk = _PADDING_CHUNK[: min(left, len(_PADDING_CHUNK))]
+            left -= len(chunk)
+            yield chunk
+
+    def file_meta(self) -> dict[str, Any]:
+        """The ``{hashes, length}`` a parent lists for the padded file, as notary writes it."""
+        sha256, sha512 = hashlib.sha256(), hashlib.sha512()
+        for chunk in self.chunks():
+            sha256.update(chunk)
+            sha512.update(chunk)
+        return {
+            "hashes": {
+                "sha256": base64.b64encode(sha256.digest()).decode(),
+                "sha512": base64.b64encode(sha512.digest()).decode(),
+            },
+            "length": self.length,
+        }
+
+
+@dataclass(frozen=True)
+class Trickle:
+    """``data`` sent one byte every ``interval`` seconds after the headers (with its length)."""
+
+    data: bytes
+    interval: float = 0.5
+
+
+# What the tampering server answers for a file instead of the real one.
+Override = bytes | Padded | Trickle
 
 
 def base_role(name: str) -> str:
@@ -111,9 +159,12 @@ class TamperServer:
         self.upstream = upstream
         self.port = free_port()
         cert, key = pki.issue_server_cert(f"tamper-{self.port}")
-        self._overrides: dict[tuple[str, str], bytes] = {}
+        self._overrides: dict[tuple[str, str], Override] = {}
         self.requests: list[str] = []
         self._lock = threading.Lock()
+        # Set when the server stops: a trickle still being sent ends then.
+        self.stopping = threading.Event()
+        self._trickling: dict[str, int] = {}  # gun -> trickles being sent now
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self))
@@ -126,7 +177,7 @@ class TamperServer:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def serve(self, gun: str, role: str, data: bytes) -> None:
+    def serve(self, gun: str, role: str, data: Override) -> None:
         """Answer every request for ``role`` of ``gun`` (any of its names) with ``data``."""
         with self._lock:
             self._overrides[(gun, role)] = data
@@ -145,7 +196,16 @@ class TamperServer:
         with self._lock:
             self.requests.clear()
 
-    def _override(self, gun: str, name: str) -> tuple[bool, bytes | None]:
+    def trickling(self, gun: str) -> int:
+        """How many trickled answers for ``gun`` are being sent right now."""
+        with self._lock:
+            return self._trickling.get(gun, 0)
+
+    def _trickle_started(self, gun: str, change: int) -> None:
+        with self._lock:
+            self._trickling[gun] = self._trickling.get(gun, 0) + change
+
+    def _override(self, gun: str, name: str) -> tuple[bool, Override | None]:
         with self._lock:
             self.requests.append(f"{gun}|{name}")
             exact = self._overrides.get((gun, name))
@@ -159,6 +219,7 @@ class TamperServer:
         return False, None
 
     def stop(self) -> None:
+        self.stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -173,12 +234,20 @@ def _handler_for(server: TamperServer) -> type[BaseHTTPRequestHandler]:
             if match is not None:
                 replaced, data = server._override(match["gun"], match["name"])
                 if replaced:
-                    self._answer_override(data)
+                    self._answer_override(match["gun"], data)
                     return
             self._pass_through()
 
-        def _answer_override(self, data: bytes | None) -> None:
-            if data is None:
+        def _answer_override(self, gun: str, data: Override | None) -> None:
+            if isinstance(data, Padded):
+                self._send_chunks(data.length, data.chunks())
+            elif isinstance(data, Trickle):
+                server._trickle_started(gun, 1)
+                try:
+                    self._trickle(data)
+                finally:
+                    server._trickle_started(gun, -1)
+            elif data is None:
                 self._send(404, b'{"errors":[{"code":"METADATA_NOT_FOUND"}]}')
             elif data == ENDLESS:
                 self.send_response(200)
@@ -193,6 +262,30 @@ def _handler_for(server: TamperServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
             else:
                 self._send(200, data)
+
+        def _send_chunks(self, length: int, chunks: Iterator[bytes]) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client may stop reading at its cap
+                for chunk in chunks:
+                    self.wfile.write(chunk)
+            self.close_connection = True
+
+        def _trickle(self, trickle: Trickle) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(trickle.data)))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client gave up
+                self.wfile.flush()
+                for index in range(len(trickle.data)):
+                    if server.stopping.wait(trickle.interval):
+                        break
+                    self.wfile.write(trickle.data[index : index + 1])
+                    self.wfile.flush()
+            self.close_connection = True
 
         def _pass_through(self) -> None:
             headers = {

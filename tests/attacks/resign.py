@@ -185,20 +185,28 @@ class RootHolder:
         real_snapshot: bytes,
         changed: Mapping[str, bytes] = {},
         expires: datetime | None = None,
+        listed: Mapping[str, Document] = {},
     ) -> bytes:
-        """The next snapshot: lists the new root and ``changed`` files, signed by this holder."""
+        """The next snapshot: lists the new root and ``changed`` files, signed by this holder.
+
+        ``listed`` gives a file's ``{hashes, length}`` entry as is (a file too big to pass).
+        """
         document = edit(real_snapshot)
         signed = document["signed"]
         for role, data in {"root": self.root, **changed}.items():
             signed["meta"][role] = file_meta(data)
+        for role, meta in listed.items():
+            signed["meta"][role] = dict(meta)
         signed["version"] += 1
         if expires is not None:
             signed["expires"] = rfc3339(expires)
         return sign(document, [self._signers["snapshot"]])
 
-    def timestamp(self, real_timestamp: bytes, snapshot: bytes) -> bytes:
-        """The next timestamp, naming ``snapshot`` by length and hashes."""
+    def timestamp(self, real_timestamp: bytes, snapshot: bytes | Mapping[str, Any]) -> bytes:
+        """The next timestamp, naming ``snapshot`` by length and hashes (or by the given
+        ``{hashes, length}`` entry)."""
         document = edit(real_timestamp)
-        document["signed"]["meta"]["snapshot"] = file_meta(snapshot)
+        listed = file_meta(snapshot) if isinstance(snapshot, bytes) else dict(snapshot)
+        document["signed"]["meta"]["snapshot"] = listed
         document["signed"]["version"] += 1
         return sign(document, [self._signers["timestamp"]])

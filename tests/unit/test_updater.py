@@ -6,10 +6,14 @@ change what the "server" says; the end-to-end tests run the same code against no
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -18,6 +22,7 @@ from tests.stack.notary_keys import load_notary_key
 from trustd.errors import (
     AuthenticationFailed,
     DigestNotSigned,
+    MetadataTooLarge,
     NotaryUnavailable,
     NoTrustData,
     PinningViolation,
@@ -26,6 +31,7 @@ from trustd.errors import (
 )
 from trustd.formats.notary.held_sets import HeldSets
 from trustd.formats.notary.pinning import TrustPinning
+from trustd.formats.notary.refresh import SizeLimits
 from trustd.formats.notary.resolution import inspect_repository, resolve_digest, resolve_tag
 from trustd.formats.notary.store import MetadataStore
 from trustd.formats.notary.transport import NotaryEndpoint, NotFound
@@ -34,12 +40,15 @@ from trustd.formats.notary.updater import Updater
 from trustd.formats.notary.view import VerifiedRepository
 from trustd.formats.single_flight import SingleFlight
 from trustd.net.credentials import Credentials
+from trustd.net.deadline import call_deadline
 
 FIXTURES = Path(__file__).parent.parent / "data" / "notary"
 # The CLI's private root key file is named by the canonical ID of the certificate's public key.
 ROOT_KEY_FILE = "1f09cda879ac0271a742cc31ef6222a4f147ce2e745f1c3812ba05f329bec620"
 GUN = "127.0.0.1:5000/library/hello"
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
+# Generous bound for waits that end at deadlines of a fraction of a second, on a busy machine.
+WITHIN = 15.0
 
 
 class ServedFiles:
@@ -113,6 +122,27 @@ def test_warm_refresh_fetches_only_the_timestamp(store: MetadataStore) -> None:
     served.requests.clear()
     refresh(updater, served)
     assert served.requests == ["timestamp"]
+
+
+@pytest.mark.parametrize("role", ["snapshot", "targets"])
+def test_a_signed_length_over_max_metadata_bytes_is_refused_unread(
+    store: MetadataStore, role: str
+) -> None:
+    served = ServedFiles()
+    length = len(served.files[role])
+    # One byte short of this file (the fixture's snapshot is smaller than its targets).
+    limits = SizeLimits(other=length - 1)
+    parent = "timestamp" if role == "snapshot" else "snapshot"
+    expected = (
+        rf"^{role}\.json for {GUN} on https://notary\.test is {length} bytes as {parent}\.json "
+        rf"lists it, over the {length - 1}-byte limit \(max_metadata_bytes\)$"
+    )
+    updater = Updater(store, clock=lambda: NOW)
+    with pytest.raises(MetadataTooLarge, match=expected):
+        updater.refresh(GUN, served, TrustPinning(), limits=limits)  # type: ignore[arg-type]
+    assert not [name for name in served.requests if name.split(".")[0] == role]
+    # Within the limit, the same files verify.
+    assert resolve_tag(refresh(updater, served), "v1").size == 34
 
 
 def test_restart_uses_the_cache_and_does_not_fetch_root_again(store: MetadataStore) -> None:
@@ -268,6 +298,30 @@ def test_concurrent_lookups_of_one_gun_share_one_refresh(store: MetadataStore) -
     }
 
 
+def test_joining_a_refresh_in_flight_waits_no_longer_than_the_call(store: MetadataStore) -> None:
+    updater = Updater(store, clock=lambda: NOW)
+    served = HeldTimestamp()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        leader = pool.submit(refresh, updater, served)
+        try:
+            assert served.waiting.wait(10)  # the leader's download is stalled
+            started = time.monotonic()
+            with (
+                call_deadline(0.2),
+                pytest.raises(
+                    NotaryUnavailable,
+                    match=rf"^{GUN}: a refresh of its trust data already under way did not "
+                    "finish before this call's deadline$",
+                ),
+            ):
+                refresh(updater, served)
+            assert time.monotonic() - started < WITHIN
+        finally:
+            served.release.set()
+        assert resolve_tag(leader.result(10), "v1").size == 34  # the leader was not disturbed
+    assert served.requests.count("timestamp") == 1
+
+
 class NeedsCredentials(HeldTimestamp):
     """A server that refuses anonymous readers, as a Notary behind a token service does."""
 
@@ -399,3 +453,62 @@ def test_a_root_signed_again_under_the_same_version_is_not_an_attack(
     assert repository.root.version == held_version  # no rotation, and no refusal
     assert store.load(GUN, "root") == original  # now the server's copy
     assert resolve_tag(repository, "v1").size == 34
+
+
+# --- the per-repository lock ---------------------------------------------------------------------
+
+
+class OtherHolder:
+    """The lock of GUN's cache held through another open file, as another process holds it."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        store.lock_dir.mkdir(parents=True, exist_ok=True)
+        self.descriptor = os.open(store.lock_dir / f"{quote(GUN, safe='-_.:')}.lock", os.O_RDWR)
+        fcntl.flock(self.descriptor, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        os.close(self.descriptor)
+
+
+def test_the_repository_lock_is_waited_for_until_the_call_deadline(store: MetadataStore) -> None:
+    with store.locked(GUN):  # creates the lock file
+        pass
+    holder = OtherHolder(store)
+    try:
+        started = time.monotonic()
+        with (
+            call_deadline(0.3),
+            pytest.raises(
+                NotaryUnavailable,
+                match=rf"^{GUN}: another lookup of it holds the lock on its cached trust data "
+                r"\(.*\.lock\) and did not release it before this call's deadline$",
+            ),
+        ):
+            refresh(Updater(store, clock=lambda: NOW), ServedFiles())
+        assert time.monotonic() - started < WITHIN
+    finally:
+        holder.release()
+    # Free again: the same lookup succeeds.
+    with call_deadline(WITHIN):
+        assert resolve_tag(refresh(Updater(store, clock=lambda: NOW), ServedFiles()), "v1")
+
+
+@pytest.mark.parametrize("deadline", [None, 600.0])
+def test_a_lock_released_in_time_is_taken(store: MetadataStore, deadline: float | None) -> None:
+    with store.locked(GUN):
+        pass
+    holder = OtherHolder(store)
+    taken = threading.Event()
+
+    def lookup() -> None:
+        with call_deadline(deadline), store.locked(GUN):
+            taken.set()
+
+    waiter = threading.Thread(target=lookup)
+    waiter.start()
+    try:
+        assert not taken.wait(0.3)  # it waits while the lock is held
+    finally:
+        holder.release()
+    assert taken.wait(WITHIN)
+    waiter.join(WITHIN)

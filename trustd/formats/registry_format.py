@@ -54,7 +54,7 @@ class RegistrySignatureFormat(ABC):
         self._recent: dict[tuple[str, str, PolicyRule], tuple[Judgement, float]] = {}
         self._recent_lock = threading.Lock()
         self._flight: SingleFlight[Judgement] = SingleFlight(
-            RegistryUnavailable, RegistryAuthenticationFailed
+            RegistryUnavailable, RegistryAuthenticationFailed, "a verification of its signatures"
         )
 
     @property

@@ -26,10 +26,12 @@ class SingleFlight(Generic[T]):
         self,
         unavailable: type[SourceUnavailable],
         refused: type[SourceUnavailable],
+        what: str = "a lookup",
     ) -> None:
-        """``unavailable`` is raised when a joined call outlasts the caller's deadline;
-        ``refused`` is the source's refusal of credentials, after which a caller with other
-        credentials gets a try of its own."""
+        """``unavailable`` is raised when a joined call outlasts the caller's deadline, saying
+        that ``what`` was under way; ``refused`` is the source's refusal of credentials, after
+        which a caller with other credentials gets a try of its own."""
+        self._what = what
         self._unavailable = unavailable
         self._refused = refused
         self._lock = threading.Lock()
@@ -54,7 +56,8 @@ class SingleFlight(Generic[T]):
                 return self.wait(shared)
             except FutureTimeout:
                 raise self._unavailable(
-                    f"{key}: a lookup already under way did not finish before this call's deadline"
+                    f"{key}: {self._what} already under way did not finish before this "
+                    "call's deadline"
                 ) from None
             except self._refused:
                 if credentials == leader_credentials:

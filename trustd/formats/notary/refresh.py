@@ -20,6 +20,7 @@ from datetime import datetime
 from trustd.errors import (
     BadSignature,
     ExpiredMetadata,
+    MetadataTooLarge,
     NotaryUnavailable,
     NoTrustData,
     RollbackDetected,
@@ -47,7 +48,10 @@ _MAX_ROOT_CHAIN = 64
 
 @dataclass(frozen=True)
 class SizeLimits:
-    """Caps on downloads whose length no signed metadata gives in advance."""
+    """Caps on metadata downloads (config: ``root_max_bytes``, ``timestamp_max_bytes``,
+    ``max_metadata_bytes``). A file whose parent signs its length is read no further than that
+    length, and refused unread when the signed length is over its cap: a signature on a huge
+    length makes it no smaller."""
 
     root: int = 1024 * 1024
     timestamp: int = 64 * 1024
@@ -146,7 +150,10 @@ class Refresh:
         name = (
             f"root.{expected.sha256.hex()}" if expected is not None and expected.sha256 else "root"
         )
-        limit = expected.length if expected else self.limits.root
+        if expected is None:
+            limit = self.limits.root
+        else:
+            limit = self._signed_cap("root", expected, self.limits.root, "root_max_bytes")
         data = self._fetch_by_hash_or_name(name, "root", limit)
         if expected is not None:
             expected.check(data, "root.json", self.gun)
@@ -297,10 +304,21 @@ class Refresh:
                 f"{self.gun}: {'timestamp' if role == 'snapshot' else 'snapshot'}.json on "
                 f"{self.server} does not list {role}.json"
             )
+        limit = self._signed_cap(role, expected, self.limits.other, "max_metadata_bytes")
         if expected.sha256 is not None:
             name = f"{role}.{expected.sha256.hex()}"
-            return self._fetch_by_hash_or_name(name, role, expected.length)
-        return self._fetch(role, expected.length)
+            return self._fetch_by_hash_or_name(name, role, limit)
+        return self._fetch(role, limit)
+
+    def _signed_cap(self, role: str, expected: FileMeta, limit: int, setting: str) -> int:
+        """How much of ``role`` to read: its signed length, if that is within ``limit``."""
+        if expected.length > limit:
+            parent = "timestamp" if role == "snapshot" else "snapshot"
+            raise MetadataTooLarge(
+                f"{role}.json for {self.gun} on {self.server} is {expected.length} bytes as "
+                f"{parent}.json lists it, over the {limit}-byte limit ({setting})"
+            )
+        return expected.length
 
     def _fetch_by_hash_or_name(self, hashed_name: str, role: str, limit: int) -> bytes:
         # Fetching by hash is immune to the file changing between two requests; servers that do

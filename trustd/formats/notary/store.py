@@ -10,8 +10,10 @@ every GUN and delegation role in a single path component, so no name can escape 
 Several processes share one state directory (the daemon, ``trustctl``, containerd's verifier
 hook): ``locked(gun)`` serialises whoever changes a GUN's cache, through ``flock`` on
 ``STATE_DIR/locks/<gun>.lock`` (outside the GUN's directory, so forgetting a GUN cannot pull
-the lock file from under a holder). ``root_stamp`` lets a process that holds verified state in
-memory notice that another one replaced or removed the root it started from.
+the lock file from under a holder). Waiting for it is bounded by the deadline of the call being
+served (``trustd.net.deadline``): a lookup stuck behind another's slow download gives up then.
+``root_stamp`` lets a process that holds verified state in memory notice that another one
+replaced or removed the root it started from.
 """
 
 from __future__ import annotations
@@ -20,16 +22,22 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from trustd.errors import CacheCorrupt
+from trustd.errors import CacheCorrupt, NotaryUnavailable
+from trustd.net.deadline import remaining
 
 log = logging.getLogger(__name__)
 
 _SAFE_CHARACTERS = "-_.:"  # everything else (including "/") is percent-encoded
+# While another process holds a GUN's lock, try again after this long, doubling up to the most:
+# flock itself cannot wait with a timeout.
+_FIRST_LOCK_PAUSE = 0.002
+_MOST_LOCK_PAUSE = 0.05
 
 
 def _component(name: str) -> str:
@@ -50,19 +58,22 @@ class MetadataStore:
 
     @contextlib.contextmanager
     def locked(self, gun: str) -> Iterator[None]:
-        """Hold the cross-process lock of ``gun``'s cache (blocks until it is free)."""
+        """Hold the cross-process lock of ``gun``'s cache.
+
+        Waits until it is free, but not past the call's deadline: then NotaryUnavailable says
+        that another lookup holds it.
+        """
+        path = self.lock_dir / f"{_component(gun)}.lock"
         try:
             self.lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            descriptor = os.open(
-                self.lock_dir / f"{_component(gun)}.lock", os.O_RDWR | os.O_CREAT, 0o600
-            )
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as error:
             # A read-only state directory (a user's trustctl): nothing can be written either.
             log.debug("no lock for %s in %s: %s", gun, self.lock_dir, error)
             yield
             return
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            _lock_within_deadline(descriptor, gun, path)
             yield
         finally:
             os.close(descriptor)  # releases the lock
@@ -187,6 +198,35 @@ class MetadataStore:
             for entry in directory.iterdir()
             if entry.name.endswith(".json") and not entry.name.startswith(".tmp-")
         )
+
+
+def _lock_within_deadline(descriptor: int, gun: str, path: Path) -> None:
+    if _try_lock(descriptor):
+        return
+    pause = _FIRST_LOCK_PAUSE
+    while True:
+        left = remaining()
+        if left is None:
+            # No deadline to keep: wait for the holder, whose own downloads are bounded.
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            return
+        if left <= 0:
+            raise NotaryUnavailable(
+                f"{gun}: another lookup of it holds the lock on its cached trust data ({path}) "
+                "and did not release it before this call's deadline"
+            )
+        time.sleep(min(pause, left))
+        if _try_lock(descriptor):
+            return
+        pause = min(pause * 2, _MOST_LOCK_PAUSE)
+
+
+def _try_lock(descriptor: int) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:

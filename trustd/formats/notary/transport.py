@@ -1,11 +1,18 @@
 """HTTP access to one Notary server: TLS, Docker token auth, size caps, timeouts.
 
-Nothing here verifies metadata; it only fetches bytes, never more than the caller allows.
-Credentials never appear in an exception message or a log line.
+Nothing here verifies metadata; it only fetches bytes, never more than the caller allows: a
+declared Content-Length over the cap is refused before the body is read, and a body is read no
+further than one byte past the cap. Credentials never appear in an exception message or a log
+line.
 
-Transient failures (connection refused or reset, timeouts, HTTP 502/503/504) are retried with
-jittered exponential backoff, ``retries`` times at most, and never past the deadline of the call
-being served (``call_deadline``): a flaky Notary should cost a retry, not a denied pull.
+One download (``fetch``: connecting, a token if the server asks for one, headers, body, and any
+retries) takes at most the endpoint's ``timeout`` in all, and never outlasts the deadline of the
+call being served (``call_deadline``), whichever is sooner; a server that trickles its answer is
+cut off then (``trustd.net.http_deadline``), not merely one read at a time.
+
+Transient failures (connection refused or reset, HTTP 502/503/504) are retried with jittered
+exponential backoff, ``retries`` times at most, within that same time: a flaky Notary should cost
+a retry, not a denied pull.
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 
 from trustd.errors import AuthenticationFailed, MetadataTooLarge, NotaryUnavailable
 from trustd.net.credentials import Credentials
 from trustd.net.deadline import current_deadline
+from trustd.net.http_deadline import BoundedHTTPAdapter, bounded, deadline_passed
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +55,7 @@ class NotaryEndpoint:
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
-    timeout: float = 10.0
+    timeout: float = 10.0  # seconds for one whole download, retries included
     default_credentials: Credentials | None = None
     retries: int = 2  # further attempts after a transient failure
 
@@ -83,7 +91,7 @@ class NotaryTransport:
     def __init__(self, endpoint: NotaryEndpoint, *, pool_size: int = 32) -> None:
         self.endpoint = endpoint
         self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        adapter = BoundedHTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
         self._session.headers["User-Agent"] = USER_AGENT
@@ -114,11 +122,40 @@ class NotaryTransport:
     def fetch(
         self, gun: str, name: str, max_bytes: int, credentials: Credentials | None = None
     ) -> bytes:
-        """The bytes of ``<name>.json`` for ``gun``; raises NotFound on 404."""
+        """The bytes of ``<name>.json`` for ``gun``, at most ``max_bytes`` of them; raises
+        NotFound on 404, MetadataTooLarge over the cap, NotaryUnavailable when the download does
+        not finish within the endpoint's ``timeout`` or the call's deadline."""
+        started = time.monotonic()
+        call = current_deadline()
+        deadline = started + self.endpoint.timeout
+        if call is not None:
+            deadline = min(deadline, call)
+        with bounded(deadline):
+            try:
+                return self._fetch(gun, name, max_bytes, credentials, deadline)
+            except _TimedOut:
+                pass
+        if call is not None and call <= deadline:
+            allowed = f"{max(call - started, 0.0):.1f}s (all this call had left)"
+        else:
+            allowed = f"{self.endpoint.timeout:g}s (the [[notary]] timeout)"
+        raise NotaryUnavailable(
+            f"notary at {self.endpoint.base_url} did not deliver {name}.json of {gun} "
+            f"within {allowed}"
+        )
+
+    def _fetch(
+        self,
+        gun: str,
+        name: str,
+        max_bytes: int,
+        credentials: Credentials | None,
+        deadline: float,
+    ) -> bytes:
         url = self.url_for(gun, name)
         credentials = credentials or self.endpoint.default_credentials
         token = self._cached_token(gun, credentials)
-        response = self._get(url, token, gun)
+        response = self._get(url, token, gun, deadline)
         try:
             if response.status_code == 401:
                 challenge = parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
@@ -128,8 +165,8 @@ class NotaryTransport:
                         f"notary at {self.endpoint.base_url} requires authentication for {gun} "
                         "but did not offer Docker token auth"
                     )
-                token = self._obtain_token(gun, challenge, credentials)
-                response = self._get(url, token, gun)
+                token = self._obtain_token(gun, challenge, credentials, deadline)
+                response = self._get(url, token, gun, deadline)
                 if response.status_code in (401, 403):
                     raise AuthenticationFailed(
                         f"notary at {self.endpoint.base_url} refused access to {gun} "
@@ -152,7 +189,9 @@ class NotaryTransport:
 
     # --- HTTP ------------------------------------------------------------------------------------
 
-    def _get(self, url: str, token: str | None, gun: str | None) -> requests.Response:
+    def _get(
+        self, url: str, token: str | None, gun: str | None, deadline: float
+    ) -> requests.Response:
         prepared = self._prepared.get(url)
         if prepared is None:
             prepared = self._session.prepare_request(requests.Request("GET", url))
@@ -162,7 +201,9 @@ class NotaryTransport:
         prepared = prepared.copy()
         if token:
             prepared.headers["Authorization"] = f"Bearer {token}"
-        return self._request("GET", url, service="notary", gun=gun, prepared=prepared)
+        return self._request(
+            "GET", url, service="notary", gun=gun, deadline=deadline, prepared=prepared
+        )
 
     def _request(
         self,
@@ -171,19 +212,18 @@ class NotaryTransport:
         *,
         service: str,
         gun: str | None,
+        deadline: float,
         prepared: requests.PreparedRequest | None = None,
         **kwargs: object,
     ) -> requests.Response:
-        """One request, retried on transient failures; the errors name the service and GUN."""
+        """One request, retried on transient failures until ``deadline`` (time.monotonic());
+        the errors name the service and GUN."""
         # Only the origin: a URL's path and query can carry a token or an account name.
         where = f"{service} at {_origin(url)}" + (f" for {gun}" if gun else "")
-        deadline = current_deadline()
         attempt = 0
         problem: NotaryUnavailable | None
         while True:
-            timeout = self.endpoint.timeout
-            if deadline is not None:
-                timeout = max(min(timeout, deadline - time.monotonic()), 0.001)
+            timeout = max(min(self.endpoint.timeout, deadline - time.monotonic()), 0.001)
             try:
                 response = self._attempt(method, url, timeout, where, prepared, kwargs)
             except _Transient as failure:
@@ -193,9 +233,7 @@ class NotaryTransport:
                     return response
                 problem = None
             backoff = _FIRST_BACKOFF * 2**attempt * random.uniform(1.0, 1.5)
-            retry = attempt < self.endpoint.retries and (
-                deadline is None or time.monotonic() + backoff < deadline
-            )
+            retry = attempt < self.endpoint.retries and time.monotonic() + backoff < deadline
             if not retry:
                 if problem is None:
                     return response  # the caller reports the status
@@ -234,38 +272,57 @@ class NotaryTransport:
                 allow_redirects=False,
                 **kwargs,  # type: ignore[arg-type]
             )
-        except requests.exceptions.SSLError as error:
-            # A TLS failure is configuration or an attack, not a blip: never retried.
-            raise NotaryUnavailable(
-                f"TLS failure talking to {where}: {_short_reason(error)}"
-            ) from None
-        except requests.exceptions.Timeout:
-            raise _Transient(
-                NotaryUnavailable(f"{where} did not answer within {timeout:g}s")
-            ) from None
-        except requests.exceptions.ConnectionError as error:
-            raise _Transient(
-                NotaryUnavailable(f"cannot reach {where}: {_short_reason(error)}")
-            ) from None
-        except requests.exceptions.RequestException as error:
+        except (requests.exceptions.RequestException, OSError, ValueError) as error:
+            # Whatever a connection cut off at the download's deadline raised.
+            if deadline_passed():
+                raise _TimedOut from None
+            if isinstance(error, requests.exceptions.SSLError):
+                # A TLS failure is configuration or an attack, not a blip: never retried.
+                raise NotaryUnavailable(
+                    f"TLS failure talking to {where}: {_short_reason(error)}"
+                ) from None
+            if isinstance(error, requests.exceptions.Timeout):
+                raise _Transient(
+                    NotaryUnavailable(f"{where} did not answer within {timeout:g}s")
+                ) from None
+            if isinstance(error, requests.exceptions.ConnectionError | OSError):
+                raise _Transient(
+                    NotaryUnavailable(f"cannot reach {where}: {_short_reason(error)}")
+                ) from None
             raise NotaryUnavailable(f"cannot reach {where}: {_short_reason(error)}") from None
 
     def _read_capped(self, response: requests.Response, max_bytes: int, what: str) -> bytes:
+        """The body, refused unread when it declares more than ``max_bytes``, and read no
+        further than one byte past them otherwise (a body without a length, or one longer than
+        it declared, is cut off there)."""
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise MetadataTooLarge(f"{what} is {declared} bytes, over the {max_bytes}-byte limit")
+            raise MetadataTooLarge(
+                f"{what} from {self.endpoint.base_url} is {declared} bytes, over the "
+                f"{max_bytes}-byte limit"
+            )
         received = bytearray()
         try:
-            for chunk in response.iter_content(_CHUNK):
+            while len(received) <= max_bytes:
+                wanted = min(_CHUNK, max_bytes + 1 - len(received))
+                chunk = response.raw.read(wanted, decode_content=True)
+                if not chunk:
+                    break
                 received += chunk
-                if len(received) > max_bytes:
-                    raise MetadataTooLarge(
-                        f"{what} from {self.endpoint.base_url} exceeds the {max_bytes}-byte limit"
-                    )
-        except requests.exceptions.RequestException as error:
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError, ValueError) as e:
+            if deadline_passed():
+                raise _TimedOut from None
             raise NotaryUnavailable(
-                f"reading {what} from {self.endpoint.base_url} failed: {_short_reason(error)}"
+                f"reading {what} from {self.endpoint.base_url} failed: {_short_reason(e)}"
             ) from None
+        if deadline_passed():
+            # A body without a length ends where its connection does, so one cut off at the
+            # deadline reads as complete: it is not.
+            raise _TimedOut
+        if len(received) > max_bytes:
+            raise MetadataTooLarge(
+                f"{what} from {self.endpoint.base_url} exceeds the {max_bytes}-byte limit"
+            )
         return bytes(received)
 
     # --- Docker token auth -----------------------------------------------------------------------
@@ -280,7 +337,11 @@ class NotaryTransport:
         return None
 
     def _obtain_token(
-        self, gun: str, challenge: dict[str, str], credentials: Credentials | None
+        self,
+        gun: str,
+        challenge: dict[str, str],
+        credentials: Credentials | None,
+        deadline: float,
     ) -> str:
         realm = challenge.get("realm", "")
         realm_parts = urlsplit(realm)
@@ -330,7 +391,13 @@ class NotaryTransport:
                 **params,
             }
             response = self._request(
-                "POST", realm, service="token service", gun=gun, data=form, verify=verify
+                "POST",
+                realm,
+                service="token service",
+                gun=gun,
+                deadline=deadline,
+                data=form,
+                verify=verify,
             )
         else:
             if identity is not None:
@@ -341,6 +408,7 @@ class NotaryTransport:
                 realm,
                 service="token service",
                 gun=gun,
+                deadline=deadline,
                 params=params,
                 auth=auth,
                 verify=verify,
@@ -372,6 +440,10 @@ class NotaryTransport:
         with self._tokens_lock:
             self._tokens[(gun, _credential_key(credentials))] = _Token(value, expires_at)
         return value
+
+
+class _TimedOut(Exception):
+    """The download's deadline cut a request off; ``fetch`` says which bound that was."""
 
 
 class _Transient(Exception):

@@ -63,7 +63,7 @@ class Updater:
         self.recent = RecentResults()
         self._held = held or HeldSets(store)
         self._flight: SingleFlight[VerifiedRepository] = flight or SingleFlight(
-            NotaryUnavailable, AuthenticationFailed
+            NotaryUnavailable, AuthenticationFailed, "a refresh of its trust data"
         )
 
     @property
