@@ -108,7 +108,12 @@ class Daemon:
         if verifier_socket is not None:
             # The same PolicyEngine (and so the same cache and single flight) as the shim.
             self._verifier_server = VerifierSocketServer(
-                verifier_socket, self.config_path, self.policy.judge_resolved, self.answer_query
+                verifier_socket,
+                self.config_path,
+                self.policy.judge_resolved,
+                self.answer_query,
+                group=self.config.server.verifier_group,
+                pull_timeout=self.config.server.pull_timeout,
             )
             try:
                 self._verifier_server.start()
