@@ -456,6 +456,27 @@ def test_a_reload_that_cannot_be_applied_changes_nothing(
     assert len((node.directory / "audit.log").read_text().splitlines()) == 1
 
 
+def test_a_metrics_address_that_cannot_be_bound_refuses_the_reload(
+    node: Node, daemon: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = daemon.config
+    (node.directory / "a-file").write_text("")
+    node.document["metrics"]["listen"] = f"unix:{node.directory / 'a-file' / 'metrics.sock'}"
+    node.document["audit"]["file"] = str(node.directory / "audit-new.log")
+    node.write()
+    with caplog.at_level(logging.INFO, logger="trustd"):
+        assert not daemon.reload()
+    assert daemon.config is running
+    assert f"{node.config}: metrics.listen: cannot listen on unix:{node.directory}" in caplog.text
+    assert scrape(f"unix:{node.directory / 'metrics.sock'}").startswith(b"HTTP/1.1 200 ")
+    judge_once(daemon, node)  # audited where it was
+    assert len((node.directory / "audit.log").read_text().splitlines()) == 1
+    assert (
+        not (node.directory / "audit-new.log").exists()
+        or not (node.directory / "audit-new.log").read_text()
+    )
+
+
 def test_a_broken_notation_config_refuses_the_reload_and_keeps_the_new_metrics_off(
     node: Node, daemon: Daemon
 ) -> None:

@@ -202,15 +202,17 @@ class Daemon:
                     f"{config.source}: audit.file: cannot open the audit log {config.audit.file}"
                     f" ({error.strerror or error})"
                 ) from None
-        metrics = self._switch_metrics(running.metrics.listen, config.metrics.listen, config)
+        metrics: _MetricsSwitch | None = None
         try:
+            metrics = self._switch_metrics(running.metrics.listen, config.metrics.listen, config)
             # Builds the new config's formats (its Notation trust policy and stores) before it
             # changes anything: a broken one leaves the running config in place.
             self.policy.reconfigure(config)
         except BaseException:
             if audit_fd is not None:
                 os.close(audit_fd)
-            metrics.undo()
+            if metrics is not None:
+                metrics.undo()
             raise
         metrics.done()
         if audit is not None:
