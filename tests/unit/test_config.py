@@ -201,6 +201,66 @@ def test_an_empty_verifier_socket_disables_it() -> None:
     assert parse('[server]\nverifier_socket = ""').server.verifier_socket is None
 
 
+def test_verifier_group_names_a_group_of_the_node() -> None:
+    assert parse("").server.verifier_group is None
+    assert parse('[server]\nverifier_group = ""').server.verifier_group is None
+    assert parse('[server]\nverifier_group = "nogroup"').server.verifier_group == "nogroup"
+    assert config_error('[server]\nverifier_group = "no-such-group-here"') == (
+        f'{SOURCE}: server.verifier_group: no group "no-such-group-here" on this node '
+        "(getent group no-such-group-here)"
+    )
+    assert "must be a group name" in config_error("[server]\nverifier_group = 0")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[server]\nsocket = "/run/containerd/containerd.sock"', "server.socket"),
+        ('[server]\nsocket = "/run/containerd//./containerd.sock"', "server.socket"),
+        ('[server]\nverifier_socket = "/run/containerd/containerd.sock"', "server.verifier_socket"),
+        (
+            '[server]\ncontainerd = "unix:///run/c.sock"\nverifier_socket = "/run/c.sock"',
+            "server.verifier_socket",
+        ),
+    ],
+)
+def test_a_socket_of_trustd_must_not_be_containerds(text: str, key: str) -> None:
+    error = config_error(text)
+    assert error.startswith(f"{SOURCE}: {key}: must not be containerd's socket (")
+    assert "trustd would remove it and listen in containerd's place" in error
+
+
+@pytest.mark.parametrize(
+    ("listen", "key"),
+    [
+        ("unix:/run/trustd/cri.sock", "server.socket"),
+        ("unix:/run/trustd/verify.sock", "server.verifier_socket"),
+        ("unix:/run/containerd/containerd.sock", "server.containerd"),
+    ],
+)
+def test_the_metrics_socket_is_none_of_the_others(listen: str, key: str) -> None:
+    error = config_error(f'[metrics]\nlisten = "{listen}"')
+    assert error.startswith(f"{SOURCE}: metrics.listen: must not be the socket of {key} (")
+    assert parse('[metrics]\nlisten = "unix:/run/trustd/metrics.sock"').metrics.listen
+
+
+@pytest.mark.parametrize(
+    ("mode", "warned"),
+    [("0660", False), ("0600", False), ("0664", False), ("0666", True), ("0662", True)],
+)
+def test_a_cri_socket_every_user_can_connect_to_is_warned_about(mode: str, warned: bool) -> None:
+    text = f'[server]\nsocket_mode = "{mode}"\n[[notary]]\nregistry = "docker.io"\n'
+    warnings = config_warnings(parse(text + 'url = "https://notary.example.com"\n'))
+    if not warned:
+        assert warnings == []
+        return
+    (warning,) = warnings
+    assert warning.startswith(
+        f"server.socket_mode {mode} lets every local user connect to the CRI socket "
+        "/run/trustd/cri.sock"
+    )
+
+
 def test_default_rule_enforces_docker_role_order() -> None:
     rule = parse("").rule_for("docker.io/library/nginx")
     assert rule is DEFAULT_RULE

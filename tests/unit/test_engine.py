@@ -96,9 +96,15 @@ def test_queries_and_records_do_not_audit_decisions(tmp_path: Path) -> None:
 def test_no_audit_file_configured(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, audit_file=None))
     assert config.audit.file is None
+    assert not config.audit.stdout
     for audit in Audit:
         with build_engine(config, audit=audit) as engine:
-            assert engine.audit is None
+            if audit is Audit.DECISIONS:
+                # The daemon's: it writes nowhere, until a reload gives it a file.
+                assert engine.audit is not None
+                assert (engine.audit.path, engine.audit.stdout) == (None, False)
+            else:
+                assert engine.audit is None
             assert engine.policy.judge_resolved(EXEMPT, GOOD).allowed
 
 

@@ -24,7 +24,7 @@ import pytest
 from tests.unit.test_policy import GOOD, engine
 from tests.unit.test_verifier import HEAVY, exchange, serving, write_config
 from trustd.localapi.client import DaemonAbsent, ask_daemon
-from trustd.localapi.server import VerifierSocketServer
+from trustd.localapi.server import MAX_QUERY_TIMEOUT, VerifierSocketServer
 from trustd.localapi.wire import (
     MAX_REQUEST_BYTES,
     ProtocolError,
@@ -191,7 +191,10 @@ def test_the_daemon_answers_queries_as_the_command_prints(daemon) -> None:
     status, stdout, stderr = query(server, "A B", False)
     assert (status, stdout) == (2, "")
     assert stderr.startswith('trustctl: invalid image reference "A B"')
-    assert [query.timeout for query in queries] == [5.0, None, None, None]
+    # What is left of the timeout asked for (5 s), or of the daemon's cap when none was asked.
+    timeouts = [query.timeout for query in queries]
+    assert timeouts[0] is not None and 0 < timeouts[0] <= 5.0
+    assert all(timeout is not None and 0 < timeout <= MAX_QUERY_TIMEOUT for timeout in timeouts)
     assert decisions == []  # a query is not a decision: nothing audited, nothing counted
 
 
@@ -309,10 +312,13 @@ def test_verify_prints_the_daemons_answer(
     assert out == ""
     assert err.endswith("trustctl: tag 2 is not signed in example.com/app\n")
     assert in_process == []
-    assert queries == [
-        TrustctlVerify(str(config), SIGNED, False, ctl.DAEMON_TIMEOUT - 0.5),
-        TrustctlVerify(str(config), "example.com/app:2", True, ctl.DAEMON_TIMEOUT - 0.5),
-    ]
+    asked = [(query.config, query.image, query.as_json) for query in queries]
+    assert asked == [(str(config), SIGNED, False), (str(config), "example.com/app:2", True)]
+    # trustctl waits DAEMON_TIMEOUT; the daemon gives a query no more than its cap.
+    assert ctl.DAEMON_TIMEOUT - 0.5 > MAX_QUERY_TIMEOUT
+    assert all(
+        query.timeout is not None and query.timeout <= MAX_QUERY_TIMEOUT for query in queries
+    )
 
 
 def test_trustd_config_names_the_config(
@@ -533,6 +539,7 @@ def test_the_daemon_path_imports_nothing_heavy(daemon, tmp_path: Path) -> None:
             "trustd.programs.trustctl",
             "trustd.localapi.client",
             "trustd.localapi.wire",
+            "trustd.localapi.peer",
         }
         assert "socket" in modules
         assert not {m for m in modules if m.partition(".")[0] in HEAVY}

@@ -750,6 +750,7 @@ def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
             "trustd.programs.image_verifier",
             "trustd.localapi.client",
             "trustd.localapi.wire",
+            "trustd.localapi.peer",
         }
         # The standard library's socket; not json, nothing of the trust engine.
         assert "socket" in modules

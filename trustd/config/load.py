@@ -80,6 +80,13 @@ def config_warnings(config: Config) -> list[str]:
     """Things a valid config does that are probably not meant (``trustd check-config`` prints
     them, the daemon logs them)."""
     warnings = []
+    mode = config.server.socket_mode
+    if mode & 0o002:
+        warnings.append(
+            f"server.socket_mode {mode:04o} lets every local user connect to the CRI socket "
+            f"{config.server.socket}, through which the node's images are pulled, listed and "
+            'removed; use "0660" (root and the socket\'s group)'
+        )
     if not any(server.registry == DEFAULT_REGISTRY for server in config.notary):
         verifying = _rules_verifying_registry(config, DEFAULT_REGISTRY)
         if verifying:

@@ -36,6 +36,7 @@ raises ``where.error(problem)``; a rule between keys goes into the table's ``che
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -132,6 +133,21 @@ def _namespace_problem(namespace: str) -> str | None:
         "must be letters and digits separated by '.', '_' or '-', at most 76 characters "
         f"(got {show(namespace)})"
     )
+
+
+def _group_or_none(value: object, where: Where) -> str | None:
+    """A group of the node's group database, by name; "" for none."""
+    if not isinstance(value, str):
+        raise where.error(f'must be a group name, or "" for none (got {show(value)})')
+    if not value:
+        return None
+    import grp
+
+    try:
+        grp.getgrnam(value)
+    except KeyError:
+        raise where.error(f"no group {show(value)} on this node (getent group {value})") from None
+    return value
 
 
 def _warning_days(value: object, where: Where) -> int:
@@ -251,15 +267,29 @@ class ServerConfig(Table):
     # Where containerd's image-verifier hook (trustd.programs.image_verifier) asks the daemon;
     # None ("" in the file): not served.
     verifier_socket: Path | None = setting(path_or_none(), default=DEFAULT_VERIFIER_SOCKET)
+    # Besides root (and the daemon's own user), members of this group may ask on the verifier
+    # socket (trustctl verify); None ("" in the file): root only.
+    verifier_group: str | None = setting(_group_or_none, default=None)
 
     def check_keys(self, where: Where) -> None:
         if self.verifier_socket == self.socket:
             raise where.key("verifier_socket").error(f"must not be server.socket ({self.socket})")
+        containerd = _normal(self.containerd_socket)
+        for key, value in (("socket", self.socket), ("verifier_socket", self.verifier_socket)):
+            if value is not None and _normal(value) == containerd:
+                raise where.key(key).error(
+                    f"must not be containerd's socket ({self.containerd_socket}, server.containerd)"
+                    ": trustd would remove it and listen in containerd's place"
+                )
 
     @property
     def containerd_socket(self) -> Path:
         """The filesystem path of the containerd socket (``containerd`` without ``unix://``)."""
         return Path(self.containerd.removeprefix("unix://"))
+
+
+def _normal(path: Path) -> str:
+    return os.path.normpath(path)
 
 
 class AuditConfig(Table):
@@ -537,6 +567,7 @@ class Config(Table):
     source: Path | None = derived(lambda where: Path(where.source), default=None)
 
     def check_keys(self, where: Where) -> None:
+        self._check_metrics_socket(where)
         if self.notation.config_dir is not None:
             return
         for index, rule in enumerate(self.policy):
@@ -546,6 +577,23 @@ class Config(Table):
                     .item(index)
                     .key("signatures")
                     .error("names notation, but [notation] config_dir is not set")
+                )
+
+    def _check_metrics_socket(self, where: Where) -> None:
+        if not self.metrics.listen.startswith("unix:"):
+            return
+        metrics = os.path.normpath(self.metrics.listen.removeprefix("unix:"))
+        server = self.server
+        for key, socket in (
+            ("server.socket", server.socket),
+            ("server.verifier_socket", server.verifier_socket),
+            ("server.containerd", server.containerd_socket),
+        ):
+            if socket is not None and _normal(socket) == metrics:
+                raise (
+                    where.key("metrics")
+                    .key("listen")
+                    .error(f"must not be the socket of {key} ({socket})")
                 )
 
     def notary_for(self, registry: str) -> NotaryServer:

@@ -14,6 +14,12 @@ import socket
 import time
 
 from trustd.config.paths import DEFAULT_CONFIG, DEFAULT_VERIFIER_SOCKET
+from trustd.localapi.peer import (
+    peer_credentials,
+    socket_directory_problem,
+    trusted_uids,
+    user_name,
+)
 from trustd.localapi.wire import (
     MAX_ANSWER_BYTES,
     AnswerTimeout,
@@ -69,6 +75,12 @@ class DaemonAbsent(Unanswered):
     not connect to it (the socket is root's, mode 0600), or the config serves no socket."""
 
 
+class DaemonUntrusted(DaemonAbsent):
+    """A socket whose answer would not be trusted: in a directory other users can write, or
+    served by a process that runs as neither root nor this client's user. The client judges in
+    its own process, as without a daemon."""
+
+
 class DaemonFailed(Unanswered):
     """The daemon took the question but gave no usable answer."""
 
@@ -111,7 +123,15 @@ def ask_daemon(
 ) -> Answer:
     """``parse`` of the answer to ``request`` of the daemon on socket ``path``, before
     ``deadline`` (``time.monotonic()``); DaemonAbsent or DaemonFailed (an answer ``parse``
-    refuses with ProtocolError included) when there is none."""
+    refuses with ProtocolError included) when there is none.
+
+    DaemonUntrusted (a DaemonAbsent) when the socket's directory can be written by another user
+    than root and this one, or the process listening runs as neither (``SO_PEERCRED``): the
+    request is not even sent then.
+    """
+    problem = socket_directory_problem(path)
+    if problem is not None:
+        raise DaemonUntrusted(f"not asking the daemon on {path}: {problem}")
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connection.settimeout(max(deadline - time.monotonic(), 0.001))
@@ -123,8 +143,18 @@ def ask_daemon(
             ) from None
         except OSError as error:  # not there, not listening, not this user's to open
             raise DaemonAbsent(f"no daemon on {path} ({error.strerror or error})") from None
+        _, uid, _ = peer_credentials(connection)
+        if uid not in trusted_uids():
+            raise DaemonUntrusted(
+                f"the process listening on {path} runs as {user_name(uid)}, neither root nor "
+                "this user: not asking it"
+            )
         try:
-            connection.sendall(request)
+            # Not contextlib.suppress: this path spares itself that import.
+            try:  # noqa: SIM105
+                connection.sendall(request)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # it may have answered (refused this user) and closed before reading
             return parse(read_frame(connection, MAX_ANSWER_BYTES, deadline))
         except (TimeoutError, AnswerTimeout):
             raise DaemonFailed(

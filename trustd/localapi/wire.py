@@ -38,8 +38,13 @@ answered with an error, which the client reports and then judges in its own proc
 Version 1 frames were one JSON object; their payload starts with ``{``, and either side names
 them as such. ``timeout`` (seconds, optional) is how long the client will wait: the daemon bounds
 its Notary requests by it, so that a slow Notary is reported with trustd's reason rather than as
-a client that timed out. Lengths are bounded on both sides, so neither end can be made to buffer
-without limit.
+a client that timed out. The daemon caps it (``trustd.localapi.server``: 30 s for a
+trustctl-verify, ``server.pull_timeout`` for a verify-pull). Lengths are bounded on both sides,
+so neither end can be made to buffer without limit.
+
+The daemon also answers with an error a client it does not serve (``SO_PEERCRED``: neither root,
+nor its own user, nor in ``server.verifier_group``), possibly before reading the request, and a
+request it has no room for (``busy: …``); the client judges in its own process either way.
 
 This module is on the fast paths of both programs, which run as short processes: it imports
 nothing beyond what the interpreter has loaded at start-up. Only the daemon (and the verifier

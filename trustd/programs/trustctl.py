@@ -19,7 +19,10 @@ asked of the daemon. Anything else (``--local``, ``--state-dir``, ``--username``
 ``trustd.programs.trustctl_commands.trustctl_main``, which judges in this process. So does
 ``verify`` when the daemon cannot answer: no socket configured, nothing listening, a socket this
 user may not open (it is root's, mode 0600), no answer in ``DAEMON_TIMEOUT``, or a refusal (the
-daemon serves another config file, or speaks another version of the protocol).
+daemon serves another config file, speaks another version of the protocol, does not answer this
+user, or is busy with other queries). A socket in a directory other users can write, or served
+by a process running as neither root nor this user, is not asked either, with a warning on
+stderr.
 ``TRUSTCTL_DEBUG=1`` says on stderr which of the two answered, and why.
 """
 
@@ -30,7 +33,7 @@ import sys
 import time
 
 from trustd.config.paths import config_file
-from trustd.localapi.client import DaemonAbsent, DaemonFailed, ask
+from trustd.localapi.client import DaemonAbsent, DaemonFailed, DaemonUntrusted, ask
 from trustd.localapi.wire import (
     HEADER_BYTES,
     MAX_REQUEST_BYTES,
@@ -100,6 +103,10 @@ def _ask_daemon(image: str, config: str | None, as_json: bool) -> tuple[int, str
     deadline = time.monotonic() + DAEMON_TIMEOUT
     try:
         answer, path = ask(config_path, request, deadline, parse_trustctl_verify_answer)
+    except DaemonUntrusted as error:
+        # Not a daemon that is merely down: someone else's socket, or one others could replace.
+        sys.stderr.write(f"trustctl: warning: {error}; judging in this process\n")
+        return None
     except (DaemonAbsent, DaemonFailed) as error:
         _debug(f"{error}; judging in this process")
         return None

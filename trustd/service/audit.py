@@ -6,7 +6,8 @@ within a line and every line reaches the kernel as soon as it is decided. A copy
 standard output, where journald makes one journal entry of each line.
 
 Rotation: logrotate renames the file and sends SIGHUP; the daemon calls ``reopen()``, which
-opens the configured path afresh (creating it) and closes the renamed file.
+opens the configured path afresh (creating it) and closes the renamed file. A reload that
+changes ``audit.file`` or ``audit.stdout`` moves the log there (``open_target``, ``retarget``).
 
 Writing is best effort: the decision has already been made when it is audited, so an I/O error
 is logged and the decision stands.
@@ -95,6 +96,20 @@ class AuditLog:
             return
         with self._lock:
             old_fd, self._fd = self._fd, new_fd
+        if old_fd is not None:
+            os.close(old_fd)
+
+    def open_target(self, path: Path | None) -> int | None:
+        """A new descriptor of ``path`` (None for none) for ``retarget``; OSError when it
+        cannot be opened. Nothing changes until ``retarget``."""
+        return None if path is None else _open_append(path)
+
+    def retarget(self, path: Path | None, stdout: bool, fd: int | None) -> None:
+        """Write to ``path`` through ``fd`` (from ``open_target``) and to stdout if ``stdout``
+        from the next record on (``audit.file`` and ``audit.stdout`` changed by a reload)."""
+        with self._lock:
+            old_fd, self._fd = self._fd, fd
+            self.path, self.stdout = path, stdout
         if old_fd is not None:
             os.close(old_fd)
 

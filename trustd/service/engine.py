@@ -125,7 +125,8 @@ def build_engine(
 def _open_audit_log(config: Config, audit: Audit) -> AuditLog | None:
     path = config.audit.file
     stdout = audit is Audit.DECISIONS and config.audit.stdout
-    if audit is Audit.NONE or (path is None and not stdout):
+    # The daemon's log exists even when it writes nowhere: a reload may give it a file.
+    if audit is Audit.NONE or (path is None and not stdout and audit is not Audit.DECISIONS):
         return None
     try:
         return AuditLog(path, stdout=stdout)
