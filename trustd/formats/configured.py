@@ -7,17 +7,17 @@ each verified in the state directory (``verified/<format>.json``), which outlive
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trustd.config.model import Config, RegistryConfig
 from trustd.formats.base import FormatName, SignatureFormat
-from trustd.formats.cosign.format import CosignFormat
-from trustd.formats.cosign.loader import load_public_key_files
-from trustd.formats.notation.format import NotationFormat
-from trustd.formats.notation.truststore import load_notation_config
-from trustd.formats.registry_format import RegistrySignatureFormat
 from trustd.formats.verified_cache import VerifiedDigests
-from trustd.registry.client import RegistryLimits
-from trustd.registry.clients import RegistryClients
+
+if TYPE_CHECKING:
+    # Imported when a config asks for them: a node verifying Notary v1 alone loads neither
+    # format nor the registry client.
+    from trustd.formats.registry_format import RegistrySignatureFormat
+    from trustd.registry.clients import RegistryClients
 
 
 class RegistryFormats:
@@ -35,15 +35,20 @@ class RegistryFormats:
     def formats_for(self, config: Config) -> dict[FormatName, SignatureFormat]:
         """The formats ``config`` configures; ConfigError (naming the file) when its Notation
         trust policy or a trust store it names cannot be used. Nothing changes on an error."""
-        notation = None
+        wanted = {name for rule in config.policy for name in rule.signatures.formats}
+        built: list[RegistrySignatureFormat] = []
         if config.notation.config_dir is not None:
+            from trustd.formats.notation.format import NotationFormat
+            from trustd.formats.notation.truststore import load_notation_config
+
             notation = load_notation_config(config.notation.config_dir)
-        clients = self._registry_clients(config.registry)
-        built: list[RegistrySignatureFormat] = [
-            CosignFormat(clients, self._verified[FormatName.COSIGN])
-        ]
-        if notation is not None:
+            clients = self._registry_clients(config.registry)
             built.append(NotationFormat(notation, clients, self._verified[FormatName.NOTATION]))
+        if FormatName.COSIGN in wanted:
+            from trustd.formats.cosign.format import CosignFormat
+
+            clients = self._registry_clients(config.registry)
+            built.append(CosignFormat(clients, self._verified[FormatName.COSIGN]))
         formats: dict[FormatName, SignatureFormat] = {}
         for signature_format in built:
             signature_format.freshness_window = config.server.freshness_window
@@ -51,6 +56,9 @@ class RegistryFormats:
         return formats
 
     def _registry_clients(self, settings: RegistryConfig) -> RegistryClients:
+        from trustd.registry.client import RegistryLimits
+        from trustd.registry.clients import RegistryClients
+
         if self._clients is None or settings != self._clients_for:
             if self._clients is not None:
                 self._clients.close()
@@ -77,6 +85,8 @@ def check_formats(config: Config) -> list[str]:
     (ConfigError, naming the file, for one that cannot be used)."""
     said: list[str] = []
     if config.notation.config_dir is not None:
+        from trustd.formats.notation.truststore import load_notation_config
+
         notation = load_notation_config(config.notation.config_dir)
         said.extend(f"warning: {warning}" for warning in notation.warnings)
         stores = len(notation.stores.stores)
@@ -86,6 +96,8 @@ def check_formats(config: Config) -> list[str]:
         )
     for rule in config.policy:
         if rule.cosign is not None:
+            from trustd.formats.cosign.loader import load_public_key_files
+
             keys = load_public_key_files(list(rule.cosign.keys))
             load_public_key_files(list(rule.cosign.rekor_public_keys))
             ids = ", ".join(key.short_id for key in keys)
