@@ -710,6 +710,7 @@ def test_verify_any_says_why_each_failed(chain: f.Chain, expired_leaf: f.Chain) 
     with pytest.raises(NoVerifiedSignature) as raised:
         verify_any(envelopes, f.MANIFEST, f.policy(), stores, f.NOW)
     message = str(raised.value)
+    assert "no Notation signature of sha256:" in message
     assert "2 signatures tried" in message
     assert "sha256:first: JWS signature: payload is missing" in message
     assert "sha256:second: certificate 'CN=builder" in message
@@ -717,6 +718,23 @@ def test_verify_any_says_why_each_failed(chain: f.Chain, expired_leaf: f.Chain) 
         InvalidEnvelope,
         CertificateNotValidAtTime,
     ]
+
+
+def test_verify_any_names_the_image_it_refuses(chain: f.Chain) -> None:
+    envelopes = [SignatureEnvelope(f.JWS, f.sign_jws(chain), "sha256:only")]
+    with pytest.raises(NoVerifiedSignature) as raised:
+        verify_any(
+            envelopes,
+            f.MANIFEST,
+            f.policy(),
+            f.stores(),
+            f.NOW,
+            repository="registry.example.com/app",
+        )
+    assert str(raised.value).startswith(
+        f"no Notation signature of registry.example.com/app@{f.MANIFEST.digest} verified "
+        "(1 signature tried): sha256:only: "
+    )
 
 
 def test_verify_any_message_is_bounded(chain: f.Chain) -> None:

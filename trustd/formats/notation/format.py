@@ -63,7 +63,9 @@ class NotationFormat(RegistrySignatureFormat):
                 f"{client.endpoint.describe()}{why}"
             )
         envelopes = [s.envelope for s in signatures]
-        result = verify_any(envelopes, target, policy, self.config.stores, now)
+        result = verify_any(
+            envelopes, target, policy, self.config.stores, now, repository=repository
+        )
         if result.skipped:
             return Verified(
                 signer="nobody (skipped)",

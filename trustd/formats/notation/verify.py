@@ -235,15 +235,18 @@ def verify_any(
     policy: TrustPolicy,
     stores: TrustStores,
     now: datetime,
+    *,
+    repository: str = "",
 ) -> NotationVerification:
     """The result for the first of a manifest's signatures that verifies (a manifest is
     verified when at least one of its signatures is); NoVerifiedSignature says why each
-    failed."""
+    failed, naming the manifest as ``repository@digest`` when ``repository`` is given."""
     if policy.level.skip:
         return NotationVerification(policy.name, str(policy.level), target, skipped=True)
+    shown = f"{repository}@{target.digest}" if repository else target.digest
     if not envelopes:
         raise NoVerifiedSignature(
-            f"{target.digest} has no Notation signature (trust policy {policy.name!r}, level "
+            f"{shown} has no Notation signature (trust policy {policy.name!r}, level "
             f"{policy.level})"
         )
     failures: list[TrustError] = []
@@ -262,9 +265,9 @@ def verify_any(
             reason = reason[: MAX_REASON_CHARS - 1] + "…"
         label = envelope.source or f"signature {index + 1}"
         reasons.append(f"{label}: {reason}")
-    count = "signature" if len(failures) == 1 else f"{len(failures)} signatures"
+    count = "1 signature" if len(failures) == 1 else f"{len(failures)} signatures"
     raise NoVerifiedSignature(
-        f"no Notation signature of {target.digest} verified ({count} tried): " + "; ".join(reasons),
+        f"no Notation signature of {shown} verified ({count} tried): " + "; ".join(reasons),
         tuple(failures),
     )
 
