@@ -16,9 +16,10 @@ needs in front of the module's containerd 1.6, whose pod sandboxes run on a busy
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,10 +29,19 @@ from typing import Any
 import grpc
 import pytest
 
+from cri_shim.gen.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from tests.e2e.cri_helpers import Shim, running_shim
 from tests.e2e.pod_helpers import Kubelet, RuntimeClient, host_network_pod
+from tests.e2e.verifier_helpers import REPO_ROOT, install_verifier
 from tests.peers import require_peer
-from tests.stack import Containerd, PushedImage, Registry, require_programs
+from tests.stack import (
+    Containerd,
+    NotaryServer,
+    PushedImage,
+    Registry,
+    Stack,
+    require_programs,
+)
 from tests.stack.images import PushTarget, push_busybox_image, require_static_busybox
 from tests.stack.notation import (
     JWS,
@@ -51,6 +61,7 @@ from tests.stack.trustd_config import toml_value, trustd_config_text
 from tests.unit.formats.notation_factory import PLUGIN, Chain, Headers, sign_jws
 from trustd.policy.engine import Decision, Verdict
 from trustd.service.audit import audit_record
+from trustd.service.metrics import Metrics
 
 PREFIX = "trustd-notation"
 TIMEOUT = 60.0
@@ -342,10 +353,10 @@ def config_text(
     state_dir: Path,
     notation_dir: Path,
     policy: str,
-    notary: list[tuple[str, str, Path | None]] | None = None,
+    notary: Sequence[tuple[str, str, Path | None]] = (),
 ) -> str:
     """trustd reading registries through the module containerd's hosts.toml directory."""
-    text = trustd_config_text(state_dir=state_dir, notary=notary or [], policy="")
+    text = trustd_config_text(state_dir=state_dir, notary=notary, policy="")
     return (
         text
         + f"[registry]\nhosts_dirs = [{toml_value(str(node.containerd.hosts_dir))}]\n"
@@ -389,15 +400,17 @@ def last_pull(shim: Shim, image: str) -> Decision:
     return [d for d in shim.decisions_for(image) if d.action == "pull"][-1]
 
 
-def admitted(shim: Shim, image: PushedImage, reference: str | None = None) -> Decision:
-    """Pull ``reference`` (default: the tag) through trustd; it must be pinned to the image's
-    digest and land in containerd as exactly that manifest."""
+def admitted(
+    shim: Shim, image: PushedImage, reference: str | None = None, formats: str = "notation"
+) -> Decision:
+    """Pull ``reference`` (default: the tag) through trustd; it must be verified by
+    ``formats``, pinned to the image's digest and land in containerd as exactly that manifest."""
     reference = reference or image.tagged
     shim.pull(reference)
     decision = last_pull(shim, reference)
     assert decision.verdict is Verdict.ALLOW, decision.reason
     assert decision.pull_ref == image.by_digest
-    assert decision.signed is not None and decision.signed.format == "notation"
+    assert decision.signed is not None and decision.signed.format == formats
     assert shim.manifest_digest_of(image.by_digest) == image.digest
     return decision
 
@@ -584,3 +597,311 @@ def test_a_signature_that_needs_a_verification_plugin_is_refused(
         "'com.example.trustd-test-verifier' (header 'io.cncf.notary.verificationPlugin'); "
         "trustd does not run verification plugins, so it cannot verify this signature"
     )
+
+
+# --- rules naming both formats -----------------------------------------------------------------
+
+
+def test_any_of_admits_either_format_and_all_of_needs_both(
+    images: Images,
+    node: Node,
+    stack: Stack,
+    notary_server: NotaryServer,
+    tmp_path: Path,
+) -> None:
+    if images.api:
+        pytest.skip("Notary v1 signs for the docker-registry, whose notary-server the stack runs")
+
+    def notary_signed(name: str) -> PushedImage:
+        image = images.push(name)
+        stack.sign(image)
+        return image
+
+    any_notary = notary_signed("any-notary")
+    any_notation = images.push("any-notation")
+    images.sign(any_notation)
+    all_both = notary_signed("all-both")
+    images.sign(all_both)
+    all_notation = images.push("all-notation")
+    images.sign(all_notation)
+
+    host = images.host
+    policy = (
+        f'[[policy]]\nmatch = "{host}/{PREFIX}/any-*"\n'
+        'signatures = { any_of = ["notary-v1", "notation"] }\n\n'
+        f'[[policy]]\nmatch = "{host}/{PREFIX}/all-*"\n'
+        'signatures = { all_of = ["notary-v1", "notation"] }\n'
+    )
+    notary = [(host, notary_server.url, notary_server.ca_file)]
+    state_dir = tmp_path / "trustd"
+    text = config_text(node, state_dir, images.notation_dir, policy, notary=notary)
+    with running_shim(text, node.containerd.endpoint, state_dir) as shim:
+        by_notary = admitted(shim, any_notary, formats="notary-v1")
+        by_notation = admitted(shim, any_notation)
+        by_both = admitted(shim, all_both, formats="notary-v1+notation")
+        reason = refused(shim, all_notation.tagged)
+
+    assert by_notary.reason == f"signed by targets as {any_notary.digest}"
+    # Notary v1 is asked first and has nothing: Notation's signature admits.
+    assert by_notation.reason == f"notation signature by {SIGNER} for {any_notation.digest}"
+    assert by_both.signed is not None
+    assert by_both.signed.signer == f"notary-v1: targets; notation: {SIGNER}"
+    assert reason.startswith(f"notary-v1: no trust data for {all_notation.repository}"), reason
+
+
+# --- registry outage and credentials -----------------------------------------------------------
+
+
+@pytest.fixture
+def own_registry(tmp_path: Path, node: Node) -> Iterator[Callable[..., Registry]]:
+    """``own_registry(credentials=None)``: a docker-registry of this test's own, which it may
+    stop and start; the module's containerd (and so trustd) reaches it."""
+    started: list[Registry] = []
+
+    def start(credentials: tuple[str, str] | None = None) -> Registry:
+        require_programs("docker-registry")
+        registry = Registry.start(tmp_path / f"registry-{len(started)}", credentials=credentials)
+        started.append(registry)
+        node.add_registry(registry.host)
+        return registry
+
+    yield start
+    for registry in started:
+        registry.stop()
+
+
+def test_a_verified_digest_stays_usable_while_the_registry_is_down(
+    images: Images,
+    node: Node,
+    signer: Notation,
+    own_registry: Callable[..., Registry],
+    push_image_to: PushImage,
+    tmp_path: Path,
+) -> None:
+    if images.api:
+        pytest.skip("one outage is enough: a docker-registry's")
+    registry = own_registry()
+    cached = push_image_to(registry, f"{PREFIX}/cached", "1.0", seed=uuid.uuid4().hex)
+    denied = push_image_to(registry, f"{PREFIX}/deny", "1.0", seed=uuid.uuid4().hex)
+    for image in (cached, denied):
+        signer.sign(image.by_digest)
+    policy = (
+        f'[[policy]]\nmatch = "{denied.repository}"\nsignatures = "notation"\n'
+        'offline = "deny"\n\n' + notation_rule(registry.host)
+    )
+    state_dir = tmp_path / "trustd"
+    text = config_text(node, state_dir, images.notation_dir, policy)
+    metrics = Metrics()
+    with running_shim(text, node.containerd.endpoint, state_dir) as shim:
+        shim.policy.add_observer(metrics.observe)
+        admitted(shim, cached)
+        admitted(shim, denied)
+
+        registry.process.stop()
+        # kubelet's ImageStatus before a container restart: the image is there, and the
+        # signatures this node verified stand for the registry it cannot ask.
+        assert shim.status(cached.tagged).HasField("image")
+        [status] = [d for d in shim.decisions_for(cached.tagged) if d.action == "status"]
+        assert (status.verdict, status.pull_ref) == (Verdict.ALLOW, cached.by_digest)
+        assert status.cached_age is not None
+        assert status.reason.startswith(
+            f"notation signature by {SIGNER} for {cached.digest} (judged from signatures "
+            "verified cached on this node, confirmed "
+        ), status.reason
+        record = audit_record(status)
+        assert (record["from_cache"], record["format"], record["signer"]) == (
+            True,
+            "notation",
+            SIGNER,
+        )
+        assert metric(metrics, "trustd_cached_trust_decisions_total", verdict="allow") == 1.0
+
+        # offline = "deny": absent for kubelet, and its pull fails as an outage.
+        assert not shim.status(denied.tagged).HasField("image")
+        error = rpc_error(lambda: shim.pull(denied.tagged))
+        assert error.code() == grpc.StatusCode.UNKNOWN
+        assert (error.details() or "").startswith("RegistryUnavailable: trustd: "), error
+        assert f"registry {registry.host}" in (error.details() or "")
+        assert metric(metrics, "trustd_cached_trust_decisions_total", verdict="allow") == 1.0
+
+        # Back: verified at the registry again, nothing from the cache.
+        registry.process.start()
+        registry.process.wait_until(registry.healthy, TIMEOUT, "docker-registry restarted")
+        assert admitted(shim, cached).cached_age is None
+
+
+def metric(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+RIGHT = ("notation-puller", "the-right-password")
+WRONG = ("notation-puller", "a-revoked-password")
+
+
+def auth(credentials: tuple[str, str]) -> api_pb2.AuthConfig:
+    return api_pb2.AuthConfig(username=credentials[0], password=credentials[1])
+
+
+def test_a_private_registry_is_read_with_the_pulls_credentials(
+    images: Images,
+    node: Node,
+    signer: Notation,
+    own_registry: Callable[..., Registry],
+    push_image_to: PushImage,
+    tmp_path: Path,
+) -> None:
+    if images.api:
+        pytest.skip("the referrers-API registry has no authentication")
+    registry = own_registry(credentials=RIGHT)
+    image = push_image_to(registry, f"{PREFIX}/private", "1.0", seed=uuid.uuid4().hex)
+    signer.sign(image.by_digest, credentials=RIGHT)
+    state_dir = tmp_path / "trustd"
+    text = config_text(node, state_dir, images.notation_dir, notation_rule(registry.host))
+    with running_shim(text, node.containerd.endpoint, state_dir) as shim:
+        refusals = []
+        for offered in (auth(WRONG), None):
+
+            def pull(offered: api_pb2.AuthConfig | None = offered) -> str:
+                return shim.pull(image.tagged, offered)
+
+            error = rpc_error(pull)
+            assert error.code() == grpc.StatusCode.UNKNOWN
+            refusals.append(error.details() or "")
+        shim.pull(image.tagged, auth(RIGHT))
+        decision = last_pull(shim, image.tagged)
+        # ImageStatus carries no credentials: the registry refuses it, and what the pull
+        # verified answers for it.
+        present = shim.status(image.tagged).HasField("image")
+        status = [d for d in shim.decisions_for(image.tagged) if d.action == "status"][-1]
+
+    wrong, missing = refusals
+    assert wrong.startswith(
+        f"RegistryUnavailable: trustd: registry {registry.host} at http://{registry.host} "
+        f"refused access to {PREFIX}/private (HTTP 401)"
+    ), wrong
+    assert missing.startswith(
+        f"RegistryUnavailable: trustd: registry {registry.host} requires a username and "
+        f"password (HTTP Basic) for {PREFIX}/private and the pull carries none; "
+    ), missing
+    for details in refusals:
+        assert details.endswith(
+            f"; this node never verified notation signatures of {image.tagged}"
+        ), details
+        assert RIGHT[1] not in details and WRONG[1] not in details
+    assert (decision.verdict, decision.pull_ref) == (Verdict.ALLOW, image.by_digest)
+    assert decision.cached_age is None
+    assert present
+    assert (status.verdict, status.cached_age is not None) == (Verdict.ALLOW, True)
+    assert status.reason.endswith(
+        "requires a username and password (HTTP Basic) and the pull carries none)"
+    )
+
+
+# --- containerd 2.x with trustd as its image verifier ------------------------------------------
+
+CONTAINERD2 = REPO_ROOT.parent / "shared" / "bin" / "containerd2"
+CTR2 = REPO_ROOT.parent / "shared" / "bin" / "ctr2"
+
+
+@dataclass
+class Verifying:
+    """containerd 2.x whose image verifier is trustd, judging Notation signatures."""
+
+    containerd: Containerd
+    audit: Path
+
+    def audited(self, name: str) -> list[dict[str, Any]]:
+        if not self.audit.exists():
+            return []
+        lines = [json.loads(line) for line in self.audit.read_text().splitlines()]
+        return [line for line in lines if line["image"] == name and line["action"] == "verify"]
+
+    def ctr_pull(self, image: str) -> subprocess.CompletedProcess[str]:
+        """``ctr image pull`` of ctr 2.x, which pulls through containerd's transfer service (so
+        the image verifiers judge it)."""
+        command = [str(CTR2), "--address", str(self.containerd.socket), "-n", "default"]
+        command += ["image", "pull", "--hosts-dir", str(self.containerd.hosts_dir), image]
+        return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+
+    def cri_pull(self, image: str) -> str | None:
+        """A CRI pull straight to containerd: None if it worked, else the error's details."""
+        with grpc.insecure_channel(self.containerd.endpoint) as channel:
+            stub = api_pb2_grpc.ImageServiceStub(channel)
+            request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image))
+            try:
+                stub.PullImage(request, timeout=TIMEOUT)
+            except grpc.RpcError as error:
+                return error.details() or ""
+        return None
+
+
+@pytest.fixture(scope="module")
+def verifying(
+    tmp_path_factory: pytest.TempPathFactory, registry: Registry, signer: Notation
+) -> Iterator[Verifying]:
+    if not CONTAINERD2.is_file() or not CTR2.is_file():
+        pytest.skip(
+            f"no containerd 2.x and ctr 2.x at {CONTAINERD2.parent} (Debian bookworm ships 1.6)"
+        )
+    workdir = tmp_path_factory.mktemp("containerd2-notation")
+    containerd_dir = workdir / "containerd"
+    notation_dir = notation_config_dir(signer, workdir / "notation", [statement("all", ["*"])])
+    audit = workdir / "audit.log"
+    text = trustd_config_text(state_dir=workdir / "state", notary=[], audit_file=audit)
+    # Containerd.launch keeps its hosts.toml directory here; trustd reads the same one.
+    hosts_dir = containerd_dir.resolve() / "certs.d"
+    text += (
+        f"[registry]\nhosts_dirs = [{toml_value(str(hosts_dir))}]\n\n"
+        f"[notation]\nconfig_dir = {toml_value(str(notation_dir))}\n\n"
+        + notation_rule(registry.host)
+    )
+    config = workdir / "trustd.toml"
+    config.write_text(text)
+    verifier = install_verifier(workdir / "bin", config)
+    containerd = Containerd.launch(
+        containerd_dir,
+        [registry.host],
+        program=str(CONTAINERD2),
+        verifier_bin_dir=verifier.parent,
+    )
+    assert containerd.hosts_dir == hosts_dir
+    try:
+        yield Verifying(containerd, audit)
+    finally:
+        containerd.stop()
+
+
+def test_containerd2_verifier_admits_a_notation_signed_pull_and_blocks_an_unsigned_one(
+    verifying: Verifying, signer: Notation, registry: Registry, push_image_to: PushImage
+) -> None:
+    signed = push_image_to(registry, unique("c2-signed"), "1.0", seed=uuid.uuid4().hex)
+    signer.sign(signed.by_digest)
+    unsigned = push_image_to(registry, unique("c2-unsigned"), "1.0", seed=uuid.uuid4().hex)
+    signed_cri = push_image_to(registry, unique("c2-cri"), "1.0", seed=uuid.uuid4().hex)
+    signer.sign(signed_cri.by_digest)
+
+    allowed = verifying.ctr_pull(signed.tagged)
+    blocked = verifying.ctr_pull(unsigned.tagged)
+    cri_allowed = verifying.cri_pull(signed_cri.tagged)
+    cri_blocked = verifying.cri_pull(unsigned.tagged)
+
+    assert allowed.returncode == 0, allowed.stderr
+    [record] = verifying.audited(signed.tagged)
+    assert (record["verdict"], record["format"], record["signer"], record["digest"]) == (
+        "allow",
+        "notation",
+        SIGNER,
+        signed.digest,
+    )
+    assert cri_allowed is None, cri_allowed
+    assert [r["verdict"] for r in verifying.audited(signed_cri.tagged)] == ["allow"]
+
+    expected = (
+        f"verifier trustd rejected image (exit code 1): SignatureValidationFailed: trustd: no "
+        f"Notation signature of {unsigned.by_digest} was found in registry {registry.host}"
+    )
+    assert blocked.returncode != 0
+    assert expected in blocked.stderr, blocked.stderr
+    assert cri_blocked is not None and expected in cri_blocked, cri_blocked
+    assert [r["verdict"] for r in verifying.audited(unsigned.tagged)] == ["deny", "deny"]
