@@ -126,7 +126,10 @@ def test_signed_tag_is_pulled(
     [record] = node.audited(image.tagged)
     assert (record["verdict"], record["digest"]) == ("allow", image.digest)
     if node.daemon is not None:
-        sample = 'trustd_decisions_total{action="verify",mode="enforce",verdict="allow"}'
+        sample = (
+            'trustd_decisions_total{action="verify",format="notary-v1",mode="enforce",'
+            'verdict="allow"}'
+        )
         assert node.daemon.metric(sample) == 1.0
 
 

@@ -216,7 +216,10 @@ def test_metrics_endpoint_counts_decisions(daemon: RunningDaemon, stack: Stack) 
     pull_outcome(client, f"{stack.registry.host}/daemon/nothing:1")
     client.close()
     text = requests.get(f"http://127.0.0.1:{daemon.metrics_port}/metrics", timeout=10).text
-    assert 'trustd_decisions_total{action="pull",mode="enforce",verdict="deny"} 1.0' in text
+    assert (
+        'trustd_decisions_total{action="pull",format="notary-v1",mode="enforce",verdict="deny"} 1.0'
+        in text
+    )
 
 
 def test_sigterm_finishes_calls_in_flight(daemon: RunningDaemon, stack: Stack) -> None:

@@ -68,7 +68,10 @@ def test_signed_tag_resolved_to_its_signed_digest_is_allowed(
         image.digest,
     )
     if node.daemon is not None:
-        sample = 'trustd_decisions_total{action="verify",mode="enforce",verdict="allow"}'
+        sample = (
+            'trustd_decisions_total{action="verify",format="notary-v1",mode="enforce",'
+            'verdict="allow"}'
+        )
         assert node.daemon.metric(sample) == 1.0
 
 
@@ -284,10 +287,11 @@ def test_with_the_daemon_the_verifier_builds_no_engine(
         assert "logging" not in imported
         # One download of the trust data for both judgements: the daemon's cache answered.
         assert daemon.metric("trustd_cache_misses_total") == 1.0
-        assert (
-            daemon.metric('trustd_decisions_total{action="verify",mode="enforce",verdict="allow"}')
-            == 2.0
+        sample = (
+            'trustd_decisions_total{action="verify",format="notary-v1",mode="enforce",'
+            'verdict="allow"}'
         )
+        assert daemon.metric(sample) == 2.0
 
     # Daemon stopped: the next pull is judged by the verifier itself, into the same audit log.
     node.daemon = None

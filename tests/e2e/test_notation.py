@@ -635,7 +635,9 @@ def test_any_of_admits_either_format_and_all_of_needs_both(
     notary = [(host, notary_server.url, notary_server.ca_file)]
     state_dir = tmp_path / "trustd"
     text = config_text(node, state_dir, images.notation_dir, policy, notary=notary)
+    metrics = Metrics()
     with running_shim(text, node.containerd.endpoint, state_dir) as shim:
+        shim.policy.add_observer(metrics.observe)
         by_notary = admitted(shim, any_notary, formats="notary-v1")
         by_notation = admitted(shim, any_notation)
         by_both = admitted(shim, all_both, formats="notary-v1+notation")
@@ -647,6 +649,16 @@ def test_any_of_admits_either_format_and_all_of_needs_both(
     assert by_both.signed is not None
     assert by_both.signed.signer == f"notary-v1: targets; notation: {SIGNER}"
     assert reason.startswith(f"notary-v1: no trust data for {all_notation.repository}"), reason
+    # The decision counter names the format that verified, or what the rule required.
+    pulls = {"action": "pull", "mode": "enforce"}
+    for verdict, label in (
+        ("allow", "notary-v1"),
+        ("allow", "notation"),
+        ("allow", "notary-v1+notation"),
+        ("deny", "notary-v1+notation"),
+    ):
+        counted = metric(metrics, "trustd_decisions_total", **pulls, verdict=verdict, format=label)
+        assert counted == 1, (verdict, label)
 
 
 # --- registry outage and credentials -----------------------------------------------------------
@@ -715,6 +727,8 @@ def test_a_verified_digest_stays_usable_while_the_registry_is_down(
             SIGNER,
         )
         assert metric(metrics, "trustd_cached_trust_decisions_total", verdict="allow") == 1.0
+        statuses = {"action": "status", "mode": "enforce", "format": "notation"}
+        assert metric(metrics, "trustd_decisions_total", **statuses, verdict="allow") == 1.0
 
         # offline = "deny": absent for kubelet, and its pull fails as an outage.
         assert not shim.status(denied.tagged).HasField("image")

@@ -18,6 +18,7 @@ def decision(
     action: Action = Action.PULL,
     error: Exception | None = None,
     latency: float = 0.02,
+    format: str = "notary-v1",
 ) -> Decision:
     return Decision(
         "nginx:1.25",
@@ -27,6 +28,7 @@ def decision(
         "reason",
         error=error,  # type: ignore[arg-type]
         latency_seconds=latency,
+        format=format,
     )
 
 
@@ -42,16 +44,24 @@ def value(metrics: Metrics, name: str, **labels: str) -> float | None:
     return samples(metrics.render()).get((name, tuple(sorted(labels.items()))))
 
 
-def test_decisions_are_counted_by_action_verdict_and_mode() -> None:
+def test_decisions_are_counted_by_action_verdict_mode_and_format() -> None:
     metrics = Metrics()
     metrics.observe(decision())
     metrics.observe(decision())
     metrics.observe(decision(Verdict.DENY, error=TagNotSigned("tag x is not signed")))
     metrics.observe(decision(Verdict.AUDIT_FAIL, "audit", Action.STATUS, NotaryUnavailable("x")))
+    metrics.observe(decision(format="notation"))
+    metrics.observe(decision(Verdict.DENY, format="notary-v1|notation"))
+    metrics.observe(decision(mode="exempt", format=""))
     name = "trustd_decisions_total"
-    assert value(metrics, name, action="pull", verdict="allow", mode="enforce") == 2
-    assert value(metrics, name, action="pull", verdict="deny", mode="enforce") == 1
-    assert value(metrics, name, action="status", verdict="audit-fail", mode="audit") == 1
+    notary = {"format": "notary-v1"}
+    assert value(metrics, name, action="pull", verdict="allow", mode="enforce", **notary) == 2
+    assert value(metrics, name, action="pull", verdict="deny", mode="enforce", **notary) == 1
+    assert value(metrics, name, action="status", verdict="audit-fail", mode="audit", **notary) == 1
+    assert value(metrics, name, action="pull", verdict="allow", mode="enforce", format="notation")
+    either = {"format": "notary-v1|notation"}
+    assert value(metrics, name, action="pull", verdict="deny", mode="enforce", **either) == 1
+    assert value(metrics, name, action="pull", verdict="allow", mode="exempt", format="none") == 1
 
 
 def test_trust_failures_are_counted_by_error_class() -> None:
@@ -106,7 +116,14 @@ def test_registry_is_private() -> None:
     first, second = Metrics(), Metrics()  # a shared registry would refuse the second
     first.observe(decision())
     assert (
-        value(second, "trustd_decisions_total", action="pull", verdict="allow", mode="enforce")
+        value(
+            second,
+            "trustd_decisions_total",
+            action="pull",
+            verdict="allow",
+            mode="enforce",
+            format="notary-v1",
+        )
         is None
     )
     assert b"trustd_" not in generate_latest(REGISTRY)
@@ -130,7 +147,8 @@ def test_scrape_the_http_endpoint(served: tuple[Metrics, MetricsServer]) -> None
         assert answer.headers["Content-Type"].startswith("text/plain")
         found = samples(answer.read())
     assert found[("trustd_info", (("version", "9.9.9"),))] == 1
-    key = ("trustd_decisions_total", (("action", "pull"), ("mode", "enforce"), ("verdict", "deny")))
+    labels = (("action", "pull"), ("format", "notary-v1"), ("mode", "enforce"), ("verdict", "deny"))
+    key = ("trustd_decisions_total", labels)
     assert found[key] == 1
     assert found[("trustd_notary_errors_total", (("kind", "TagNotSigned"),))] == 1
     assert ("process_open_fds", ()) in found

@@ -10,7 +10,7 @@ from trustd.config.load import parse_config
 from trustd.errors import ConfigError, NotaryUnavailable
 from trustd.formats.notary.engine import OfflineUse
 from trustd.formats.notary.metadata import TargetFile
-from trustd.policy.engine import Action, Decision, PolicyEngine, Verdict
+from trustd.policy.engine import Action, Decision, PolicyEngine, Verdict, format_label
 
 GOOD = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64
@@ -148,6 +148,31 @@ def test_off_and_exempt_skip_verification() -> None:
     assert (off.verdict, off.mode, off.pull_ref) == (Verdict.ALLOW, "off", "example.com/open/app:1")
     exempt = policy.decide("registry.k8s.io/pause:3.9")
     assert (exempt.verdict, exempt.mode) == (Verdict.ALLOW, "exempt")
+
+
+def test_decisions_name_the_format_they_rest_on() -> None:
+    policy, _ = engine({("docker.io/library/nginx", "1.25"): GOOD})
+    assert policy.decide("nginx:1.25").format == "notary-v1"  # what verified
+    assert policy.decide("example.com/app:1.0").format == "notary-v1"  # what was required
+    assert policy.decide("example.com/open/app:1").format == ""  # nothing asked
+    assert policy.decide("registry.k8s.io/pause:3.9").format == ""
+    assert policy.decide("Bad Image::").format == ""
+
+
+@pytest.mark.parametrize(
+    ("signatures", "label"),
+    [
+        ('"notation"', "notation"),
+        ('{ any_of = ["notary-v1", "notation"] }', "notary-v1|notation"),
+        ('{ all_of = ["notation", "cosign"] }', "notation+cosign"),
+    ],
+)
+def test_a_rules_formats_as_decisions_name_them(signatures: str, label: str) -> None:
+    text = (
+        '[notation]\nconfig_dir = "n"\n[[policy]]\nmatch = "**"\n'
+        f'signatures = {signatures}\n[policy.cosign]\nkeys = ["{__file__}"]\n'
+    )
+    assert format_label(parse_config(text, "t.toml").policy[0].signatures) == label
 
 
 def test_digest_references_must_be_signed_unless_the_rule_says_otherwise() -> None:

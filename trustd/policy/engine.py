@@ -23,7 +23,15 @@ from trustd.errors import (
     TrustdError,
     denial_message,
 )
-from trustd.formats.base import FormatName, Judgement, SignatureFormat, SignatureQuery, SignedDigest
+from trustd.formats.base import (
+    Combination,
+    FormatName,
+    Judgement,
+    SignatureFormat,
+    SignatureQuery,
+    SignatureRequirement,
+    SignedDigest,
+)
 from trustd.formats.notary.engine import TrustEngine
 from trustd.formats.notary.format import NotaryV1Format
 from trustd.names.reference import Reference, parse_digest, parse_reference
@@ -64,6 +72,9 @@ class Decision:
     # Judged from trust data cached on this node while Notary was unreachable: seconds since
     # the server last confirmed it. None when the server answered (or nothing was looked up).
     cached_age: float | None = None
+    # The signature format(s) the decision rests on: what verified (``signed.format``), else
+    # what the rule requires (``format_label``); "" when no signature was asked for.
+    format: str = ""
 
     @property
     def allowed(self) -> bool:
@@ -263,6 +274,7 @@ class PolicyEngine:
         query = SignatureQuery(reference, rule, credentials)
         answer = judge_required(rule.signatures, self.formats, query)
         cached_age = answer.cached_age
+        required = format_label(rule.signatures)
         if answer.error is not None:
             reason = str(answer.error)
             if cached_age is not None:
@@ -279,6 +291,7 @@ class PolicyEngine:
                     rule=rule_name,
                     error=answer.error,
                     cached_age=cached_age,
+                    format=required,
                 )
             return Decision(
                 image,
@@ -290,6 +303,7 @@ class PolicyEngine:
                 rule=rule_name,
                 error=answer.error,
                 cached_age=cached_age,
+                format=required,
             )
 
         signed = answer.signed
@@ -317,6 +331,7 @@ class PolicyEngine:
             signed=signed,
             rule=rule_name,
             cached_age=cached_age,
+            format=signed.format if signed is not None else required,
         )
 
 
@@ -344,6 +359,13 @@ def policy_match(config: Config, reference: Reference) -> PolicyMatch:
         index, text = exemption
         return PolicyMatch(exemption=text, exemption_index=index)
     return PolicyMatch(rule=config.rule_for(reference.repository))
+
+
+def format_label(requirement: SignatureRequirement) -> str:
+    """A rule's formats as decisions name them: ``notation``, ``notary-v1+notation`` (all of
+    them) or ``notary-v1|notation`` (any of them); a verified *all of* is named the same way."""
+    joiner = "+" if requirement.combination is Combination.ALL_OF else "|"
+    return joiner.join(name.value for name in requirement.formats)
 
 
 def _cached_clause(answer: Judgement) -> str:

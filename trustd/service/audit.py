@@ -135,7 +135,8 @@ def audit_record(decision: Decision, now: datetime | None = None) -> dict[str, A
         "size": signed.size if signed is not None else None,
         # Notary v1's signing role(s), as before other formats existed.
         "role": signed.signer if signed is not None and signed.format == "notary-v1" else None,
-        "format": signed.format if signed is not None else None,
+        # What verified; for a decision without a signed digest, what the rule required.
+        "format": signed.format if signed is not None else (decision.format or None),
         "signer": signed.signer if signed is not None else None,
         "mode": decision.mode,
         "verdict": str(decision.verdict),

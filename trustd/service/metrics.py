@@ -44,6 +44,8 @@ UNIX_PREFIX = "unix:"
 # From a cached answer to a slow Notary server near its timeout.
 RESOLUTION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _VERIFYING_MODES = frozenset({"enforce", "audit"})
+# The format label of decisions no signature was asked for (exempt, off, a bad reference).
+NO_FORMAT = "none"
 
 
 class Metrics:
@@ -53,10 +55,12 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)  # memory, CPU, open fds of the daemon
         PlatformCollector(registry=self.registry)
+        # The signer is in the audit record, not here: one series per signer would grow
+        # without bound.
         self.decisions = Counter(
             "trustd_decisions",
-            "Policy decisions, by CRI action, verdict and rule mode.",
-            ["action", "verdict", "mode"],
+            "Policy decisions, by CRI action, verdict, rule mode and signature format.",
+            ["action", "verdict", "mode", "format"],
             registry=self.registry,
         )
         self.resolution_seconds = Histogram(
@@ -108,7 +112,10 @@ class Metrics:
 
     def observe(self, decision: Decision) -> None:
         self.decisions.labels(
-            action=str(decision.action), verdict=str(decision.verdict), mode=decision.mode
+            action=str(decision.action),
+            verdict=str(decision.verdict),
+            mode=decision.mode,
+            format=decision.format or NO_FORMAT,
         ).inc()
         if decision.mode in _VERIFYING_MODES:
             self.resolution_seconds.observe(decision.latency_seconds)
