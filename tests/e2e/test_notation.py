@@ -60,6 +60,7 @@ from tests.stack.notation import (
 from tests.stack.trustd_config import toml_value, trustd_config_text
 from tests.unit.formats.notation_factory import PLUGIN, Chain, Headers, sign_jws
 from trustd.policy.engine import Decision, Verdict
+from trustd.programs.trustctl_commands import trustctl_main
 from trustd.service.audit import audit_record
 from trustd.service.metrics import Metrics
 
@@ -919,3 +920,198 @@ def test_containerd2_verifier_admits_a_notation_signed_pull_and_blocks_an_unsign
     assert expected in blocked.stderr, blocked.stderr
     assert cri_blocked is not None and expected in cri_blocked, cri_blocked
     assert [r["verdict"] for r in verifying.audited(unsigned.tagged)] == ["deny", "deny"]
+
+
+# --- trustctl explain and inspect --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ran:
+    status: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def rows(self) -> dict[str, str]:
+        """explain's text output as label -> value (labels keep their indentation)."""
+        found = {}
+        for line in self.stdout.splitlines():
+            label, _, value = line.partition("   ")
+            found[label.rstrip()] = value.strip()
+        return found
+
+
+@pytest.fixture
+def trustctl(
+    images: Images, node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., Ran]:
+    """``trustctl(*args, policy=None)``: trustctl in this process, on a config whose rule for
+    the images is ``policy`` (default: Notation only)."""
+
+    def run(*args: str, policy: str | None = None, notary: Sequence[Any] = ()) -> Ran:
+        config = tmp_path / f"trustd-{uuid.uuid4().hex[:6]}.toml"
+        rule = notation_rule(images.host) if policy is None else policy
+        text = config_text(node, tmp_path / "state", images.notation_dir, rule, notary=notary)
+        config.write_text(text)
+        capsys.readouterr()
+        status = trustctl_main([*args, "-c", str(config)])
+        out = capsys.readouterr()
+        return Ran(status, out.out, out.err)
+
+    return run
+
+
+def test_explain_shows_the_formats_required_and_which_applied(
+    images: Images, trustctl: Callable[..., Ran]
+) -> None:
+    signed = trustctl("explain", images.signed.tagged, "--json")
+    assert (signed.status, signed.stderr) == (0, "")
+    explained = signed.json()
+    assert explained["signatures"] == "notation"
+    assert explained["answers"] == [
+        {
+            "format": "notation",
+            "verified": True,
+            "digest": images.signed.digest,
+            "signer": SIGNER,
+            "notes": [],
+            "from_cache": False,
+            "error": None,
+            "reason": f"signed by {SIGNER} as {images.signed.digest}",
+        }
+    ]
+    assert explained["notation"] == {
+        "config_dir": str(images.notation_dir),
+        "trust_policy": str(images.notation_dir / "trustpolicy.json"),
+        "statement": "everything-else",
+        "level": "strict",
+        "trust_stores": [f"ca:{TEST_STORE}"],
+        "trusted_identities": ["*"],
+        "error": None,
+    }
+    assert (explained["applied"], explained["verdict"]) == ("notation", "allow")
+    assert explained["pull_ref"] == images.signed.by_digest
+
+    text = trustctl("explain", images.signed.tagged).rows()
+    assert text["signatures"] == "notation"
+    assert text["  notation"] == f"verified: signed by {SIGNER} as {images.signed.digest}"
+    assert text["notation policy"].startswith(
+        f"'everything-else', level strict, trust stores ca:{TEST_STORE}, identities *"
+    )
+    assert text["if unreachable"] == (
+        'judged from this node\'s own verification, of any age (offline = "cached")'
+    )
+    assert text["applied"] == "notation"
+    assert "notary" not in text and "roles" not in text
+    assert text["would pull"] == images.signed.by_digest
+
+    refused = trustctl("explain", images.wrong_identity.tagged, "--json")
+    assert refused.status == 1
+    explained = refused.json()
+    [answer] = explained["answers"]
+    assert (answer["verified"], answer["error"]) == (False, "NoVerifiedSignature")
+    assert "is none of the trusted identities" in answer["reason"]
+    assert explained["notation"]["statement"] == "wrong-identity"
+    assert (explained["applied"], explained["verdict"]) == (None, "deny")
+
+
+def test_explain_during_a_migration_shows_each_formats_answer(
+    images: Images, stack: Stack, notary_server: NotaryServer, trustctl: Callable[..., Ran]
+) -> None:
+    """Under any_of, explain asks every format, so an operator sees the Notation signature
+    verify before switching the rule to Notation only."""
+    if images.api:
+        pytest.skip("Notary v1 signs for the docker-registry, whose notary-server the stack runs")
+    both = images.push("migrating")
+    stack.sign(both)
+    images.sign(both)
+    any_of = (
+        f'[[policy]]\nmatch = "{images.host}/{PREFIX}/**"\n'
+        'signatures = { any_of = ["notary-v1", "notation"] }\n'
+    )
+    notary = [(images.host, notary_server.url, notary_server.ca_file)]
+
+    ran = trustctl("explain", both.tagged, "--json", policy=any_of, notary=notary)
+    assert ran.status == 0, ran.stderr
+    explained = ran.json()
+    assert explained["signatures"] == "any of notary-v1, notation"
+    answers = {a["format"]: a for a in explained["answers"]}
+    assert answers["notary-v1"]["verified"] and answers["notary-v1"]["signer"] == "targets"
+    assert answers["notation"]["verified"] and answers["notation"]["signer"] == SIGNER
+    assert answers["notary-v1"]["digest"] == answers["notation"]["digest"] == both.digest
+    assert explained["applied"] == "notary-v1"  # the first that verified decides
+    assert explained["notary"]["url"] == notary_server.url
+
+    rows = trustctl("explain", both.tagged, policy=any_of, notary=notary).rows()
+    assert rows["signatures"] == "any of notary-v1, notation"
+    assert rows["  notary-v1"] == f"verified: signed by targets as {both.digest}"
+    assert rows["  notation"] == f"verified: signed by {SIGNER} as {both.digest}"
+    assert rows["roles"] == "targets/releases, targets (first that signs the tag)"
+
+    # Notation only signs this one: Notary v1 says why it does not, Notation admits.
+    only = trustctl("explain", images.signed.tagged, "--json", policy=any_of, notary=notary)
+    answers = {a["format"]: a for a in only.json()["answers"]}
+    assert (answers["notary-v1"]["verified"], answers["notation"]["verified"]) == (False, True)
+    assert only.json()["applied"] == "notation"
+
+
+def test_inspect_lists_a_digests_notation_signatures(
+    images: Images, trustctl: Callable[..., Ran]
+) -> None:
+    ran = trustctl("inspect", images.signed.tagged, "--json")
+    assert (ran.status, ran.stderr) == (0, "")
+    [shown] = ran.json()
+    assert shown["Name"] == images.signed.repository
+    assert "SignedTags" not in shown  # a Notation-only rule: Notary v1 is not read
+    notation = shown["notation"]
+    assert (notation["reference"], notation["digest"]) == (
+        images.signed.tagged,
+        images.signed.digest,
+    )
+    assert (notation["trust_policy"], notation["level"], notation["problems"]) == (
+        "everything-else",
+        "strict",
+        [],
+    )
+    [signature] = notation["signatures"]
+    envelope = "application/cose" if images.api else "application/jose+json"
+    assert signature["envelope"] == envelope
+    assert (signature["signer"], signature["issuer"]) == (SIGNER, SIGNER)  # self-signed
+    assert signature["signing_scheme"] == "notary.x509"
+    assert (signature["verified"], signature["level"], signature["problem"]) == (
+        True,
+        "strict",
+        None,
+    )
+    assert signature["expiry"] is None  # notation sets no io.cncf.notary.expiry by default
+    signed_at = datetime.strptime(signature["signing_time"], "%Y-%m-%dT%H:%M:%SZ")
+    certificate_end = datetime.strptime(signature["certificate_expires"], "%Y-%m-%dT%H:%M:%SZ")
+    assert signed_at < certificate_end
+
+    # By digest, and a signature that verifies only at a level that logs what failed.
+    permissive = trustctl("inspect", images.expired_permissive.by_digest, "--json").json()[0]
+    [signature] = permissive["notation"]["signatures"]
+    assert (signature["verified"], signature["level"]) == (True, "permissive")
+    assert signature["signer"] == images.expiring_subject
+    assert [note.split(":", 1)[0] for note in signature["logged"]] == ["authenticTimestamp"]
+
+    # A signature that does not verify is listed with what it claims and why it failed.
+    untrusted = trustctl("inspect", images.untrusted.tagged, "--json").json()[0]
+    [signature] = untrusted["notation"]["signatures"]
+    assert signature["signer"] == "CN=trustd-untrusted,O=Notary,L=Seattle,ST=WA,C=US"
+    assert signature["verified"] is False
+    assert "is in the trust stores ca:trustd-test" in signature["problem"]
+
+    text = trustctl("inspect", images.signed.tagged).stdout
+    assert text.startswith(
+        f"Notation signatures of {images.signed.tagged} ({images.signed.digest}), trust policy "
+        "'everything-else' (level strict)\n"
+    ), text
+    assert f"    signer:      {SIGNER}\n" in text
+    assert "    expires:     never (none set)\n" in text
+    assert text.rstrip().endswith("    verified:    yes, level strict"), text
+
+    unsigned = trustctl("inspect", images.unsigned.tagged).stdout
+    assert "No Notation signatures." in unsigned

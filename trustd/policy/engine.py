@@ -169,6 +169,19 @@ class PolicyEngine:
         query = SignatureQuery(reference, rule, credentials, require_signed_digests)
         return judge_required(rule.signatures, self.formats, query)
 
+    def signatures_each(
+        self, reference: Reference, credentials: Credentials | None = None
+    ) -> tuple[Judgement, ...]:
+        """Each format the rule for ``reference`` requires, asked on its own and in the rule's
+        order: what ``trustctl explain`` shows (a decision stops at the first format that
+        settles it). Nothing is audited."""
+        rule = self._config.rule_for(reference.repository)
+        query = SignatureQuery(reference, rule, credentials)
+        return tuple(
+            judge_required(SignatureRequirement((name,)), self.formats, query)
+            for name in rule.signatures.formats
+        )
+
     def judge_resolved(
         self, image: str, resolved_digest: str, timeout: float | None = None
     ) -> Decision:

@@ -27,7 +27,7 @@ from trustd.programs.options import add_config_option, config_path
 if TYPE_CHECKING:
     # The trust engine (cryptography, TLS) is imported by the commands that use it, so that
     # `trustd check-config` and `--help` do not pay for it.
-    from trustd.formats.base import FormatName
+    from trustd.formats.base import FormatName, Judgement
     from trustd.formats.notary.engine import TrustEngine
     from trustd.formats.notary.lifetime import Expiry
     from trustd.formats.notary.metadata import Root
@@ -93,16 +93,20 @@ def _inspect(args: argparse.Namespace) -> int:
     repository, notary_error = None, None
     with _engine(config, args.state_dir) as engine:
         credentials = _credentials(args)
+        # Notation's section is there wherever [notation] is: while a rule still requires
+        # Notary v1, it shows whether the Notation signatures that will replace it verify.
+        notation_shown = FormatName.NOTATION in engine.policy.formats
         if FormatName.NOTARY_V1 in formats:
             try:
                 repository = engine.trust.repository(
                     reference.registry, reference.repository, credentials
                 )
             except TrustError as error:
-                if len(formats) == 1:
+                if len(formats) == 1 and not notation_shown:
                     raise
-                notary_error = str(error)  # the rule's other formats are still shown
+                notary_error = str(error)  # the other formats are still shown
         cosign = _cosign_inspection(engine, reference, credentials, formats)
+        notation = _notation_inspection(engine, reference, credentials)
     document: dict[str, object] = {"Name": reference.repository}
     texts = []
     if notary_error is not None:
@@ -116,6 +120,9 @@ def _inspect(args: argparse.Namespace) -> int:
     if cosign is not None:
         document["cosign"] = cosign
         texts.append(_format_cosign_inspection(cosign))
+    if notation is not None:
+        document["notation"] = notation
+        texts.append(_format_notation_inspection(notation))
     if args.json:
         print(json.dumps([document], indent=2))
     else:
@@ -161,6 +168,101 @@ def _cosign_inspection(
         "verified": not listing.error,
         "reason": listing.error or None,
     }
+
+
+def _notation_inspection(
+    engine: Engine, reference: Reference, credentials: Credentials | None
+) -> dict[str, object] | None:
+    """The Notation signatures of the manifest ``reference`` names, where ``[notation]`` is
+    configured: each with what it claims (signer, times) and whether it verified, at which
+    level, or why not. A registry that cannot be read is said, not raised."""
+    from datetime import datetime
+
+    from trustd.formats.base import FormatName, SignatureQuery
+    from trustd.formats.notary.metadata import format_time
+    from trustd.formats.notation.format import NotationFormat
+
+    notation = engine.policy.formats.get(FormatName.NOTATION)
+    if not isinstance(notation, NotationFormat):
+        return None
+    rule = engine.policy.config.rule_for(reference.repository)
+    try:
+        inspection = notation.inspect(SignatureQuery(reference, rule, credentials))
+    except TrustError as error:
+        return {"reference": str(reference), "error": str(error)}
+
+    def when(moment: datetime | None) -> str | None:
+        return format_time(moment) if moment is not None else None
+
+    shown = inspection.repository
+    if inspection.name != inspection.target.digest:
+        shown += f":{inspection.name}"
+    return {
+        "reference": shown,
+        "digest": inspection.target.digest,
+        "media_type": inspection.target.media_type,
+        "size": inspection.target.size,
+        "trust_policy": inspection.policy or None,
+        "level": inspection.level or None,
+        "signatures": [
+            {
+                "manifest": signature.manifest,
+                "envelope": signature.envelope_type,
+                "signing_scheme": signature.signing_scheme or None,
+                "signer": signature.signer or None,
+                "issuer": signature.issuer or None,
+                "signing_time": when(signature.signing_time),
+                "expiry": when(signature.expiry),
+                "certificate_expires": when(signature.certificate_expires),
+                "verified": signature.verified,
+                "level": signature.level or None,
+                "logged": list(signature.logged),
+                "problem": signature.problem or None,
+            }
+            for signature in inspection.signatures
+        ],
+        "problems": list(inspection.problems),
+        "error": None,
+    }
+
+
+def _format_notation_inspection(listing: dict[str, Any]) -> str:
+    if listing["error"]:
+        return f"Notation signatures of {listing['reference']}: {listing['error']}"
+    policy = (
+        f"trust policy {listing['trust_policy']!r} (level {listing['level']})"
+        if listing["trust_policy"]
+        else "no trust policy statement applies"
+    )
+    lines = [
+        f"Notation signatures of {listing['reference']} ({listing['digest']}), {policy}",
+        "",
+    ]
+    if not listing["signatures"]:
+        lines.append("No Notation signatures.")
+    for signature in listing["signatures"]:
+        envelope = "JWS" if signature["envelope"].endswith("jose+json") else "COSE"
+        scheme = f", {signature['signing_scheme']}" if signature["signing_scheme"] else ""
+        lines.append(f"  signature manifest {signature['manifest']} ({envelope}{scheme})")
+        if signature["signer"]:
+            rows = [
+                ("signer", signature["signer"]),
+                ("issuer", signature["issuer"]),
+                ("signed", signature["signing_time"] or "unknown"),
+                ("expires", signature["expiry"] or "never (none set)"),
+            ]
+            if signature["certificate_expires"]:
+                rows.append(("certificate", f"valid until {signature['certificate_expires']}"))
+            lines += [f"    {label + ':':<13}{value}" for label, value in rows]
+        if signature["verified"]:
+            state = f"yes, level {signature['level']}"
+            state += "".join(f"\n{'':17}{note}" for note in signature["logged"])
+        else:
+            state = f"no: {signature['problem']}"
+        lines.append(f"    {'verified:':<13}{state}")
+        lines.append("")
+    lines += [f"WARNING: {problem}" for problem in listing["problems"]]
+    return "\n".join(lines).rstrip("\n")
 
 
 def _format_cosign_inspection(listing: dict[str, Any]) -> str:
@@ -629,10 +731,16 @@ def _explain(args: argparse.Namespace) -> int:
     config = load_config(config_path(args.config))
     reference = parse_reference(args.reference)
     matched = policy_match(config, reference)
+    credentials = _credentials(args)
     with _engine(config, args.state_dir) as engine:
-        decision = engine.policy.decide(args.reference, _credentials(args))
+        decision = engine.policy.decide(args.reference, credentials)
         cached = engine.trust.cached_guns()
-    rule = matched.rule
+        rule = matched.rule
+        # Every format the rule requires, each asked on its own: a decision stops at the first
+        # that settles it, explain shows them all (a migration checks the new signatures here).
+        verifying = rule is not None and rule.mode != "off"
+        answers = engine.policy.signatures_each(reference, credentials) if verifying else ()
+        notation = _notation_rule(engine, rule, reference.repository)
     notary = config.notary_for(reference.registry)
     pinning = config.pinning_for(reference.repository)
     explanation: dict[str, object] = {
@@ -649,7 +757,9 @@ def _explain(args: argparse.Namespace) -> int:
         "signers": list(rule.signers) if rule is not None else [],
         "require_signed_digests": rule.require_signed_digests if rule is not None else None,
         "signatures": rule.signatures.describe() if rule is not None else None,
+        "answers": [_answer_explained(answer) for answer in answers],
         "cosign": _cosign_rule(rule),
+        "notation": notation,
         "outage": _outage_policy(config, rule),
         "notary": {
             "url": notary.url,
@@ -668,6 +778,8 @@ def _explain(args: argparse.Namespace) -> int:
         "pull_ref": decision.pull_ref,
         "digest": decision.signed.digest if decision.signed is not None else None,
         "signed_by": decision.signed.signer if decision.signed is not None else None,
+        # The format(s) whose signature the decision rests on; null when none verified.
+        "applied": decision.signed.format if decision.signed is not None else None,
     }
     if args.json:
         print(json.dumps(explanation, indent=2))
@@ -676,6 +788,78 @@ def _explain(args: argparse.Namespace) -> int:
     if decision.verdict is not Verdict.DENY:
         return EXIT_OK
     return status_for(decision.error) if decision.error is not None else EXIT_UNTRUSTED
+
+
+def _answer_explained(answer: Judgement) -> dict[str, object]:
+    """One format's answer on its own, for explain."""
+    signed = answer.signed
+    if answer.error is not None:
+        reason = str(answer.error)
+    elif signed is None:
+        reason = "digest reference admitted without a signature (require_signed_digests off)"
+    else:
+        reason = f"signed by {signed.signer} as {signed.digest}"
+        if signed.notes:
+            reason += f" ({'; '.join(signed.notes)})"
+    if answer.cached_age is not None:
+        reason += f" (judged from what this node verified {answer.cached_age:.0f}s ago, "
+        reason += f"because {answer.outage})"
+    return {
+        "format": answer.format.value,
+        "verified": answer.verified,
+        "digest": signed.digest if signed is not None else None,
+        "signer": signed.signer if signed is not None else None,
+        "notes": list(signed.notes) if signed is not None else [],
+        "from_cache": answer.cached_age is not None,
+        "error": type(answer.error).__name__ if answer.error is not None else None,
+        "reason": reason,
+    }
+
+
+def _notation_rule(
+    engine: Engine, rule: PolicyRule | None, repository: str
+) -> dict[str, object] | None:
+    """For a rule requiring Notation: the trust policy statement that applies to
+    ``repository`` (its level, stores and identities), or why none does."""
+    from trustd.formats.base import FormatName
+    from trustd.formats.notation.format import NotationFormat
+
+    if rule is None or FormatName.NOTATION not in rule.signatures.formats:
+        return None
+    config = engine.policy.config
+    directory = str(config.notation.config_dir) if config.notation.config_dir else None
+    notation = engine.policy.formats.get(FormatName.NOTATION)
+    if not isinstance(notation, NotationFormat):
+        return {"config_dir": directory, "error": "[notation] config_dir is not set"}
+    try:
+        policy = notation.policy_for(repository)
+    except TrustError as error:
+        return {"config_dir": directory, "error": str(error)}
+    return {
+        "config_dir": directory,
+        "trust_policy": notation.config.policy.source,
+        "statement": policy.name,
+        "level": str(policy.level),
+        "trust_stores": [str(ref) for ref in policy.trust_stores],
+        "trusted_identities": ["*"]
+        if policy.any_identity
+        else [identity.text for identity in policy.trusted_identities],
+        "error": None,
+    }
+
+
+def _notation_rows(notation: dict[str, Any]) -> list[tuple[str, str]]:
+    if notation["error"]:
+        return [("notation policy", f"none: {notation['error']}")]
+    identities = "; ".join(notation["trusted_identities"])
+    return [
+        (
+            "notation policy",
+            f"{notation['statement']!r}, level {notation['level']}, trust stores "
+            f"{', '.join(notation['trust_stores'])}, identities {identities} "
+            f"({notation['trust_policy']})",
+        )
+    ]
 
 
 def _cosign_rule(rule: PolicyRule | None) -> dict[str, object] | None:
@@ -754,6 +938,11 @@ def _format_explanation(explanation: dict[str, Any], rule: PolicyRule | None) ->
     if rule is not None and rule.mode != "off":
         notary_v1 = FormatName.NOTARY_V1 in rule.signatures.formats
         rows.append(("signatures", explanation["signatures"]))
+        for answer in explanation["answers"]:
+            state = "verified" if answer["verified"] else "not verified"
+            rows.append((f"  {answer['format']}", f"{state}: {answer['reason']}"))
+        if explanation["notation"] is not None:
+            rows += _notation_rows(explanation["notation"])
         if notary_v1 and rule.signers:
             rows.append(("signers", f"all of {', '.join(rule.signers)}, with one digest"))
         elif notary_v1:
@@ -787,6 +976,7 @@ def _format_explanation(explanation: dict[str, Any], rule: PolicyRule | None) ->
         rows.append(("if unreachable", unreachable))
         if notary_v1:
             rows += _notary_rows(explanation, outage)
+        rows.append(("applied", explanation["applied"] or "none"))
     verdict = f"{explanation['verdict']}: {explanation['reason']}"
     rows.append(("verdict now", verdict))
     if explanation["pull_ref"]:
@@ -847,8 +1037,9 @@ def trustctl_main(argv: Sequence[str] | None = None) -> int:
         ),
         (
             "inspect",
-            "show signed tags, signers, root keys (and the line that pins them) and expiry of "
-            "a repository",
+            "show a repository's Notary v1 signed tags, signers, root keys (and the line that "
+            "pins them) and expiry, and the cosign and Notation signatures of the image a "
+            "reference names (Notation: signer, signing time, expiry, level applied)",
             _inspect,
         ),
         (

@@ -4,15 +4,23 @@ and verified under the node's Notation trust policy and trust store."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from trustd.errors import BadMetadata, RegistryUnavailable, TrustError
 from trustd.formats.base import FormatName, SignatureQuery
+from trustd.formats.notation.chain import issuer, subject
 from trustd.formats.notation.envelope import MEDIA_TYPE_COSE, MEDIA_TYPE_JWS
 from trustd.formats.notation.errors import NoVerifiedSignature
+from trustd.formats.notation.stores import TrustStores
+from trustd.formats.notation.trustpolicy import TrustPolicy
 from trustd.formats.notation.truststore import NotationConfig
-from trustd.formats.notation.verify import SignatureEnvelope, verify_any
+from trustd.formats.notation.verify import (
+    SignatureEnvelope,
+    parse_envelope,
+    verify_any,
+    verify_signature,
+)
 from trustd.formats.registry_format import RegistrySignatureFormat, Verified
 from trustd.formats.verified_cache import VerifiedDigests
 from trustd.net.descriptor import Descriptor, DescriptorError
@@ -34,6 +42,39 @@ class NotationSignature:
 
     manifest: Descriptor
     envelope: SignatureEnvelope
+
+
+@dataclass(frozen=True)
+class InspectedSignature:
+    """One signature of an image as ``trustctl inspect`` lists it. What the envelope says
+    (signer, times) is what it claims; ``verified`` says whether it verified under the trust
+    policy, at which ``level``, and ``problem`` why not."""
+
+    manifest: str  # the signature manifest's digest
+    envelope_type: str
+    verified: bool = False
+    level: str = ""
+    signing_scheme: str = ""
+    signer: str = ""
+    issuer: str = ""
+    signing_time: datetime | None = None
+    expiry: datetime | None = None  # the signer's io.cncf.notary.expiry
+    certificate_expires: datetime | None = None  # the signing certificate's notAfter
+    logged: tuple[str, ...] = ()  # failures the level only logs
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class NotationInspection:
+    """A manifest's Notation signatures, each verified on its own (``trustctl inspect``)."""
+
+    repository: str
+    name: str  # the tag, or the digest asked about
+    target: Descriptor
+    policy: str  # the trust policy statement that applies; "" when none does
+    level: str
+    signatures: tuple[InspectedSignature, ...]
+    problems: tuple[str, ...] = ()  # why the policy or a listed signature could not be used
 
 
 class NotationFormat(RegistrySignatureFormat):
@@ -75,6 +116,72 @@ class NotationFormat(RegistrySignatureFormat):
         if result.level != "strict":
             notes = (f"level {result.level}", *notes)
         return Verified(signer=result.signer_subject, notes=notes)
+
+    def policy_for(self, repository: str) -> TrustPolicy:
+        """The trust policy statement for ``repository``; NoApplicableTrustPolicy if none."""
+        return self.config.policy.policy_for(repository)
+
+    def inspect(self, query: SignatureQuery, now: datetime | None = None) -> NotationInspection:
+        """Every Notation signature of the manifest ``query.reference`` names, found as
+        ``judge`` finds them and each verified on its own under the trust policy. Raises for
+        what stops the listing itself: an outage (RegistryUnavailable), a manifest that is not
+        there (TrustError)."""
+        now = now or datetime.now(UTC)
+        reference = query.reference
+        problems: list[str] = []
+        policy: TrustPolicy | None
+        try:
+            policy = self.policy_for(reference.repository)
+        except TrustError as error:
+            policy, problems = None, [str(error)]
+        with self.registries.client(reference.registry, query.credentials) as client:
+            target = self._target(client, query)
+            signatures, unusable = discover(client, reference.path, target)
+        problems.extend(unusable)
+        stores = self.config.stores
+        inspected = tuple(_inspect_one(s, target, policy, stores, now) for s in signatures)
+        return NotationInspection(
+            repository=reference.repository,
+            name=reference.tag if reference.digest is None and reference.tag else target.digest,
+            target=target,
+            policy=policy.name if policy is not None else "",
+            level=str(policy.level) if policy is not None else "",
+            signatures=inspected,
+            problems=tuple(problems),
+        )
+
+
+def _inspect_one(
+    signature: NotationSignature,
+    target: Descriptor,
+    policy: TrustPolicy | None,
+    stores: TrustStores,
+    now: datetime,
+) -> InspectedSignature:
+    envelope = signature.envelope
+    listed = InspectedSignature(signature.manifest.digest, envelope.media_type)
+    try:
+        parsed = parse_envelope(envelope.data, envelope.media_type)
+    except TrustError as error:
+        return replace(listed, problem=str(error))
+    leaf = parsed.signing_certificate
+    attributes = parsed.attributes
+    claimed = replace(
+        listed,
+        signing_scheme=attributes.signing_scheme.value,
+        signer=subject(leaf),
+        issuer=issuer(leaf),
+        signing_time=attributes.authentic_signing_time or attributes.signing_time,
+        expiry=attributes.expiry,
+        certificate_expires=leaf.not_valid_after_utc,
+    )
+    if policy is None:
+        return replace(claimed, problem="no trust policy statement applies")
+    try:
+        result = verify_signature(envelope.data, envelope.media_type, target, policy, stores, now)
+    except TrustError as error:
+        return replace(claimed, level=str(policy.level), problem=str(error))
+    return replace(claimed, verified=True, level=result.level, logged=result.logged)
 
 
 def discover(
