@@ -804,6 +804,15 @@ url = "https://notary.example.com"
             "[[policy]]\nmatch = 'docker.*/**'\n[[policy]]\nmatch = '**'\nmode = 'off'",
             'policy[0] ("docker.*/**", enforce) verifies',
         ),
+        (  # Notation only: Notary is never asked
+            "[notation]\nconfig_dir = 'n'\n[[policy]]\nmatch = '**'\nsignatures = 'notation'",
+            None,
+        ),
+        (
+            "[notation]\nconfig_dir = 'n'\n[[policy]]\nmatch = '**'\n"
+            "signatures = { any_of = ['notation', 'notary-v1'] }",
+            'policy[0] ("**", enforce) verifies docker.io images',
+        ),
     ],
 )
 def test_warning_when_docker_hub_images_are_verified_without_a_notary_for_them(

@@ -25,6 +25,7 @@ from trustd.config.model import (
 )
 from trustd.config.schema import Where, read_table, show
 from trustd.errors import ConfigError
+from trustd.formats.base import FormatName
 from trustd.names.reference import DEFAULT_REGISTRY
 
 
@@ -103,11 +104,14 @@ def config_warnings(config: Config) -> list[str]:
 
 
 def _rules_verifying_registry(config: Config, registry: str) -> list[str]:
-    """Labels of the rules that verify (enforce or audit) some repository of ``registry``."""
+    """Labels of the rules that verify (enforce or audit) Notary v1 signatures of some
+    repository of ``registry`` (a rule requiring only Notation or cosign never asks Notary)."""
     found = [
         f"{rule.source} ({show(rule.match)}, {rule.mode})"
         for rule in config.policy
-        if rule.mode is not Mode.OFF and _may_match_registry(rule.match, registry)
+        if rule.mode is not Mode.OFF
+        and FormatName.NOTARY_V1 in rule.signatures.formats
+        and _may_match_registry(rule.match, registry)
     ]
     # A name of the registry no rule and no exemption names falls to the default enforce rule.
     probes = (f"{registry}/library/trustd-probe", f"{registry}/trustd-probe/trustd-probe")
