@@ -308,7 +308,7 @@ def test_cosign2_classic_signature_pushed_as_a_referrer_admits_the_pull(
 
 def test_unsigned_image_is_refused(node: CosignNode) -> None:
     image = node.push(node.registry, "keyed", "unsigned")
-    denied = 'trustd_decisions_total{action="pull",mode="enforce",verdict="deny"}'
+    denied = 'trustd_decisions_total{action="pull",format="cosign",mode="enforce",verdict="deny"}'
     kind = 'trustd_notary_errors_total{kind="NoCosignSignatures"}'
     before = node.metric(denied), node.metric(kind)
 
@@ -879,7 +879,10 @@ def test_containerd2_verifier_admits_a_cosign_signed_pull_and_blocks_an_unsigned
         with pytest.raises(grpc.RpcError) as raised:
             containerd2.pull(unsigned.tagged)
         if server is not None:
-            allowed = 'trustd_decisions_total{action="verify",mode="enforce",verdict="allow"}'
+            allowed = (
+                'trustd_decisions_total{action="verify",format="cosign",mode="enforce",'
+                'verdict="allow"}'
+            )
             assert server.metric(allowed) == 1.0
             assert server.metric('trustd_notary_errors_total{kind="NoCosignSignatures"}') == 1.0
 

@@ -356,8 +356,13 @@ def config_text(
     policy: str,
     notary: Sequence[tuple[str, str, Path | None]] = (),
 ) -> str:
-    """trustd reading registries through the module containerd's hosts.toml directory."""
-    text = trustd_config_text(state_dir=state_dir, notary=notary, policy="")
+    """trustd reading registries through the module containerd's hosts.toml directory.
+
+    Every question is verified anew (``freshness_window = 0``): the tests change signatures,
+    tags and registries between pulls a moment apart, and must see each change at once.
+    """
+    fresh = {"freshness_window": 0}
+    text = trustd_config_text(state_dir=state_dir, notary=notary, policy="", server=fresh)
     return (
         text
         + f"[registry]\nhosts_dirs = [{toml_value(str(node.containerd.hosts_dir))}]\n"
