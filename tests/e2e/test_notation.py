@@ -1055,6 +1055,16 @@ def test_explain_during_a_migration_shows_each_formats_answer(
     assert rows["  notation"] == f"verified: signed by {SIGNER} as {both.digest}"
     assert rows["roles"] == "targets/releases, targets (first that signs the tag)"
 
+    # Before the rule names Notation at all (step 2 of the migration), inspect shows the
+    # Notation signature beside Notary v1's signed tags.
+    notary_only = f'[[policy]]\nmatch = "{images.host}/{PREFIX}/**"\n'
+    ran = trustctl("inspect", both.tagged, "--json", policy=notary_only, notary=notary)
+    assert ran.status == 0, ran.stderr
+    [inspected] = ran.json()
+    assert [signed["SignedTag"] for signed in inspected["SignedTags"]] == [both.tag]
+    [signature] = inspected["notation"]["signatures"]
+    assert (signature["verified"], signature["signer"]) == (True, SIGNER)
+
     # Notation only signs this one: Notary v1 says why it does not, Notation admits.
     only = trustctl("explain", images.signed.tagged, "--json", policy=any_of, notary=notary)
     answers = {a["format"]: a for a in only.json()["answers"]}
