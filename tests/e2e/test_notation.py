@@ -9,8 +9,15 @@ index, with JWS envelopes here), and go-containerregistry's registry with the re
 writes anyway removed, so only the API lists the signatures). trustd reaches both as containerd
 does: its ``[registry] hosts_dirs`` is the hosts.toml directory of the module's containerd.
 
-Every image a test judges is signed once per module (``images``); each test starts the shim it
-needs in front of the module's containerd 1.6, whose pod sandboxes run on a busybox pause image.
+Every image a test judges is signed once per registry (``images``), and one shim per registry
+judges them in front of the module's containerd 1.6, whose pods run on a busybox pause image:
+a signed tag pulled pinned and a container run from it; refusals, each with its reason
+(unsigned, untrusted certificate, another digest's signature, a moved tag, a tampered envelope,
+a wrong trusted identity, an expired certificate under strict, a verification plugin); an
+expired certificate admitted under permissive and audited so. Tests with shims of their own:
+rules naming Notary v1 and Notation (any of, all of), a registry of their own stopped (offline
+cached and deny) or requiring a password, and trustctl explain and inspect in this process.
+containerd 2.x (``../shared/bin``) runs trustd as its image verifier for the same signatures.
 """
 
 from __future__ import annotations
