@@ -80,7 +80,7 @@ def trustctl_measured(tmp_path: Path, *args: str) -> Measured:
     with out.open("wb") as stdout, err.open("wb") as stderr:
         started = time.monotonic()
         process = subprocess.Popen(
-            [sys.executable, "-m", "trustd.programs.cli", *args],
+            [sys.executable, "-m", "trustd.programs.trustctl_commands", *args],
             stdout=stdout,
             stderr=stderr,
             cwd=REPO_ROOT,
