@@ -15,7 +15,6 @@ wall times well under what a trickling server held them for.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ from tests.attacks import resign
 from tests.attacks.harness import Padded, TamperServer, Trickle, base_role, write_config
 from tests.attacks.test_attacks import signed_repo
 from tests.e2e.cri_helpers import running_shim, short_socket_dir
-from tests.e2e.test_daemon import FakeServiceManager
+from tests.e2e.test_daemon import FakeServiceManager, serving
 from tests.stack import NotaryPublisher, NotaryServer, PushedImage, Stack, TestPKI
 from tests.stack.trustd_config import trustd_config_text
 
@@ -146,26 +145,10 @@ def trustd_serve(
     )
     manager = FakeServiceManager(socket_dir / "notify.sock")
     log = tmp_path / "trustd.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "trustd", "serve", "--config", str(config)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, NOTIFY_SOCKET=str(manager.path)),
-            cwd=REPO_ROOT,
-        )
-    daemon = Daemon(process, socket_dir / "cri.sock", log)
     try:
-        manager.wait_for("READY", "1", timeout=60)
-        yield daemon
+        with serving(config, log, manager) as process:
+            yield Daemon(process, socket_dir / "cri.sock", log)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
         manager.close()
         for leftover in socket_dir.iterdir():
             leftover.unlink()
