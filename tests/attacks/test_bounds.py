@@ -79,7 +79,7 @@ def trustctl_measured(tmp_path: Path, *args: str) -> Measured:
     with out.open("wb") as stdout, err.open("wb") as stderr:
         started = time.monotonic()
         process = subprocess.Popen(
-            [sys.executable, "-m", "trustd.programs.cli", *args],
+            [sys.executable, "-m", "trustd.programs.trustctl", *args],
             stdout=stdout,
             stderr=stderr,
             cwd=REPO_ROOT,
@@ -283,6 +283,23 @@ def test_daemon_refuses_a_pull_behind_a_200_mib_snapshot_at_its_normal_footprint
 # --- deadlines ----------------------------------------------------------------------------------
 
 
+def trickle_timestamp(
+    image: PushedImage, notary_server: NotaryServer, tamper: TamperServer
+) -> None:
+    """``tamper`` serves the real timestamp.json of ``image``'s repository a byte every 0.5 s."""
+    timestamp = notary_server.metadata(image.repository, "timestamp")
+    tamper.serve(image.repository, "timestamp", Trickle(timestamp, interval=0.5))
+
+
+def assert_given_up(pull: Pull, repository: str, bound: float) -> None:
+    """``pull`` was refused as an outage at the trickling timestamp of ``repository``, before
+    ``bound`` seconds."""
+    print(f"PullImage behind a trickling timestamp: {pull.seconds:.1f}s")
+    assert pull.outcome.startswith("UNKNOWN: RegistryUnavailable: "), pull.outcome
+    assert f"timestamp.json of {repository}" in pull.outcome, pull.outcome
+    assert pull.seconds < bound, f"{pull.seconds:.1f}s"
+
+
 def test_trustctl_gives_up_on_a_trickling_timestamp_at_the_notary_timeout(
     stack: Stack,
     push_image: PushImage,
@@ -298,8 +315,7 @@ def test_trustctl_gives_up_on_a_trickling_timestamp_at_the_notary_timeout(
     assert warm.status == 0, warm.stderr
 
     for image in (fresh, cached):
-        timestamp = notary_server.metadata(image.repository, "timestamp")
-        tamper.serve(image.repository, "timestamp", Trickle(timestamp, interval=0.5))
+        trickle_timestamp(image, notary_server, tamper)
 
     # Nothing cached: unavailable (exit 3), once the 5 s for the download are up.
     run = trustctl_measured(tmp_path, "verify", fresh.tagged, "--local", "-c", str(config))
@@ -326,8 +342,7 @@ def test_daemon_refuses_pulls_behind_a_trickling_timestamp_and_serves_the_others
 ) -> None:
     stalled = signed_repo(stack, push_image, "trickle-daemon")
     healthy = signed_repo(stack, push_image, "healthy-daemon")
-    timestamp = notary_server.metadata(stalled.repository, "timestamp")
-    tamper.serve(stalled.repository, "timestamp", Trickle(timestamp, interval=0.5))
+    trickle_timestamp(stalled, notary_server, tamper)
 
     with trustd_serve(tmp_path, stack, tamper.url, "timeout = 5") as daemon:
         stalled_pulls = [Pull(stalled.tagged), Pull(stalled.tagged)]
@@ -344,10 +359,7 @@ def test_daemon_refuses_pulls_behind_a_trickling_timestamp_and_serves_the_others
 
     assert healthy_pull.outcome == "OK", healthy_pull.outcome
     for pull in stalled_pulls:
-        print(f"PullImage behind a trickling timestamp: {pull.seconds:.1f}s")
-        assert pull.outcome.startswith("UNKNOWN: RegistryUnavailable: "), pull.outcome
-        assert f"timestamp.json of {stalled.repository}" in pull.outcome, pull.outcome
-        assert pull.seconds < DAEMON_TRICKLE_BOUND, f"{pull.seconds:.1f}s"
+        assert_given_up(pull, stalled.repository, DAEMON_TRICKLE_BOUND)
 
 
 def test_a_pull_without_a_deadline_gets_the_pull_timeout(
@@ -359,8 +371,7 @@ def test_a_pull_without_a_deadline_gets_the_pull_timeout(
 ) -> None:
     # A Notary timeout far beyond the pull timeout: the pull's own deadline must end the wait.
     stalled = signed_repo(stack, push_image, "trickle-pull-timeout")
-    timestamp = notary_server.metadata(stalled.repository, "timestamp")
-    tamper.serve(stalled.repository, "timestamp", Trickle(timestamp, interval=0.5))
+    trickle_timestamp(stalled, notary_server, tamper)
     config = trustd_config_text(
         state_dir=tmp_path / "state",
         notary=[(stack.registry.host, tamper.url, notary_server.ca_file)],
@@ -370,7 +381,4 @@ def test_a_pull_without_a_deadline_gets_the_pull_timeout(
     with running_shim(config, stack.containerd.endpoint, tmp_path / "state") as shim:
         pull = Pull(stalled.tagged)
         cri_pull(shim.socket, pull)
-    print(f"PullImage with pull_timeout = 6: {pull.seconds:.1f}s")
-    assert pull.outcome.startswith("UNKNOWN: RegistryUnavailable: "), pull.outcome
-    assert f"timestamp.json of {stalled.repository}" in pull.outcome, pull.outcome
-    assert pull.seconds < TRICKLE_BOUND, f"{pull.seconds:.1f}s"
+    assert_given_up(pull, stalled.repository, TRICKLE_BOUND)
