@@ -4,18 +4,20 @@ an HTTP proxy tunnelling to an HTTPS server.
 
 A raw socket server on 127.0.0.1 reads what the client sends first (a ClientHello, or a CONNECT
 request), then trickles its answer a byte at a time: every read gets a byte well within any
-per-read timeout, so only a deadline on the whole exchange ends it.
+per-read timeout, so only a deadline on the whole exchange ends it (for the proxy's answer, only
+the watcher that shuts the socket down: no per-read bound covers it).
 """
 
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
+from tests.unit.test_transport_deadlines import RawServer
 from trustd.errors import NotaryUnavailable
 from trustd.formats.notary.transport import NotaryEndpoint, NotaryTransport
 from trustd.registry.client import RegistryClient
@@ -31,27 +33,13 @@ CONNECT_ANSWER = b"HTTP/1.1 200 Connection established\r\nX-Padding: " + b"a" * 
 WITHIN = 15.0
 
 
-class Trickler:
+class Trickler(RawServer):
     """Reads the first bytes of every connection, then trickles ``answer``."""
 
     def __init__(self, answer: bytes) -> None:
         self._answer = answer
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self.stopping = threading.Event()
         self.greetings = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, connection: socket.socket) -> None:
         try:
@@ -68,72 +56,47 @@ class Trickler:
         finally:
             connection.close()
 
-    def stop(self) -> None:
-        self.stopping.set()
-        self._listener.close()
+
+@dataclass
+class SetUp:
+    """A server whose connection set-up trickles: ``host`` to ask, through ``proxy`` if any."""
+
+    server: Trickler
+    host: str
+    proxy: str | None
 
 
-@pytest.fixture
-def server() -> Iterator[Trickler]:
-    server = Trickler(HANDSHAKE)
-    yield server
+@pytest.fixture(params=["handshake", "proxy"])
+def set_up(request: pytest.FixtureRequest) -> Iterator[SetUp]:
+    if request.param == "handshake":
+        server = Trickler(HANDSHAKE)
+        trickling = SetUp(server, f"127.0.0.1:{server.port}", None)
+    else:
+        server = Trickler(CONNECT_ANSWER)
+        trickling = SetUp(server, "trustd.invalid", f"http://127.0.0.1:{server.port}")
+    yield trickling
     server.stop()
 
 
-@pytest.fixture
-def proxy() -> Iterator[Trickler]:
-    server = Trickler(CONNECT_ANSWER)
-    yield server
-    server.stop()
-
-
-def test_a_trickled_handshake_ends_a_notary_download_at_its_timeout(
-    server: Trickler,
+def test_a_trickled_set_up_ends_a_notary_download_at_its_timeout(
+    set_up: SetUp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = f"https://127.0.0.1:{server.port}"
-    notary = NotaryTransport(NotaryEndpoint(url=url, timeout=1.0, retries=2))
-    started = time.monotonic()
-    with pytest.raises(NotaryUnavailable, match=r"did not deliver timestamp\.json"):
-        notary.fetch("127.0.0.1:5000/library/hello", "timestamp", 1000)
-    assert time.monotonic() - started < WITHIN
-    assert server.greetings == 1  # no time was left for a retry
-    notary.close()
-
-
-def test_a_trickled_handshake_ends_a_registry_exchange_at_its_timeout(
-    server: Trickler,
-) -> None:
-    host = f"127.0.0.1:{server.port}"
-    endpoint = RegistryEndpoint(host, f"https://{host}/v2")
-    started = time.monotonic()
-    with (
-        RegistryClient(endpoint, timeout=1.0) as registry,
-        pytest.raises(RegistryTimeout, match="did not answer in time"),
-    ):
-        registry.resolve("team/app", "v1")
-    assert time.monotonic() - started < WITHIN
-    assert server.greetings == 1
-
-
-def test_a_trickling_proxy_ends_a_notary_download_at_its_timeout(
-    proxy: Trickler, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
-    notary = NotaryTransport(NotaryEndpoint(url="https://notary.invalid", timeout=1.0, retries=2))
+    if set_up.proxy is not None:
+        monkeypatch.setenv("HTTPS_PROXY", set_up.proxy)
+    endpoint = NotaryEndpoint(url=f"https://{set_up.host}", timeout=1.0, retries=2)
+    notary = NotaryTransport(endpoint)
     started = time.monotonic()
     with pytest.raises(NotaryUnavailable, match=r"did not deliver timestamp\.json"):
-        notary.fetch("notary.invalid/library/hello", "timestamp", 1000)
+        notary.fetch(f"{set_up.host}/library/hello", "timestamp", 1000)
     assert time.monotonic() - started < WITHIN
-    assert proxy.greetings == 1
+    assert set_up.server.greetings == 1  # no time was left for a retry
     notary.close()
 
 
-def test_a_trickling_proxy_ends_a_registry_exchange_at_its_timeout(proxy: Trickler) -> None:
-    endpoint = RegistryEndpoint(
-        "registry.invalid", "https://registry.invalid/v2", proxy=f"http://127.0.0.1:{proxy.port}"
-    )
+def test_a_trickled_set_up_ends_a_registry_exchange_at_its_timeout(set_up: SetUp) -> None:
+    endpoint = RegistryEndpoint(set_up.host, f"https://{set_up.host}/v2", proxy=set_up.proxy)
     started = time.monotonic()
     with (
         RegistryClient(endpoint, timeout=1.0) as registry,
@@ -141,4 +104,4 @@ def test_a_trickling_proxy_ends_a_registry_exchange_at_its_timeout(proxy: Trickl
     ):
         registry.resolve("team/app", "v1")
     assert time.monotonic() - started < WITHIN
-    assert proxy.greetings == 1
+    assert set_up.server.greetings == 1
