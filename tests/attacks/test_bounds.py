@@ -33,7 +33,7 @@ from tests.attacks.harness import Padded, TamperServer, Trickle, base_role, writ
 from tests.attacks.test_attacks import signed_repo
 from tests.e2e.cri_helpers import running_shim, short_socket_dir
 from tests.e2e.test_daemon import FakeServiceManager, serving
-from tests.stack import NotaryPublisher, NotaryServer, PushedImage, Stack, TestPKI
+from tests.stack import NotaryServer, PushedImage, Stack
 from tests.stack.trustd_config import trustd_config_text
 
 PushImage = Callable[..., PushedImage]
@@ -47,18 +47,6 @@ TRICKLE_BOUND = 30.0
 # Through the daemon: both pulls refused well within this (both still ran after 25 s).
 DAEMON_TRICKLE_BOUND = 25.0
 PROGRAM_TIMEOUT = 180.0  # a hung program is a test failure, not a hung suite
-
-
-@pytest.fixture
-def tamper(notary_server: NotaryServer, pki: TestPKI) -> Iterator[TamperServer]:
-    server = TamperServer(notary_server, pki)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def keys(notary: NotaryPublisher) -> resign.CLIKeys:
-    return resign.CLIKeys(notary)
 
 
 # --- programs, measured -------------------------------------------------------------------------
