@@ -20,6 +20,7 @@ import requests
 
 from tests.peers import require_peer
 from tests.stack import PushedImage, Registry
+from tests.stack.cosign import sigstore_policy
 from tests.stack.crane_registry import CraneRegistry
 from tests.stack.peer_program import PeerProgram, describe
 
@@ -257,38 +258,6 @@ def test_cosign3_pushes_its_bundle_as_a_referrer(
 # --- containers/image policy (skopeo, CRI-O) -------------------------------------------------
 
 
-def _sigstore_policy(directory: Path, scope: str, public_key: Path) -> tuple[Path, Path]:
-    """containers-policy.json requiring a cosign key for ``scope``, and a registries.d that
-    reads sigstore signatures from the registry (the classic ``.sig`` tag)."""
-    policy = directory / "policy.json"
-    policy.write_text(
-        json.dumps(
-            {
-                "default": [{"type": "reject"}],
-                "transports": {
-                    "docker": {
-                        scope: [
-                            {
-                                "type": "sigstoreSigned",
-                                "keyPath": str(public_key),
-                                "signedIdentity": {"type": "matchRepository"},
-                            }
-                        ]
-                    }
-                },
-            },
-            indent=2,
-        )
-    )
-    registries_d = directory / "registries.d"
-    registries_d.mkdir()
-    # YAML is a superset of JSON.
-    (registries_d / "trustd-test.yaml").write_text(
-        json.dumps({"docker": {scope: {"use-sigstore-attachments": True}}})
-    )
-    return policy, registries_d
-
-
 def _containers_policy_check(
     tmp_path: Path, policy: Path, registries_d: Path, image: str
 ) -> subprocess.CompletedProcess[str]:
@@ -326,7 +295,7 @@ def test_containers_image_policy_verifies_a_cosign2_signature(
 
     trusted = tmp_path / "trusted"
     trusted.mkdir()
-    policy, registries_d = _sigstore_policy(trusted, image.repository, public_key)
+    policy, registries_d = sigstore_policy(trusted, image.repository, public_key)
     admitted = check(tmp_path, policy, registries_d, image.by_digest)
     assert admitted.returncode == 0, describe(Path("check"), [image.by_digest], admitted)
 
@@ -335,6 +304,6 @@ def test_containers_image_policy_verifies_a_cosign2_signature(
 
     other = tmp_path / "other"
     other.mkdir()
-    policy, registries_d = _sigstore_policy(other, image.repository, other_public_key)
+    policy, registries_d = sigstore_policy(other, image.repository, other_public_key)
     refused = check(tmp_path, policy, registries_d, image.by_digest)
     assert refused.returncode != 0, describe(Path("check"), [image.by_digest], refused)

@@ -203,6 +203,42 @@ class Cosign(PeerProgram):
             self.env = saved
 
 
+# --- containers/image's policy ------------------------------------------------------------------
+
+
+def sigstore_policy(directory: Path, scope: str, public_key: Path) -> tuple[Path, Path]:
+    """containers/image's policy.json requiring a cosign key for ``scope``, and a registries.d
+    that reads sigstore signatures from the registry (the classic ``.sig`` tag): what skopeo,
+    podman and CRI-O (the ``containers-policy`` peer) are given."""
+    policy = directory / "policy.json"
+    policy.write_text(
+        json.dumps(
+            {
+                "default": [{"type": "reject"}],
+                "transports": {
+                    "docker": {
+                        scope: [
+                            {
+                                "type": "sigstoreSigned",
+                                "keyPath": str(public_key),
+                                "signedIdentity": {"type": "matchRepository"},
+                            }
+                        ]
+                    }
+                },
+            },
+            indent=2,
+        )
+    )
+    registries_d = directory / "registries.d"
+    registries_d.mkdir()
+    # YAML is a superset of JSON.
+    (registries_d / "trustd-test.yaml").write_text(
+        json.dumps({"docker": {scope: {"use-sigstore-attachments": True}}})
+    )
+    return policy, registries_d
+
+
 # --- the registry, by plain HTTP ----------------------------------------------------------------
 
 
