@@ -95,13 +95,16 @@ def start_serve(
     log: Path,
     notify_socket: Path | None = None,
     env: dict[str, str] | None = None,
+    append: bool = False,
 ) -> subprocess.Popen[bytes]:
     """``trustd serve --config config`` from this tree in a process of its own, its output in
-    ``log``, its sd_notify messages to ``notify_socket``; ``env`` added to this environment."""
+    ``log`` (after what is there with ``append``), its sd_notify messages to ``notify_socket``
+    (none without: never to whoever runs the tests); ``env`` added to this environment."""
     environment = dict(os.environ, **(env or {}))
+    environment.pop("NOTIFY_SOCKET", None)
     if notify_socket is not None:
         environment["NOTIFY_SOCKET"] = str(notify_socket)
-    with log.open("wb") as output:
+    with log.open("ab" if append else "wb") as output:
         return subprocess.Popen(
             [sys.executable, "-m", "trustd", "serve", "--config", str(config)],
             stdout=output,
@@ -112,7 +115,7 @@ def start_serve(
         )
 
 
-def stop(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+def stop_process(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
     """End ``process`` if it still runs: SIGTERM, then SIGKILL after ``grace`` seconds (at once
     with no grace)."""
     if process.poll() is not None:
@@ -136,13 +139,13 @@ def serving(
     env: dict[str, str] | None = None,
     grace: float = 30.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``start_serve``, yielded once it has told ``manager`` READY=1; stopped (``stop``) after."""
+    """``start_serve``, yielded once it has told ``manager`` READY=1; ``stop_process`` after."""
     process = start_serve(config, log, manager.path, env)
     try:
         manager.wait_for("READY", "1", timeout=60)
         yield process
     finally:
-        stop(process, grace)
+        stop_process(process, grace)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_daemon import FakeServiceManager, serving, start_serve, stop
+from tests.e2e.test_daemon import FakeServiceManager, serving, start_serve, stop_process
 from tests.unit.as_user import as_user
 from tests.unit.test_policy import GOOD
 from tests.unit.test_reload import scrape
@@ -178,7 +178,7 @@ def test_the_daemon_does_not_start_with_a_socket_directory_others_can_write() ->
         try:
             assert process.wait(120) == 1
         finally:
-            stop(process, grace=0)
+            stop_process(process, grace=0)
         output = log.read_text()
         assert (
             f"cannot start: verifier socket {directory / 'run' / 'verify.sock'} "
