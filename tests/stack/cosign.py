@@ -326,15 +326,18 @@ def _check(response: requests.Response, what: str) -> None:
 # --- signatures made by hand --------------------------------------------------------------------
 
 
-def simple_signing_payload(docker_reference: str, digest: str) -> bytes:
-    """A classic payload, as cosign writes it (compact JSON, ``optional`` null)."""
+def simple_signing_payload(
+    docker_reference: str, digest: str, *, optional: Any = None, kind: str = SIGNATURE_TYPE
+) -> bytes:
+    """A classic payload, as cosign writes it (compact JSON, ``optional`` null unless given);
+    keys in the order cosign's Go structs marshal them."""
     document = {
         "critical": {
             "identity": {"docker-reference": docker_reference},
             "image": {"docker-manifest-digest": digest},
-            "type": SIGNATURE_TYPE,
+            "type": kind,
         },
-        "optional": None,
+        "optional": optional,
     }
     return json.dumps(document, separators=(",", ":")).encode()
 
