@@ -2,7 +2,8 @@
 
 ``notation`` (1.3.2) signs by the referrers tag schema into the stack's docker-registry, which
 has no referrers API; ``cosign2`` (2.6.5) writes the classic ``sha256-<hex>.sig`` tag. Both
-with the flags tests/peers/README.md records, each in a home directory of its own, offline.
+with the flags tests/peers/README.md records, each in a home directory of its own, offline, run
+by the test stack's helpers (tests/stack/peer_program.py, tests/stack/cosign.py).
 A peer that is not built here gives a reason instead of a signer: the bench prints its row
 as skipped.
 """
@@ -10,8 +11,6 @@ as skipped.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,50 +19,13 @@ from pathlib import Path
 from bench.fixtures import push_many
 from tests.peers import peer_path, peer_unavailable_reason
 from tests.stack import PushedImage, Stack
+from tests.stack.cosign import Cosign
+from tests.stack.peer_program import PeerProgram
 from tests.stack.trustd_config import toml_value
 
 # One at a time: signers pushing into one repository at once upload the same config blob
 # together, and docker-registry then refuses one of the manifests (blob unknown).
 SIGN_WORKERS = 1
-_RUN_TIMEOUT = 180.0
-_COSIGN_PASSWORD = "trustd-bench"  # protects a throwaway key
-
-
-class Peer:
-    """A peer program run with its own HOME and config dirs under ``home``."""
-
-    def __init__(self, program: Path, home: Path, extra_env: dict[str, str] | None = None):
-        self.program = program
-        self.home = home
-        self.config = home / "config"
-        for directory in (home, self.config, home / "cache", home / "docker"):
-            directory.mkdir(parents=True, exist_ok=True)
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(self.config),
-            "XDG_CACHE_HOME": str(home / "cache"),
-            "DOCKER_CONFIG": str(home / "docker"),
-            "TUF_ROOT": str(home / "sigstore-tuf"),
-            **(extra_env or {}),
-        }
-
-    def run(self, *args: str) -> None:
-        result = subprocess.run(
-            [str(self.program), *args],
-            env=self.env,
-            cwd=self.home,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=_RUN_TIMEOUT,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"{self.program.name} {' '.join(args)} -> exit {result.returncode}: "
-                f"{result.stderr.strip()[-1000:]}"
-            )
 
 
 def peer(name: str) -> tuple[Path | None, str]:
@@ -77,8 +39,8 @@ class NotationSigner:
     directory trustd's ``[notation] config_dir`` names."""
 
     def __init__(self, program: Path, home: Path) -> None:
-        self.peer = Peer(program, home)
-        self.peer.run("cert", "generate-test", "--default", "trustd-bench")
+        self.peer = PeerProgram(program, home)
+        self.peer.ok("cert", "generate-test", "--default", "trustd-bench")
 
     @property
     def config_dir(self) -> Path:
@@ -103,37 +65,25 @@ class NotationSigner:
     def sign(self, images: Sequence[PushedImage]) -> None:
         sign_all(
             images,
-            lambda image: self.peer.run(
+            lambda image: self.peer.ok(
                 "sign", "--insecure-registry", "--signature-format", "jws", image.by_digest
             ),
         )
 
 
 class CosignSigner:
-    """A cosign key pair; ``public_key`` is what trustd's ``[policy.cosign] keys`` names."""
+    """A cosign key; ``public_key`` is what trustd's ``[policy.cosign] keys`` names."""
 
     def __init__(self, program: Path, home: Path) -> None:
-        self.peer = Peer(program, home, {"COSIGN_PASSWORD": _COSIGN_PASSWORD})
-        self.peer.run("generate-key-pair", "--output-key-prefix", str(home / "cosign"))
-        self.private_key = home / "cosign.key"
-        self.public_key = home / "cosign.pub"
+        self.cosign = Cosign(program, home)
+        self.key = self.cosign.new_key("trustd-bench")
+        self.public_key = self.key.public
 
     def sign(self, images: Sequence[PushedImage]) -> None:
-        sign_all(
-            images,
-            lambda image: self.peer.run(
-                "sign",
-                "--yes",
-                "--tlog-upload=false",
-                "--allow-http-registry",
-                "--key",
-                str(self.private_key),
-                image.by_digest,
-            ),
-        )
+        sign_all(images, lambda image: self.cosign.sign(image.by_digest, self.key))
 
 
-def sign_all(images: Sequence[PushedImage], sign: Callable[[PushedImage], None]) -> None:
+def sign_all(images: Sequence[PushedImage], sign: Callable[[PushedImage], object]) -> None:
     with ThreadPoolExecutor(SIGN_WORKERS) as pool:
         list(pool.map(sign, images))
 

@@ -47,18 +47,6 @@ PushImage = Callable[..., PushedImage]
 NOW = datetime.datetime.now(datetime.UTC)
 
 
-@pytest.fixture
-def tamper(notary_server: NotaryServer, pki: TestPKI) -> Iterator[TamperServer]:
-    server = TamperServer(notary_server, pki)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def keys(notary: NotaryPublisher) -> resign.CLIKeys:
-    return resign.CLIKeys(notary)
-
-
 class Engine:
     """trustd's engine in this process, on its own state dir, with a clock the test sets."""
 

@@ -15,7 +15,6 @@ wall times well under what a trickling server held them for.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -33,8 +32,8 @@ from tests.attacks import resign
 from tests.attacks.harness import Padded, TamperServer, Trickle, base_role, write_config
 from tests.attacks.test_attacks import signed_repo
 from tests.e2e.cri_helpers import running_shim, short_socket_dir
-from tests.e2e.test_daemon import FakeServiceManager
-from tests.stack import NotaryPublisher, NotaryServer, PushedImage, Stack, TestPKI
+from tests.e2e.test_daemon import FakeServiceManager, serving
+from tests.stack import NotaryServer, PushedImage, Stack
 from tests.stack.trustd_config import trustd_config_text
 
 PushImage = Callable[..., PushedImage]
@@ -48,18 +47,6 @@ TRICKLE_BOUND = 30.0
 # Through the daemon: both pulls refused well within this (both still ran after 25 s).
 DAEMON_TRICKLE_BOUND = 25.0
 PROGRAM_TIMEOUT = 180.0  # a hung program is a test failure, not a hung suite
-
-
-@pytest.fixture
-def tamper(notary_server: NotaryServer, pki: TestPKI) -> Iterator[TamperServer]:
-    server = TamperServer(notary_server, pki)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def keys(notary: NotaryPublisher) -> resign.CLIKeys:
-    return resign.CLIKeys(notary)
 
 
 # --- programs, measured -------------------------------------------------------------------------
@@ -80,7 +67,7 @@ def trustctl_measured(tmp_path: Path, *args: str) -> Measured:
     with out.open("wb") as stdout, err.open("wb") as stderr:
         started = time.monotonic()
         process = subprocess.Popen(
-            [sys.executable, "-m", "trustd.programs.trustctl_commands", *args],
+            [sys.executable, "-m", "trustd.programs.trustctl", *args],
             stdout=stdout,
             stderr=stderr,
             cwd=REPO_ROOT,
@@ -146,26 +133,10 @@ def trustd_serve(
     )
     manager = FakeServiceManager(socket_dir / "notify.sock")
     log = tmp_path / "trustd.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "trustd", "serve", "--config", str(config)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, NOTIFY_SOCKET=str(manager.path)),
-            cwd=REPO_ROOT,
-        )
-    daemon = Daemon(process, socket_dir / "cri.sock", log)
     try:
-        manager.wait_for("READY", "1", timeout=60)
-        yield daemon
+        with serving(config, log, manager) as process:
+            yield Daemon(process, socket_dir / "cri.sock", log)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
         manager.close()
         for leftover in socket_dir.iterdir():
             leftover.unlink()
@@ -300,6 +271,23 @@ def test_daemon_refuses_a_pull_behind_a_200_mib_snapshot_at_its_normal_footprint
 # --- deadlines ----------------------------------------------------------------------------------
 
 
+def trickle_timestamp(
+    image: PushedImage, notary_server: NotaryServer, tamper: TamperServer
+) -> None:
+    """``tamper`` serves the real timestamp.json of ``image``'s repository a byte every 0.5 s."""
+    timestamp = notary_server.metadata(image.repository, "timestamp")
+    tamper.serve(image.repository, "timestamp", Trickle(timestamp, interval=0.5))
+
+
+def assert_given_up(pull: Pull, repository: str, bound: float) -> None:
+    """``pull`` was refused as an outage at the trickling timestamp of ``repository``, before
+    ``bound`` seconds."""
+    print(f"PullImage behind a trickling timestamp: {pull.seconds:.1f}s")
+    assert pull.outcome.startswith("UNKNOWN: RegistryUnavailable: "), pull.outcome
+    assert f"timestamp.json of {repository}" in pull.outcome, pull.outcome
+    assert pull.seconds < bound, f"{pull.seconds:.1f}s"
+
+
 def test_trustctl_gives_up_on_a_trickling_timestamp_at_the_notary_timeout(
     stack: Stack,
     push_image: PushImage,
@@ -315,8 +303,7 @@ def test_trustctl_gives_up_on_a_trickling_timestamp_at_the_notary_timeout(
     assert warm.status == 0, warm.stderr
 
     for image in (fresh, cached):
-        timestamp = notary_server.metadata(image.repository, "timestamp")
-        tamper.serve(image.repository, "timestamp", Trickle(timestamp, interval=0.5))
+        trickle_timestamp(image, notary_server, tamper)
 
     # Nothing cached: unavailable (exit 3), once the 5 s for the download are up.
     run = trustctl_measured(tmp_path, "verify", fresh.tagged, "--local", "-c", str(config))
@@ -343,8 +330,7 @@ def test_daemon_refuses_pulls_behind_a_trickling_timestamp_and_serves_the_others
 ) -> None:
     stalled = signed_repo(stack, push_image, "trickle-daemon")
     healthy = signed_repo(stack, push_image, "healthy-daemon")
-    timestamp = notary_server.metadata(stalled.repository, "timestamp")
-    tamper.serve(stalled.repository, "timestamp", Trickle(timestamp, interval=0.5))
+    trickle_timestamp(stalled, notary_server, tamper)
 
     with trustd_serve(tmp_path, stack, tamper.url, "timeout = 5") as daemon:
         stalled_pulls = [Pull(stalled.tagged), Pull(stalled.tagged)]
@@ -361,10 +347,7 @@ def test_daemon_refuses_pulls_behind_a_trickling_timestamp_and_serves_the_others
 
     assert healthy_pull.outcome == "OK", healthy_pull.outcome
     for pull in stalled_pulls:
-        print(f"PullImage behind a trickling timestamp: {pull.seconds:.1f}s")
-        assert pull.outcome.startswith("UNKNOWN: RegistryUnavailable: "), pull.outcome
-        assert f"timestamp.json of {stalled.repository}" in pull.outcome, pull.outcome
-        assert pull.seconds < DAEMON_TRICKLE_BOUND, f"{pull.seconds:.1f}s"
+        assert_given_up(pull, stalled.repository, DAEMON_TRICKLE_BOUND)
 
 
 def test_a_pull_without_a_deadline_gets_the_pull_timeout(
@@ -376,8 +359,7 @@ def test_a_pull_without_a_deadline_gets_the_pull_timeout(
 ) -> None:
     # A Notary timeout far beyond the pull timeout: the pull's own deadline must end the wait.
     stalled = signed_repo(stack, push_image, "trickle-pull-timeout")
-    timestamp = notary_server.metadata(stalled.repository, "timestamp")
-    tamper.serve(stalled.repository, "timestamp", Trickle(timestamp, interval=0.5))
+    trickle_timestamp(stalled, notary_server, tamper)
     config = trustd_config_text(
         state_dir=tmp_path / "state",
         notary=[(stack.registry.host, tamper.url, notary_server.ca_file)],
@@ -387,7 +369,4 @@ def test_a_pull_without_a_deadline_gets_the_pull_timeout(
     with running_shim(config, stack.containerd.endpoint, tmp_path / "state") as shim:
         pull = Pull(stalled.tagged)
         cri_pull(shim.socket, pull)
-    print(f"PullImage with pull_timeout = 6: {pull.seconds:.1f}s")
-    assert pull.outcome.startswith("UNKNOWN: RegistryUnavailable: "), pull.outcome
-    assert f"timestamp.json of {stalled.repository}" in pull.outcome, pull.outcome
-    assert pull.seconds < TRICKLE_BOUND, f"{pull.seconds:.1f}s"
+    assert_given_up(pull, stalled.repository, TRICKLE_BOUND)

@@ -46,6 +46,7 @@ from tests.stack.cosign import (
     put_signature_manifest,
     sig_tag,
     signed_layer,
+    sigstore_policy,
     simple_signing_payload,
     tampered,
 )
@@ -730,31 +731,7 @@ def second_opinion(node: CosignNode) -> SecondOpinion:
     directory = node.workdir / "containers-policy"
     directory.mkdir()
     scope = f"{node.registry.host}/cosign/keyed"
-    policy = directory / "policy.json"
-    policy.write_text(
-        json.dumps(
-            {
-                "default": [{"type": "reject"}],
-                "transports": {
-                    "docker": {
-                        scope: [
-                            {
-                                "type": "sigstoreSigned",
-                                "keyPath": str(key.public),
-                                "signedIdentity": {"type": "matchRepository"},
-                            }
-                        ]
-                    }
-                },
-            }
-        )
-    )
-    registries_d = directory / "registries.d"
-    registries_d.mkdir()
-    # YAML is a superset of JSON.
-    (registries_d / "cosign.yaml").write_text(
-        json.dumps({"docker": {scope: {"use-sigstore-attachments": True}}})
-    )
+    policy, registries_d = sigstore_policy(directory, scope, key.public)
     return SecondOpinion(images, policy, registries_d, program)
 
 

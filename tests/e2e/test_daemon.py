@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,64 @@ class FakeServiceManager:
         self._socket.close()
 
 
+def start_serve(
+    config: Path,
+    log: Path,
+    notify_socket: Path | None = None,
+    env: dict[str, str] | None = None,
+    append: bool = False,
+) -> subprocess.Popen[bytes]:
+    """``trustd serve --config config`` from this tree in a process of its own, its output in
+    ``log`` (after what is there with ``append``), its sd_notify messages to ``notify_socket``
+    (none without: never to whoever runs the tests); ``env`` added to this environment."""
+    environment = dict(os.environ, **(env or {}))
+    environment.pop("NOTIFY_SOCKET", None)
+    if notify_socket is not None:
+        environment["NOTIFY_SOCKET"] = str(notify_socket)
+    with log.open("ab" if append else "wb") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "trustd", "serve", "--config", str(config)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=environment,
+            cwd=REPO_ROOT,
+        )
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    """End ``process`` if it still runs: SIGTERM, then SIGKILL after ``grace`` seconds (at once
+    with no grace)."""
+    if process.poll() is not None:
+        return
+    if grace > 0:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    process.kill()
+    process.wait()
+
+
+@contextmanager
+def serving(
+    config: Path,
+    log: Path,
+    manager: FakeServiceManager,
+    env: dict[str, str] | None = None,
+    grace: float = 30.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``start_serve``, yielded once it has told ``manager`` READY=1; ``stop_process`` after."""
+    process = start_serve(config, log, manager.path, env)
+    try:
+        manager.wait_for("READY", "1", timeout=60)
+        yield process
+    finally:
+        stop_process(process, grace)
+
+
 @dataclass
 class RunningDaemon:
     process: subprocess.Popen[bytes]
@@ -128,25 +187,12 @@ def daemon(stack: Stack, tmp_path: Path) -> Iterator[RunningDaemon]:
     port = free_port()
     write_config(config, stack, tmp_path, port, rules="")
     log = tmp_path / "trustd.log"
-    env = dict(os.environ, NOTIFY_SOCKET=str(manager.path), WATCHDOG_USEC="1000000")
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "trustd", "serve", "--config", str(config)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO_ROOT,
-        )
-    running = RunningDaemon(
-        process, config, tmp_path / "cri.sock", tmp_path / "audit.log", log, manager, port
-    )
     try:
-        manager.wait_for("READY", "1")
-        yield running
+        with serving(config, log, manager, {"WATCHDOG_USEC": "1000000"}, grace=0) as process:
+            yield RunningDaemon(
+                process, config, tmp_path / "cri.sock", tmp_path / "audit.log", log, manager, port
+            )
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
         manager.close()
 
 

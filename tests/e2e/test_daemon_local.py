@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_daemon import FakeServiceManager
+from tests.e2e.test_daemon import FakeServiceManager, serving, start_serve, stop_process
 from tests.unit.as_user import as_user
 from tests.unit.test_policy import GOOD
 from tests.unit.test_reload import scrape
@@ -36,7 +34,6 @@ from trustd.localapi.wire import (
     verify_pull_frame,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 IMAGE = "localhost/exempt/app:1"
 
@@ -96,21 +93,6 @@ class Served:
         return verify_pull_frame(str(self.config), IMAGE, GOOD, 10)
 
 
-def start(directory: Path, log_name: str = "trustd.log") -> tuple[subprocess.Popen[bytes], Path]:
-    log = directory / log_name
-    manager_env = dict(os.environ, NOTIFY_SOCKET=str(directory / "notify.sock"))
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "trustd", "serve", "--config", str(directory / "trustd.toml")],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=manager_env,
-            cwd=REPO_ROOT,
-        )
-    return process, log
-
-
 def _directory() -> Path:
     # Short: a unix socket path has at most 107 bytes.
     directory = Path(tempfile.mkdtemp(prefix="trustd-local-"))
@@ -124,19 +106,11 @@ def served() -> Iterator[Served]:
     config = directory / "trustd.toml"
     config.write_text(config_text(directory))
     manager = FakeServiceManager(directory / "notify.sock")
-    process, log = start(directory)
-    running = Served(directory, config, process, manager, log)
+    log = directory / "trustd.log"
     try:
-        manager.wait_for("READY", "1", timeout=60)
-        yield running
+        with serving(config, log, manager) as process:
+            yield Served(directory, config, process, manager, log)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
         manager.close()
         shutil.rmtree(directory)
 
@@ -199,13 +173,12 @@ def test_the_daemon_does_not_start_with_a_socket_directory_others_can_write() ->
         (directory / "run").mkdir(mode=0o755)
         (directory / "run").chmod(0o777)
         (directory / "trustd.toml").write_text(config_text(directory))
-        process, log = start(directory)
+        log = directory / "trustd.log"
+        process = start_serve(directory / "trustd.toml", log, directory / "notify.sock")
         try:
             assert process.wait(120) == 1
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            stop_process(process, grace=0)
         output = log.read_text()
         assert (
             f"cannot start: verifier socket {directory / 'run' / 'verify.sock'} "

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.attacks import resign
 from tests.attacks.harness import Run, trustctl_process
-from tests.e2e.test_daemon import REPO_ROOT, FakeServiceManager, RunningDaemon, pull_outcome
+from tests.e2e.test_daemon import FakeServiceManager, RunningDaemon, pull_outcome, serving
 from tests.stack import NotaryPublisher, NotaryServer, PushedImage, Stack, TestPKI, free_port
 from tests.stack.trustd_config import trustd_config_text
 
@@ -102,25 +101,21 @@ def node(stack: Stack, tmp_path: Path) -> Iterator[Node]:
         )
     )
     log = tmp_path / "trustd.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "trustd", "serve", "--config", str(config)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, NOTIFY_SOCKET=str(manager.path)),
-            cwd=REPO_ROOT,
-        )
-    daemon = RunningDaemon(
-        process, config, tmp_path / "cri.sock", tmp_path / "audit.log", log, manager, port
-    )
     try:
-        manager.wait_for("READY", "1")
-        yield Node(daemon)
-        assert process.poll() is None, "trustd exited during the test"
+        with serving(config, log, manager, grace=0) as process:
+            yield Node(
+                RunningDaemon(
+                    process,
+                    config,
+                    tmp_path / "cri.sock",
+                    tmp_path / "audit.log",
+                    log,
+                    manager,
+                    port,
+                )
+            )
+            assert process.poll() is None, "trustd exited during the test"
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
         manager.close()
 
 

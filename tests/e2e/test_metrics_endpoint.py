@@ -13,6 +13,7 @@ from pathlib import Path
 import requests
 
 from tests.e2e.test_daemon import RunningDaemon, daemon  # noqa: F401  (the fixture)
+from tests.unit.test_metrics_endpoint import closed_by_server
 from trustd.service.metrics_server import TIMEOUT
 
 IDLE_CONNECTIONS = 300
@@ -44,16 +45,6 @@ def scrape(port: int) -> str:
     return answer.text
 
 
-def closed_by_peer(sock: socket.socket, deadline: float) -> bool:
-    sock.settimeout(max(deadline - time.monotonic(), 0.01))
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
 def test_idle_connections_neither_grow_the_daemon_nor_block_a_scrape(
     daemon: RunningDaemon,  # noqa: F811
 ) -> None:
@@ -77,7 +68,11 @@ def test_idle_connections_neither_grow_the_daemon_nor_block_a_scrape(
         # Every idle connection is closed by the daemon: pushed out for newer ones, or at the
         # end of its read timeout.
         deadline = time.monotonic() + TIMEOUT + 60
-        still_open = [sock for sock in idle if not closed_by_peer(sock, deadline)]
+        still_open = [
+            sock
+            for sock in idle
+            if not closed_by_server(sock, max(deadline - time.monotonic(), 0.01))
+        ]
         assert not still_open, f"{len(still_open)} idle connections still open"
         assert "trustd_info" in scrape(daemon.metrics_port)
         assert daemon.process.poll() is None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,9 @@ import requests
 
 from tests.peers import require_peer
 from tests.stack import PushedImage, Registry
+from tests.stack.cosign import sigstore_policy
 from tests.stack.crane_registry import CraneRegistry
+from tests.stack.peer_program import PeerProgram, describe
 
 NOTATION_SIGNATURE = "application/vnd.cncf.notary.signature"
 COSIGN_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -29,53 +31,6 @@ SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 COSIGN_PASSWORD = "trustd-test-password"  # protects a throwaway test key
-_RUN_TIMEOUT = 180.0
-
-
-class Peer:
-    """One peer program run with its own HOME and config dirs under ``home``, nothing else."""
-
-    def __init__(self, program: Path, home: Path, extra_env: Mapping[str, str] | None = None):
-        self.program = program
-        self.home = home
-        self.config = home / "config"
-        for directory in (home, self.config, home / "cache", home / "docker"):
-            directory.mkdir(parents=True, exist_ok=True)
-        # Only what the programs need from the environment; their config, key and credential
-        # lookups all land under ``home``.
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(self.config),
-            "XDG_CACHE_HOME": str(home / "cache"),
-            "DOCKER_CONFIG": str(home / "docker"),
-            "TUF_ROOT": str(home / "sigstore-tuf"),
-            **(extra_env or {}),
-        }
-
-    def run(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(self.program), *args],
-            env=self.env,
-            cwd=cwd or self.home,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=_RUN_TIMEOUT,
-            check=False,
-        )
-
-    def ok(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        result = self.run(*args, cwd=cwd)
-        assert result.returncode == 0, _describe(self.program, args, result)
-        return result
-
-
-def _describe(program: Path, args: Sequence[str], result: subprocess.CompletedProcess[str]) -> str:
-    return (
-        f"{program.name} {' '.join(args)} -> exit {result.returncode}\n"
-        f"stdout: {result.stdout.strip()}\nstderr: {result.stderr.strip()}"
-    )
 
 
 def _get_json(url: str, accept: str | None = None) -> tuple[int, Any, str]:
@@ -112,15 +67,15 @@ def _hex(digest: str) -> str:
 # --- Notation --------------------------------------------------------------------------------
 
 
-def _notation(tmp_path: Path) -> Peer:
-    notation = Peer(require_peer("notation"), tmp_path / "notation-home")
+def _notation(tmp_path: Path) -> PeerProgram:
+    notation = PeerProgram(require_peer("notation"), tmp_path / "notation-home")
     # A self-signed RSA test certificate; its key becomes the default signing key and the
     # certificate goes into the trust store ca:trustd-test.
     notation.ok("cert", "generate-test", "--default", "trustd-test")
     return notation
 
 
-def _trust_policy(notation: Peer, scope: str, store: str = "ca:trustd-test") -> None:
+def _trust_policy(notation: PeerProgram, scope: str, store: str = "ca:trustd-test") -> None:
     policy = {
         "version": "1.0",
         "trustPolicies": [
@@ -162,7 +117,7 @@ def test_notation_signs_into_docker_registry_by_the_referrers_tag_schema(
     _trust_policy(notation, image.repository)
     notation.ok("verify", "--insecure-registry", image.by_digest)
     refused = notation.run("verify", "--insecure-registry", unsigned.by_digest)
-    assert refused.returncode != 0, _describe(notation.program, ["verify"], refused)
+    assert refused.returncode != 0, describe(notation.program, ["verify"], refused)
 
 
 def test_notation_signs_into_a_registry_with_the_referrers_api(
@@ -201,15 +156,15 @@ def test_notation_signs_into_a_registry_with_the_referrers_api(
     notation.ok("cert", "generate-test", "trustd-other")
     _trust_policy(notation, image.repository, store="ca:trustd-other")
     refused = notation.run("verify", "--insecure-registry", image.by_digest)
-    assert refused.returncode != 0, _describe(notation.program, ["verify"], refused)
+    assert refused.returncode != 0, describe(notation.program, ["verify"], refused)
 
 
 # --- cosign ----------------------------------------------------------------------------------
 
 
-def _cosign(name: str, tmp_path: Path, key_name: str = "cosign") -> tuple[Peer, Path, Path]:
+def _cosign(name: str, tmp_path: Path, key_name: str = "cosign") -> tuple[PeerProgram, Path, Path]:
     """A cosign peer and a fresh key pair (``<key_name>.key``, ``<key_name>.pub``)."""
-    cosign = Peer(
+    cosign = PeerProgram(
         require_peer(name), tmp_path / f"{name}-home", {"COSIGN_PASSWORD": COSIGN_PASSWORD}
     )
     keys = tmp_path / f"{name}-keys"
@@ -260,7 +215,7 @@ def test_cosign2_signs_the_classic_sig_tag(
     offline = _empty_trusted_root(tmp_path)
     cosign.ok(*COSIGN2_VERIFY, *offline, "--key", str(public_key), image.by_digest)
     refused = cosign.run(*COSIGN2_VERIFY, *offline, "--key", str(public_key), unsigned.by_digest)
-    assert refused.returncode != 0, _describe(cosign.program, COSIGN2_VERIFY, refused)
+    assert refused.returncode != 0, describe(cosign.program, COSIGN2_VERIFY, refused)
 
 
 def _cosign3_offline(tmp_path: Path, signing_config: bool) -> tuple[str, ...]:
@@ -297,49 +252,17 @@ def test_cosign3_pushes_its_bundle_as_a_referrer(
 
     cosign.ok(*COSIGN3_VERIFY, "--key", str(public_key), image.by_digest)
     refused = cosign.run(*COSIGN3_VERIFY, "--key", str(other_public_key), image.by_digest)
-    assert refused.returncode != 0, _describe(cosign.program, COSIGN3_VERIFY, refused)
+    assert refused.returncode != 0, describe(cosign.program, COSIGN3_VERIFY, refused)
 
 
 # --- containers/image policy (skopeo, CRI-O) -------------------------------------------------
-
-
-def _sigstore_policy(directory: Path, scope: str, public_key: Path) -> tuple[Path, Path]:
-    """containers-policy.json requiring a cosign key for ``scope``, and a registries.d that
-    reads sigstore signatures from the registry (the classic ``.sig`` tag)."""
-    policy = directory / "policy.json"
-    policy.write_text(
-        json.dumps(
-            {
-                "default": [{"type": "reject"}],
-                "transports": {
-                    "docker": {
-                        scope: [
-                            {
-                                "type": "sigstoreSigned",
-                                "keyPath": str(public_key),
-                                "signedIdentity": {"type": "matchRepository"},
-                            }
-                        ]
-                    }
-                },
-            },
-            indent=2,
-        )
-    )
-    registries_d = directory / "registries.d"
-    registries_d.mkdir()
-    # YAML is a superset of JSON.
-    (registries_d / "trustd-test.yaml").write_text(
-        json.dumps({"docker": {scope: {"use-sigstore-attachments": True}}})
-    )
-    return policy, registries_d
 
 
 def _containers_policy_check(
     tmp_path: Path, policy: Path, registries_d: Path, image: str
 ) -> subprocess.CompletedProcess[str]:
     program = require_peer("containers-policy")
-    return Peer(program, tmp_path / "containers-policy-home").run(
+    return PeerProgram(program, tmp_path / "containers-policy-home").run(
         "--policy", str(policy), "--registries.d", str(registries_d), "--tls-verify=false",
         f"docker://{image}",
     )  # fmt: skip
@@ -350,7 +273,7 @@ def _skopeo_check(
 ) -> subprocess.CompletedProcess[str]:
     program = require_peer("skopeo-sigstore")
     copy_to = tmp_path / f"skopeo-copy-{os.urandom(4).hex()}"
-    return Peer(program, tmp_path / "skopeo-home").run(
+    return PeerProgram(program, tmp_path / "skopeo-home").run(
         "--policy", str(policy), "--registries.d", str(registries_d),
         "copy", "--src-tls-verify=false", f"docker://{image}", f"oci:{copy_to}:copy",
     )  # fmt: skip
@@ -372,15 +295,15 @@ def test_containers_image_policy_verifies_a_cosign2_signature(
 
     trusted = tmp_path / "trusted"
     trusted.mkdir()
-    policy, registries_d = _sigstore_policy(trusted, image.repository, public_key)
+    policy, registries_d = sigstore_policy(trusted, image.repository, public_key)
     admitted = check(tmp_path, policy, registries_d, image.by_digest)
-    assert admitted.returncode == 0, _describe(Path("check"), [image.by_digest], admitted)
+    assert admitted.returncode == 0, describe(Path("check"), [image.by_digest], admitted)
 
     refused = check(tmp_path, policy, registries_d, unsigned.by_digest)
-    assert refused.returncode != 0, _describe(Path("check"), [unsigned.by_digest], refused)
+    assert refused.returncode != 0, describe(Path("check"), [unsigned.by_digest], refused)
 
     other = tmp_path / "other"
     other.mkdir()
-    policy, registries_d = _sigstore_policy(other, image.repository, other_public_key)
+    policy, registries_d = sigstore_policy(other, image.repository, other_public_key)
     refused = check(tmp_path, policy, registries_d, image.by_digest)
-    assert refused.returncode != 0, _describe(Path("check"), [image.by_digest], refused)
+    assert refused.returncode != 0, describe(Path("check"), [image.by_digest], refused)

@@ -10,10 +10,7 @@ that received them.
 from __future__ import annotations
 
 import base64
-import os
 import ssl
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +21,7 @@ import grpc
 import pytest
 
 from cri_shim.crictl import ImageClient
-from tests.e2e.test_daemon import REPO_ROOT, FakeServiceManager
+from tests.e2e.test_daemon import FakeServiceManager, serving
 from tests.stack import Stack, TestPKI
 from tests.stack.trustd_config import trustd_config_text
 
@@ -129,26 +126,12 @@ def daemon_log(
     )
     manager = FakeServiceManager(tmp_path / "notify.sock")
     log = tmp_path / "trustd.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "trustd", "serve", "--config", str(config)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, NOTIFY_SOCKET=str(manager.path)),
-            cwd=REPO_ROOT,
-        )
     client = ImageClient(f"unix://{tmp_path / 'cri.sock'}", timeout=60)
     try:
-        manager.wait_for("READY", "1")
-        yield client, log
+        with serving(config, log, manager):
+            yield client, log
     finally:
         client.close()
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         manager.close()
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from pathlib import Path
 
 import requests
 
+from tests.e2e.test_daemon import start_serve, stop_process
 from tests.stack import NotaryServer, PushedImage, Registry, Stack, free_port, wait_for
 from tests.stack.trustd_config import trustd_config_text
 from trustd.programs.image_verifier import DESCRIPTOR_MEDIA_TYPE, entry_script
@@ -126,13 +125,7 @@ class Daemon:
         return 0.0
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def _answers(path: Path) -> bool:
@@ -145,17 +138,7 @@ def _answers(path: Path) -> bool:
 def running_daemon(config: Path, verifier_socket: Path, metrics_port: int) -> Iterator[Daemon]:
     """``trustd serve --config config`` from this tree, until its verifier socket answers."""
     log = config.with_suffix(".daemon.log")
-    environment = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    environment.pop("NOTIFY_SOCKET", None)
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "trustd", "serve", "--config", str(config)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=environment,
-            cwd=REPO_ROOT,
-        )
+    process = start_serve(config, log, env={"PYTHONPATH": str(REPO_ROOT)}, append=True)
     daemon = Daemon(process, verifier_socket, metrics_port, log)
     try:
         wait_for(

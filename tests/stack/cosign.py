@@ -18,8 +18,6 @@ import base64
 import datetime
 import hashlib
 import json
-import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,10 +30,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.stack.peer_program import PeerProgram
 from tests.stack.ports import StackError
 
 COSIGN_PASSWORD = "trustd-test-password"  # protects throwaway test keys only
-RUN_TIMEOUT = 180.0
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -127,52 +125,26 @@ class SigningKey:
 # --- the CLI ------------------------------------------------------------------------------------
 
 
-class Cosign:
+class Cosign(PeerProgram):
     """One cosign peer (``cosign2`` or ``cosign3``) with a home of its own under ``home``."""
 
     def __init__(self, program: Path, home: Path) -> None:
-        self.program = program
-        self.home = home
-        for directory in ("config", "cache", "docker", "keys"):
-            (home / directory).mkdir(parents=True, exist_ok=True)
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / "config"),
-            "XDG_CACHE_HOME": str(home / "cache"),
-            "DOCKER_CONFIG": str(home / "docker"),
-            "TUF_ROOT": str(home / "sigstore-tuf"),
-            "COSIGN_PASSWORD": COSIGN_PASSWORD,
-            # Anything but the loopback registries goes to a closed loopback port.
-            "HTTPS_PROXY": "http://127.0.0.1:9",
-            "HTTP_PROXY": "http://127.0.0.1:9",
-            "NO_PROXY": "127.0.0.1",
-        }
+        super().__init__(
+            program,
+            home,
+            {
+                "COSIGN_PASSWORD": COSIGN_PASSWORD,
+                # Anything but the loopback registries goes to a closed loopback port.
+                "HTTPS_PROXY": "http://127.0.0.1:9",
+                "HTTP_PROXY": "http://127.0.0.1:9",
+                "NO_PROXY": "127.0.0.1",
+            },
+        )
+        (home / "keys").mkdir(exist_ok=True)
 
     @property
     def major(self) -> int:
         return 3 if self.program.name.endswith("3") else 2
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(self.program), *args],
-            env=self.env,
-            cwd=self.home,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            check=False,
-        )
-
-    def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = self.run(*args)
-        if result.returncode != 0:
-            raise StackError(
-                f"{self.program.name} {' '.join(args)} -> exit {result.returncode}: "
-                f"{result.stderr.strip()[-2000:]}"
-            )
-        return result
 
     def new_key(self, name: str) -> SigningKey:
         """A fresh ECDSA P-256 key, imported into cosign's key format."""
@@ -229,6 +201,42 @@ class Cosign:
             self.ok(*args, image)
         finally:
             self.env = saved
+
+
+# --- containers/image's policy ------------------------------------------------------------------
+
+
+def sigstore_policy(directory: Path, scope: str, public_key: Path) -> tuple[Path, Path]:
+    """containers/image's policy.json requiring a cosign key for ``scope``, and a registries.d
+    that reads sigstore signatures from the registry (the classic ``.sig`` tag): what skopeo,
+    podman and CRI-O (the ``containers-policy`` peer) are given."""
+    policy = directory / "policy.json"
+    policy.write_text(
+        json.dumps(
+            {
+                "default": [{"type": "reject"}],
+                "transports": {
+                    "docker": {
+                        scope: [
+                            {
+                                "type": "sigstoreSigned",
+                                "keyPath": str(public_key),
+                                "signedIdentity": {"type": "matchRepository"},
+                            }
+                        ]
+                    }
+                },
+            },
+            indent=2,
+        )
+    )
+    registries_d = directory / "registries.d"
+    registries_d.mkdir()
+    # YAML is a superset of JSON.
+    (registries_d / "trustd-test.yaml").write_text(
+        json.dumps({"docker": {scope: {"use-sigstore-attachments": True}}})
+    )
+    return policy, registries_d
 
 
 # --- the registry, by plain HTTP ----------------------------------------------------------------
@@ -318,15 +326,18 @@ def _check(response: requests.Response, what: str) -> None:
 # --- signatures made by hand --------------------------------------------------------------------
 
 
-def simple_signing_payload(docker_reference: str, digest: str) -> bytes:
-    """A classic payload, as cosign writes it (compact JSON, ``optional`` null)."""
+def simple_signing_payload(
+    docker_reference: str, digest: str, *, optional: Any = None, kind: str = SIGNATURE_TYPE
+) -> bytes:
+    """A classic payload, as cosign writes it (compact JSON, ``optional`` null unless given);
+    keys in the order cosign's Go structs marshal them."""
     document = {
         "critical": {
             "identity": {"docker-reference": docker_reference},
             "image": {"docker-manifest-digest": digest},
-            "type": SIGNATURE_TYPE,
+            "type": kind,
         },
-        "optional": None,
+        "optional": optional,
     }
     return json.dumps(document, separators=(",", ":")).encode()
 

@@ -7,12 +7,9 @@ Against the real daemon, notary-server and registry: tests/e2e/test_trustctl_dae
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,7 +19,13 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_policy import GOOD, engine
-from tests.unit.test_verifier import HEAVY, exchange, serving, write_config
+from tests.unit.test_verifier import (
+    assert_fast_path,
+    exchange,
+    fast_path_run,
+    serving,
+    write_config,
+)
 from trustd.localapi.client import DaemonAbsent, ask_daemon
 from trustd.localapi.server import MAX_QUERY_TIMEOUT, VerifierSocketServer
 from trustd.localapi.wire import (
@@ -45,7 +48,6 @@ from trustd.policy.engine import PolicyEngine
 from trustd.policy.queries import VerifyAnswer, verify_answer
 from trustd.programs import trustctl as ctl
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SIGNED = "example.com/app:1"
 CONFIG = "/etc/trustd/trustd.toml"
 
@@ -504,48 +506,10 @@ def test_the_daemon_path_imports_nothing_heavy(daemon, tmp_path: Path) -> None:
     library's socket (and tomllib to read a config of its own), and no json, argparse, logging
     or trust engine."""
     server, _, queries = daemon
+    program = "trustd.programs.trustctl"
+    arguments = ["verify", SIGNED, "--json", "-c", str(server.config)]
     for default_install in (False, True):
-        # -I -S: neither the environment nor site's .pth files bring modules of their own.
-        code = f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
-        if default_install:  # as if the config and the socket were the default paths
-            code += (
-                "from trustd.localapi import client; "
-                f"client.DEFAULT_CONFIG = {str(server.config)!r}; "
-                f"client.DEFAULT_VERIFIER_SOCKET = {str(server.path)!r}; "
-            )
-        code += (
-            "from trustd.programs.trustctl import main; "
-            "status = main(); print('modules', sorted(sys.modules), file=sys.stderr); "
-            "sys.exit(status)"
-        )
-        arguments = ["verify", SIGNED, "--json", "-c", str(server.config)]
-        result = subprocess.run(
-            [sys.executable, "-I", "-S", "-c", code, *arguments],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            timeout=60,
-        )
-        assert result.returncode == 0, result.stderr
+        result, modules = fast_path_run(tmp_path, server, default_install, program, arguments)
         assert result.stdout.startswith('{\n  "reference": "example.com/app:1"')
-        [line] = [line for line in result.stderr.splitlines() if line.startswith("modules ")]
-        modules = set(ast.literal_eval(line.removeprefix("modules ")))
-        assert {m for m in modules if m.startswith("trustd")} == {
-            "trustd",
-            "trustd.programs",
-            "trustd.localapi",
-            "trustd.config",
-            "trustd.config.paths",
-            "trustd.programs.trustctl",
-            "trustd.localapi.client",
-            "trustd.localapi.wire",
-            "trustd.localapi.peer",
-        }
-        assert "socket" in modules
-        assert not {m for m in modules if m.partition(".")[0] in HEAVY}
-        assert not modules & {"argparse", "logging", "dataclasses"}
-        assert ("tomllib" in modules) is not default_install
-        # Nor typing and re then, which tomllib imports: the fast path's modules do without.
-        assert ("typing" in modules) is not default_install
-        assert ("re" in modules) is not default_install
+        assert_fast_path(modules, program, default_install)
     assert len(queries) == 2

@@ -701,11 +701,18 @@ def test_entry_script() -> None:
         entry_script("/path with space/python", "/c.toml")
 
 
-def _fast_path_modules(
-    tmp_path: Path, server: VerifierSocketServer, default_install: bool
-) -> set[str]:
-    """The modules a verifier process loaded to have the daemon judge; ``default_install``: as
-    one whose config and socket are the default paths (here: made so in the process)."""
+def fast_path_run(
+    tmp_path: Path,
+    server: VerifierSocketServer,
+    default_install: bool,
+    program: str,
+    arguments: list[str],
+    stdin: str | None = None,
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """``main`` of ``program`` (a module of trustd.programs) run in a process of its own with
+    ``arguments``, the daemon of ``server`` answering: what it wrote, and the modules it loaded.
+    ``default_install``: as one whose config and socket are the default paths (here: made so in
+    the process)."""
     # -I -S: neither the environment nor site's .pth files bring modules of their own.
     code = f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
     if default_install:
@@ -715,52 +722,62 @@ def _fast_path_modules(
             f"client.DEFAULT_VERIFIER_SOCKET = {str(server.path)!r}; "
         )
     code += (
-        "from trustd.programs.image_verifier import main; "
+        f"from {program} import main; "
         "status = main(sys.argv[1:]); "
         "print('modules', sorted(sys.modules), file=sys.stderr); sys.exit(status)"
     )
-    # As containerd runs it: the descriptor on stdin.
-    arguments = ["-name", "example.com/app:1", "-digest", GOOD, "-c", str(server.config)]
-    arguments += ["-stdin-media-type", DESCRIPTOR_MEDIA_TYPE]
     result = subprocess.run(
         [sys.executable, "-I", "-S", "-c", code, *arguments],
-        input=f'{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{GOOD}"}}',
+        input=stdin,
         capture_output=True,
         text=True,
         cwd=tmp_path,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert f"judged by the trustd daemon on {server.path}" in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("modules ")]
-    return set(ast.literal_eval(line.removeprefix("modules ")))
+    return result, set(ast.literal_eval(line.removeprefix("modules ")))
+
+
+def assert_fast_path(modules: set[str], program: str, default_install: bool) -> None:
+    """``program`` loaded three small modules of trustd besides itself, the standard library's
+    socket (and tomllib to read a config of its own), and no json, argparse, logging or trust
+    engine."""
+    assert {m for m in modules if m.startswith("trustd")} == {
+        "trustd",
+        "trustd.programs",
+        "trustd.localapi",
+        "trustd.config",
+        "trustd.config.paths",
+        program,
+        "trustd.localapi.client",
+        "trustd.localapi.wire",
+        "trustd.localapi.peer",
+    }
+    assert "socket" in modules
+    assert not {m for m in modules if m.partition(".")[0] in HEAVY}
+    assert not modules & {"logging", "dataclasses", "argparse"}
+    # A config of its own is read with tomllib; a default install's is not read at all.
+    assert ("tomllib" in modules) is not default_install
+    # Nor typing and re then, which tomllib imports: the fast path's modules do without.
+    assert ("typing" in modules) is not default_install
+    assert ("re" in modules) is not default_install
 
 
 def test_fast_path_imports_no_trust_engine(served, tmp_path: Path) -> None:
     """With the daemon answering, the verifier process never loads the trust engine."""
     server, _, _ = served
+    # As containerd runs it: the descriptor on stdin.
+    arguments = ["-name", "example.com/app:1", "-digest", GOOD, "-c", str(server.config)]
+    arguments += ["-stdin-media-type", DESCRIPTOR_MEDIA_TYPE]
+    descriptor = f'{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{GOOD}"}}'
+    program = "trustd.programs.image_verifier"
     for default_install in (False, True):
-        modules = _fast_path_modules(tmp_path, server, default_install)
-        assert {m for m in modules if m.startswith("trustd")} == {
-            "trustd",
-            "trustd.programs",
-            "trustd.localapi",
-            "trustd.config",
-            "trustd.config.paths",
-            "trustd.programs.image_verifier",
-            "trustd.localapi.client",
-            "trustd.localapi.wire",
-            "trustd.localapi.peer",
-        }
-        # The standard library's socket; not json, nothing of the trust engine.
-        assert "socket" in modules
-        assert not {m for m in modules if m.partition(".")[0] in HEAVY}
-        assert not modules & {"logging", "dataclasses", "argparse"}
-        # A config of its own is read with tomllib; a default install's is not read at all.
-        assert ("tomllib" in modules) is not default_install
-        # Nor typing and re then, which tomllib imports: the fast path's modules do without.
-        assert ("typing" in modules) is not default_install
-        assert ("re" in modules) is not default_install
+        result, modules = fast_path_run(
+            tmp_path, server, default_install, program, arguments, descriptor
+        )
+        assert f"judged by the trustd daemon on {server.path}" in result.stderr
+        assert_fast_path(modules, program, default_install)
 
 
 def test_where_the_verifier_looks_for_the_daemon(tmp_path: Path) -> None:

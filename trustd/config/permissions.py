@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trustd.config.model import Config
-
-ROOT_UID = 0
-ROOT_GID = 0
+from trustd.localapi.peer import ROOT_GID, ROOT_UID, directory_problem, group_name, user_name
 
 Stat = Callable[[Path], os.stat_result]
 
@@ -52,7 +50,7 @@ def permission_warnings(
     if config.source is not None:
         directory = config.source.parent
         try:
-            problem = _directory_problem(stat_path(directory), trusted_uids)
+            problem = directory_problem(stat_path(directory), trusted_uids)
         except OSError:
             problem = None
         if problem is not None:
@@ -81,9 +79,9 @@ def _files_of(config: Config) -> Iterator[_Checked]:
 def _problem(status: os.stat_result, secret: bool, trusted_uids: set[int]) -> str | None:
     if status.st_uid not in trusted_uids:
         access = "read and change" if secret else "change"
-        return f"is owned by {_user(status.st_uid)}, who can {access} it"
+        return f"is owned by {user_name(status.st_uid)}, who can {access} it"
     mode = stat.S_IMODE(status.st_mode)
-    for who, shift in (("every user", 0), (_group(status.st_gid), 3)):
+    for who, shift in (("every user", 0), (group_name(status.st_gid), 3)):
         if shift and status.st_gid == ROOT_GID:
             continue  # root's group: as trusted as root
         bits = (mode >> shift) & 0o7
@@ -93,38 +91,7 @@ def _problem(status: os.stat_result, secret: bool, trusted_uids: set[int]) -> st
     return None
 
 
-def _directory_problem(status: os.stat_result, trusted_uids: set[int]) -> str | None:
-    mode = stat.S_IMODE(status.st_mode)
-    if status.st_uid not in trusted_uids:
-        return f"is owned by {_user(status.st_uid)}"
-    if mode & stat.S_ISVTX:
-        return None  # others may add files but not replace ours
-    if mode & 0o002:
-        return f"has mode {mode:04o}: every user can write in it"
-    if mode & 0o020 and status.st_gid != ROOT_GID:
-        return f"has mode {mode:04o}: {_group(status.st_gid)} can write in it"
-    return None
-
-
 def _advice(item: _Checked) -> str:
     if item.secret:
         return f"chmod 600 {item.path} (and chown root if needed)"
     return f"chmod go-w {item.path} (and chown root if needed)"
-
-
-def _user(uid: int) -> str:
-    import pwd
-
-    try:
-        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _group(gid: int) -> str:
-    import grp
-
-    try:
-        return f"group {grp.getgrgid(gid).gr_name} (gid {gid})"
-    except KeyError:
-        return f"gid {gid}"

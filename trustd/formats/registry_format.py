@@ -123,16 +123,28 @@ class RegistrySignatureFormat(ABC):
         self.verified.remember(
             reference.repository, name, target.digest, verified.signer, target.size
         )
-        signed = SignedDigest(
+        signed = self._signed(query, target.digest, verified.signer, target.size, verified.notes)
+        return Judgement(self.name, signed=signed)
+
+    def _signed(
+        self,
+        query: SignatureQuery,
+        digest: str,
+        signer: str,
+        size: int | None,
+        notes: tuple[str, ...] = (),
+    ) -> SignedDigest:
+        """What the decision pins the pull to: the tag asked about (or the digest) as ``digest``."""
+        reference = query.reference
+        return SignedDigest(
             format=self.name.value,
             repository=reference.repository,
-            name=reference.tag or target.digest,
-            digest=target.digest,
-            signer=verified.signer,
-            size=target.size,
-            notes=verified.notes,
+            name=reference.tag or digest,
+            digest=digest,
+            signer=signer,
+            size=size,
+            notes=notes,
         )
-        return Judgement(self.name, signed=signed)
 
     def _target(self, client: RegistryClient, query: SignatureQuery) -> Descriptor:
         """The manifest the reference names: the registry's answer for a tag, or the manifest of
@@ -171,12 +183,5 @@ class RegistrySignatureFormat(ABC):
             age,
             outage,
         )
-        signed = SignedDigest(
-            format=self.name.value,
-            repository=reference.repository,
-            name=reference.tag or entry.digest,
-            digest=entry.digest,
-            signer=entry.signer,
-            size=entry.size,
-        )
+        signed = self._signed(query, entry.digest, entry.signer, entry.size)
         return Judgement(self.name, signed=signed, cached_age=age, outage=str(outage))

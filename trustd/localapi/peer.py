@@ -9,6 +9,8 @@ called ``connect()`` or ``listen()``), so a process cannot claim to be another.
 A socket in a directory another user can write is refused by both: that user could remove it and
 listen in its place (while the daemon is stopped, or at any time), or replace the directory.
 
+The owner and mode checks of a directory are the config's too (``trustd.config.permissions``).
+
 Standard library only, and little of it: the clients import this on their fast path.
 """
 
@@ -18,8 +20,10 @@ import os
 import socket
 import stat
 import sys
+from collections.abc import Set
 
-ROOT = 0
+ROOT_UID = 0
+ROOT_GID = 0
 _INT_BYTES = 4  # struct ucred: pid_t, uid_t, gid_t, each 32 bits on Linux
 
 
@@ -38,7 +42,7 @@ def peer_credentials(connection: socket.socket) -> tuple[int, int, int]:
 
 def trusted_uids() -> frozenset[int]:
     """The users whose sockets and directories this process trusts: root and itself."""
-    return frozenset({ROOT, os.geteuid()})
+    return frozenset({ROOT_UID, os.geteuid()})
 
 
 def user_name(uid: int) -> str:
@@ -51,13 +55,32 @@ def user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-def _group_name(gid: int) -> str:
+def group_name(gid: int) -> str:
+    """``group adm (gid 4)``, or ``gid 4`` for a group the node does not know."""
     import grp
 
     try:
         return f"group {grp.getgrgid(gid).gr_name} (gid {gid})"
     except KeyError:
         return f"gid {gid}"
+
+
+def directory_problem(
+    status: os.stat_result, trusted: Set[int], *, sticky_protects: bool = True
+) -> str | None:
+    """Why a directory with ``status`` lets a user outside ``trusted`` (and root's group) put an
+    entry of theirs in place of one of ours (``is owned by ...``, ``has mode ...``), or None.
+    With ``sticky_protects``, the sticky bit keeps others to their own entries."""
+    if status.st_uid not in trusted:
+        return f"is owned by {user_name(status.st_uid)}"
+    mode = stat.S_IMODE(status.st_mode)
+    if sticky_protects and mode & stat.S_ISVTX:
+        return None
+    if mode & 0o002:
+        return f"has mode {mode:04o}: every user can write in it"
+    if mode & 0o020 and status.st_gid != ROOT_GID:
+        return f"has mode {mode:04o}: {group_name(status.st_gid)} can write in it"
+    return None
 
 
 def socket_directory_problem(socket_path: str, trusted: frozenset[int] | None = None) -> str | None:
@@ -79,7 +102,7 @@ def socket_directory_problem(socket_path: str, trusted: frozenset[int] | None = 
         while True:
             if directory not in checked:
                 checked.add(directory)
-                problem = _directory_problem(directory, own, trusted)
+                problem = _problem_at(directory, own, trusted)
                 if problem is not None:
                     return problem
             parent = os.path.dirname(directory)
@@ -89,7 +112,7 @@ def socket_directory_problem(socket_path: str, trusted: frozenset[int] | None = 
     return None
 
 
-def _directory_problem(directory: str, own: bool, trusted: frozenset[int]) -> str | None:
+def _problem_at(directory: str, own: bool, trusted: frozenset[int]) -> str | None:
     try:
         status = os.stat(directory)
     except FileNotFoundError:
@@ -97,15 +120,7 @@ def _directory_problem(directory: str, own: bool, trusted: frozenset[int]) -> st
     except OSError as error:
         return f"the directory {directory} cannot be checked ({error.strerror or error})"
     what = "the socket's directory" if own else "the directory"
-    if status.st_uid not in trusted:
-        return f"{what} {directory} is owned by {user_name(status.st_uid)}"
-    mode = stat.S_IMODE(status.st_mode)
-    if not own and mode & stat.S_ISVTX:
-        return None  # others may add entries but not move ours
-    if mode & 0o002:
-        return f"{what} {directory} has mode {mode:04o}: every user can write in it"
-    if mode & 0o020 and status.st_gid != ROOT:
-        return (
-            f"{what} {directory} has mode {mode:04o}: {_group_name(status.st_gid)} can write in it"
-        )
-    return None
+    # In the socket's own directory the sticky bit is no help: another user can create the
+    # socket's path while ours is not there.
+    problem = directory_problem(status, trusted, sticky_protects=not own)
+    return None if problem is None else f"{what} {directory} {problem}"

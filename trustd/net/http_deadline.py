@@ -1,14 +1,17 @@
-"""One deadline for a whole HTTP exchange: connect, request, headers and body together.
+"""One deadline for a whole HTTP exchange: connect, TLS handshake, request, headers and body.
 
-A socket timeout bounds each read, not the exchange: a server that sends a byte before every
-read times out keeps a request going for as long as it likes, headers or body. Within
-``bounded(deadline)``, every request a thread makes through a ``BoundedHTTPAdapter`` is watched:
-at the deadline one watcher thread (shared by all) shuts down the sockets those requests use, so
-whatever connect, read or write is blocked on them fails at once, and ``deadline_passed()`` tells
+A socket timeout bounds each read, not the exchange: a server (or a proxy) that sends a byte
+before every read times out keeps a request going for as long as it likes, handshake, headers or
+body. An ``Exchange`` is watched while its ``with`` block runs: at its deadline one watcher
+thread (shared by all) shuts down the sockets its requests use, so whatever connect, read or
+write is blocked on them fails at once, and ``Exchange.cut`` (or ``deadline_passed()``) tells
 the caller that this, not the server, ended it.
 
-A connection is watched for the exchange that last used it only: once it goes back to the pool
-and another exchange takes it, the first one's deadline no longer reaches it.
+A request belongs to an exchange when it is sent through a ``BoundedHTTPAdapter`` while that
+exchange is the calling thread's: inside ``exchange.sending()``, or anywhere in a
+``bounded(deadline)`` block. A connection is watched for the exchange that last used it only:
+once it goes back to the pool and another exchange takes it, the first one's deadline no longer
+reaches it.
 """
 
 from __future__ import annotations
@@ -32,18 +35,38 @@ _AGAIN = 0.1
 
 
 class Exchange:
-    """One bounded exchange: its deadline, and the connections and sockets it has used."""
+    """One bounded exchange: its deadline, and the connections and sockets it has used.
 
-    __slots__ = ("connections", "deadline", "expired", "sockets")
+    ``with Exchange(deadline) as exchange:`` watches it for the block; requests join it inside
+    ``exchange.sending()``.
+    """
+
+    __slots__ = ("_due", "connections", "cut", "deadline", "sockets")
 
     def __init__(self, deadline: float) -> None:
-        self.deadline = deadline  # time.monotonic(); moved on by _AGAIN once expired
-        self.expired = False
+        self.deadline = deadline  # time.monotonic()
+        self.cut = False  # the watcher has shut its sockets down
+        self._due = deadline  # when the watcher next acts on it: then every _AGAIN once cut
         self.connections: list[WatchedHTTPConnection] = []
         # Each socket with the connection it was opened for: a response that ends the
         # connection (HTTP/1.0, "Connection: close") takes the socket over, and the connection
         # forgets it while the body is still being read from it.
         self.sockets: list[tuple[WatchedHTTPConnection, socket.socket]] = []
+
+    def __enter__(self) -> Exchange:
+        _watcher.add(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _watcher.remove(self)
+
+    def passed(self) -> bool:
+        """Whether the deadline has passed (the sockets may not have been shut down yet)."""
+        return self.cut or time.monotonic() >= self.deadline
+
+    def sending(self) -> _Sending:
+        """A block in which the calling thread's requests belong to this exchange."""
+        return _Sending(self)
 
 
 _current: ContextVar[Exchange | None] = ContextVar("trustd_http_exchange", default=None)
@@ -62,8 +85,8 @@ class _Watcher:
     def add(self, exchange: Exchange) -> None:
         with self._lock:
             self._active.add(exchange)
-            if exchange.deadline < self._wake_at:
-                self._wake_at = exchange.deadline
+            if exchange._due < self._wake_at:
+                self._wake_at = exchange._due
                 if self._thread is None:
                     self._thread = threading.Thread(
                         target=self._run, name="http-deadline", daemon=True
@@ -90,7 +113,7 @@ class _Watcher:
             if exchange is None:
                 return
             exchange.connections.append(connection)
-            if exchange.expired:
+            if exchange.cut:
                 _shut_down(connection.sock)
 
     def track(self, connection: WatchedHTTPConnection) -> None:
@@ -102,7 +125,7 @@ class _Watcher:
                 return
             if not any(known is sock for _, known in exchange.sockets):
                 exchange.sockets.append((connection, sock))
-            if exchange.expired:
+            if exchange.cut:
                 _shut_down(sock)
 
     def _run(self) -> None:
@@ -110,18 +133,16 @@ class _Watcher:
             while True:
                 now = time.monotonic()
                 for exchange in self._active:
-                    if exchange.deadline <= now:
-                        exchange.expired = True
-                        exchange.deadline = now + _AGAIN
+                    if exchange._due <= now:
+                        exchange.cut = True
+                        exchange._due = now + _AGAIN
                         for connection in exchange.connections:
                             if connection.exchange is exchange:
                                 _shut_down(connection.sock)
                         for connection, sock in exchange.sockets:
                             if connection.exchange is exchange:
                                 _shut_down(sock)
-                self._wake_at = min(
-                    (exchange.deadline for exchange in self._active), default=math.inf
-                )
+                self._wake_at = min((exchange._due for exchange in self._active), default=math.inf)
                 self._changed.wait(None if self._wake_at == math.inf else self._wake_at - now)
 
 
@@ -137,34 +158,50 @@ def _shut_down(sock: socket.socket | None) -> None:
 _watcher = _Watcher()
 
 
-class bounded:  # used as a function: ``with bounded(deadline):``
-    """Bound every request this thread makes through a ``BoundedHTTPAdapter`` in the block,
-    response bodies included, by ``deadline`` (``time.monotonic()``).
-
-    A class rather than a generator: it wraps every metadata download.
-    """
-
+class _Sending:
     __slots__ = ("_exchange", "_token")
 
-    def __init__(self, deadline: float) -> None:
-        self._exchange = Exchange(deadline)
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
         self._token: Token[Exchange | None] | None = None
 
     def __enter__(self) -> Exchange:
-        _watcher.add(self._exchange)
         self._token = _current.set(self._exchange)
         return self._exchange
 
     def __exit__(self, *exc_info: object) -> None:
         if self._token is not None:
             _current.reset(self._token)
-        _watcher.remove(self._exchange)
+
+
+class bounded(Exchange):  # used as a function: ``with bounded(deadline):``
+    """An exchange that every request this thread makes through a ``BoundedHTTPAdapter`` in
+    the block joins, response bodies included; ``deadline`` is ``time.monotonic()``.
+
+    Not built on ``sending()``: it wraps every metadata download.
+    """
+
+    __slots__ = ("_token",)
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__(deadline)
+        self._token: Token[Exchange | None] | None = None
+
+    def __enter__(self) -> Exchange:
+        super().__enter__()
+        self._token = _current.set(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+        super().__exit__()
 
 
 def deadline_passed() -> bool:
-    """Whether the deadline of the calling thread's ``bounded`` block has passed."""
+    """Whether the deadline of the calling thread's exchange has passed."""
     exchange = _current.get()
-    return exchange is not None and (exchange.expired or time.monotonic() >= exchange.deadline)
+    return exchange is not None and exchange.passed()
 
 
 class WatchedHTTPConnection(HTTPConnection):
@@ -173,8 +210,9 @@ class WatchedHTTPConnection(HTTPConnection):
     exchange: Exchange | None = None
 
     def connect(self) -> None:
-        # A TLS connection opens before its request is sent (and a trickled handshake is as
-        # slow as a trickled answer): it belongs to the exchange that opens it.
+        # A connection opens before its request is sent (and a trickled TLS handshake or proxy
+        # CONNECT answer is as slow as a trickled answer): it belongs to the exchange that
+        # opens it, whose watcher shuts its socket once connect() has set it.
         _watcher.attach(self)
         super().connect()
         _watcher.track(self)

@@ -4,10 +4,10 @@ exchange, size-capped bodies, one retry, redirects.
 Every exchange (connect, TLS handshake, request, headers, the whole body, and any redirect or
 retry in between) must finish before ``min(timeout, trustd.net.deadline.remaining())``. Socket
 timeouts alone cannot promise that: a server that sends one byte every half second never lets a
-read time out. So each exchange arms a watchdog that shuts its sockets down when the deadline
-passes, whatever the connection is doing; the blocked read then fails at once and the exchange
-reports a timeout. Bodies are read in chunks, the clock and the size cap checked after each, and
-never more than one byte past the cap is asked for.
+read time out. So each exchange is a ``trustd.net.http_deadline.Exchange``, whose sockets are
+shut down when the deadline passes, whatever the connection is doing; the blocked read then
+fails at once and the exchange reports a timeout. Bodies are read in chunks, the clock and the
+size cap checked after each, and never more than one byte past the cap is asked for.
 
 Nothing here looks at what the bytes mean; ``client.py`` does.
 """
@@ -15,7 +15,6 @@ Nothing here looks at what the bytes mean; ``client.py`` does.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import http.client
 import json
 import logging
@@ -32,10 +31,9 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import requests.utils
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.poolmanager import PoolManager
 
+from trustd.net.http_deadline import BoundedHTTPAdapter, Exchange
 from trustd.registry.errors import (
     ContentTooLarge,
     RegistryEndpointUnusable,
@@ -61,116 +59,9 @@ _PLAIN_HTTP_REASONS = frozenset(
 )
 
 
-# --- the deadline watchdog -----------------------------------------------------------------------
-
-
-class _Watch:
-    """Shuts down the sockets of one exchange when its deadline passes.
-
-    It keeps a duplicate descriptor of each socket it watches, so the socket it shuts down is
-    the one the exchange used even if urllib3 has closed its own descriptor and the number was
-    reused; the duplicates are closed when the exchange ends.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds
-        self.fired = False
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._closed = False
-        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def attach(self, sock: socket.socket) -> None:
-        try:
-            duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type, sock.proto)
-        except OSError:
-            return  # already closed: nothing left to interrupt
-        with self._lock:
-            if self._closed:
-                duplicate.close()
-                return
-            self._sockets.append(duplicate)
-            if self.fired:
-                _shut(duplicate)
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self.fired = True
-            for sock in self._sockets:
-                _shut(sock)
-
-    def expired(self) -> bool:
-        return self.fired or time.monotonic() >= self.deadline
-
-    def close(self) -> None:
-        self._timer.cancel()
-        with self._lock:
-            self._closed = True
-            for sock in self._sockets:
-                sock.close()
-            self._sockets.clear()
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-# The watch of the exchange being sent on this thread (urllib3 connects in the caller's thread).
-_current_watch: contextvars.ContextVar[_Watch | None] = contextvars.ContextVar(
-    "trustd_registry_watch", default=None
-)
-
-
-def _watch_socket(sock: socket.socket | None) -> None:
-    watch = _current_watch.get()
-    if watch is not None and sock is not None:
-        watch.attach(sock)
-
-
-class _WatchedHTTPConnection(HTTPConnection):
-    # A new socket is watched before the TLS handshake, a reused one before its request.
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _watch_socket(sock)
-        return sock
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch_socket(self.sock)
-        super().request(*args, **kwargs)
-
-
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _watch_socket(sock)
-        return sock
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch_socket(self.sock)
-        super().request(*args, **kwargs)
-
-
-class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-_WATCHED_POOLS: dict[str, type[HTTPConnectionPool]] = {
-    "http": _WatchedHTTPPool,
-    "https": _WatchedHTTPSPool,
-}
-
-
-class _Adapter(HTTPAdapter):
-    """Keep-alive pools of watched connections, TLS from one SSLContext."""
+class _Adapter(BoundedHTTPAdapter):
+    """Keep-alive pools of connections an exchange's deadline reaches, TLS from one
+    SSLContext."""
 
     def __init__(self, context: ssl.SSLContext, verify: bool, pool_size: int) -> None:
         self.context = context
@@ -183,14 +74,9 @@ class _Adapter(HTTPAdapter):
         super().init_poolmanager(
             connections, maxsize, block, ssl_context=self.context, **pool_kwargs
         )
-        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
 
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        fresh = proxy not in self.proxy_manager
-        manager = super().proxy_manager_for(proxy, ssl_context=self.context, **proxy_kwargs)
-        if fresh and hasattr(manager, "pool_classes_by_scheme"):
-            manager.pool_classes_by_scheme = _WATCHED_POOLS
-        return manager
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
+        return super().proxy_manager_for(proxy, ssl_context=self.context, **proxy_kwargs)
 
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
         # The SSLContext holds the CAs and the client certificate; requests would otherwise
@@ -255,7 +141,7 @@ def origin(url: str) -> str:
 class Answer:
     """A response whose headers have arrived; its body is read with ``read`` (capped)."""
 
-    def __init__(self, response: requests.Response, url: str, watch: _Watch, where: str) -> None:
+    def __init__(self, response: requests.Response, url: str, watch: Exchange, where: str) -> None:
         self.response = response
         self.url = url  # after redirects
         self.where = where
@@ -297,7 +183,7 @@ class Answer:
         body = bytearray()
         try:
             while True:
-                if self._watch.expired():
+                if self._watch.passed():
                     raise self.timeout(what)
                 chunk = self.response.raw.read(
                     min(CHUNK, limit + 1 - len(body)), decode_content=False
@@ -316,12 +202,12 @@ class Answer:
             raise
         except Exception as error:
             # requests', urllib3's (ProtocolError, ReadTimeoutError, SSLError) and socket errors.
-            if self._watch.expired():
+            if self._watch.passed():
                 raise self.timeout(what) from None
             raise RegistryRequestFailed(
                 f"reading {what} from {self.where} failed: {_short_reason(error)}"
             ) from None
-        if self._watch.fired:
+        if self._watch.cut:
             # The body ended because the watchdog cut the connection, not because it was whole.
             raise self.timeout(what)
         self._complete = True
@@ -337,10 +223,10 @@ class Answer:
                 self._complete = self.response.raw.read(decode_content=False) == b""
         elif not self._read_started:
             declared = self.headers.get("Content-Length", "").strip()
-            if declared.isdigit() and int(declared) <= _DRAIN_LIMIT and not self._watch.expired():
+            if declared.isdigit() and int(declared) <= _DRAIN_LIMIT and not self._watch.passed():
                 with contextlib.suppress(Exception):
                     self.read(_DRAIN_LIMIT, "the rest of an answer")
-        if self._complete and not self._watch.fired:
+        if self._complete and not self._watch.cut:
             self.response.raw.release_conn()
         else:
             self.response.close()
@@ -469,9 +355,7 @@ class RegistryTransport:
         """
         if timeout <= 0:
             raise RegistryTimeout(f"no time left to ask {self.where(url)}")
-        watch = _Watch(timeout)
-        answer: Answer | None = None
-        try:
+        with Exchange(time.monotonic() + timeout) as watch:
             response, final_url = self._follow(
                 _Request(method, url, dict(headers or {}), data),
                 authorization,
@@ -479,17 +363,16 @@ class RegistryTransport:
                 follow_redirects,
             )
             answer = Answer(response, final_url, watch, self.where(final_url))
-            yield answer
-        finally:
-            if answer is not None:
+            try:
+                yield answer
+            finally:
                 answer.finish()
-            watch.close()
 
     def _follow(
         self,
         request: _Request,
         authorization: str | None,
-        watch: _Watch,
+        watch: Exchange,
         follow_redirects: bool,
     ) -> tuple[requests.Response, str]:
         first_origin = origin(request.url)
@@ -527,7 +410,7 @@ class RegistryTransport:
             f"{self.where(request.url)}: more than {MAX_REDIRECTS} redirects"
         )
 
-    def _send_with_retry(self, request: _Request, watch: _Watch) -> tuple[requests.Response, str]:
+    def _send_with_retry(self, request: _Request, watch: Exchange) -> tuple[requests.Response, str]:
         retried = False
         while True:
             try:
@@ -549,11 +432,11 @@ class RegistryTransport:
             time.sleep(RETRY_BACKOFF * random.uniform(1.0, 1.5))
 
     @staticmethod
-    def _retry_fits(watch: _Watch) -> bool:
+    def _retry_fits(watch: Exchange) -> bool:
         # Room for the pause and a little of an exchange; otherwise the retry could only time out.
         return watch.deadline - time.monotonic() > 3 * RETRY_BACKOFF
 
-    def _send(self, request: _Request, watch: _Watch) -> tuple[requests.Response, str]:
+    def _send(self, request: _Request, watch: Exchange) -> tuple[requests.Response, str]:
         url = request.url
         if self._fallen_back and origin(url) == origin(self.endpoint.url):
             url = "http" + url.removeprefix("https")
@@ -561,7 +444,7 @@ class RegistryTransport:
             try:
                 return self._send_once(request, url, watch), url
             except requests.exceptions.SSLError as error:
-                if watch.expired():
+                if watch.passed():
                     raise RegistryTimeout(f"{self.where(url)} did not answer in time") from None
                 if (
                     self.endpoint.http_fallback
@@ -585,7 +468,7 @@ class RegistryTransport:
                     f"TLS failure talking to {self.where(url)}: {_short_reason(error)}"
                 ) from None
             except requests.exceptions.RequestException as error:
-                if watch.expired():
+                if watch.passed():
                     raise RegistryTimeout(f"{self.where(url)} did not answer in time") from None
                 if isinstance(error, requests.exceptions.ConnectionError):
                     raise _Transient(
@@ -597,9 +480,9 @@ class RegistryTransport:
                     f"cannot talk to {self.where(url)}: {_short_reason(error)}"
                 ) from None
 
-    def _send_once(self, request: _Request, url: str, watch: _Watch) -> requests.Response:
+    def _send_once(self, request: _Request, url: str, watch: Exchange) -> requests.Response:
         left = watch.deadline - time.monotonic()
-        if left <= 0 or watch.fired:
+        if left <= 0 or watch.cut:
             raise RegistryTimeout(f"{self.where(url)} did not answer in time")
         connect = left
         if self.endpoint.dial_timeout is not None and self.is_registry_host(url):
@@ -607,8 +490,7 @@ class RegistryTransport:
         prepared = self._session.prepare_request(
             requests.Request(request.method, url, headers=dict(request.headers), data=request.data)
         )
-        token = _current_watch.set(watch)
-        try:
+        with watch.sending():
             return self._session.send(
                 prepared,
                 stream=True,
@@ -617,8 +499,6 @@ class RegistryTransport:
                 verify=self.endpoint.verify if self.is_registry_host(url) else True,
                 proxies=self._proxies_for(url),
             )
-        finally:
-            _current_watch.reset(token)
 
     def _proxies_for(self, url: str) -> dict[str, str]:
         if self.endpoint.proxy and self.is_registry_host(url):

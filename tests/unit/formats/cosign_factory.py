@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from tests.stack import cosign as stack_cosign
+from tests.stack.cosign import SIGNATURE_TYPE
 from trustd.formats.cosign.bundle import BundleSignature
 from trustd.formats.cosign.classic import ClassicSignature
 from trustd.formats.cosign.keys import CosignPublicKey, public_key_from_pem
@@ -75,18 +77,9 @@ def simple_signing_payload(
     digest: str = DIGEST,
     reference: str = "127.0.0.1:5000/app",
     optional: Any = None,
-    kind: str = "cosign container image signature",
+    kind: str = SIGNATURE_TYPE,
 ) -> bytes:
-    # Key order as cosign's Go structs marshal it.
-    document = {
-        "critical": {
-            "identity": {"docker-reference": reference},
-            "image": {"docker-manifest-digest": digest},
-            "type": kind,
-        },
-        "optional": optional,
-    }
-    return json.dumps(document, separators=(",", ":")).encode()
+    return stack_cosign.simple_signing_payload(reference, digest, optional=optional, kind=kind)
 
 
 def classic(

@@ -211,8 +211,7 @@ def parse_envelope(data: bytes, role: str, gun: str = "") -> SignedEnvelope:
     signatures = []
     for index, raw in enumerate(raw_signatures):
         label = f"{where}: signatures[{index}]"
-        if not isinstance(raw, dict):
-            raise BadMetadata(f"{label} is not an object")
+        raw = _object(raw, label)
         signatures.append(
             Signature(
                 key_id=_field(raw, "keyid", str, label),
@@ -234,8 +233,7 @@ def parse_root(envelope: SignedEnvelope, gun: str = "") -> Root:
     roles: dict[str, RoleKeys] = {}
     for name, raw in raw_roles.items():
         label = f"{where}: roles.{name}"
-        if not isinstance(raw, dict):
-            raise BadMetadata(f"{label} is not an object")
+        raw = _object(raw, label)
         roles[name] = RoleKeys(
             keyids=_string_list(_field(raw, "keyids", list, label), f"{label}.keyids"),
             threshold=_threshold(raw, label),
@@ -278,8 +276,7 @@ def parse_targets(envelope: SignedEnvelope, gun: str = "") -> Targets:
     targets: dict[str, TargetFile] = {}
     for name, raw in _field(signed, "targets", dict, where).items():
         label = f"{where}: targets[{name!r}]"
-        if not isinstance(raw, dict):
-            raise BadMetadata(f"{label} is not an object")
+        raw = _object(raw, label)
         targets[name] = TargetFile(
             length=_length(raw, label),
             hashes=_hashes(raw, label),
@@ -381,6 +378,12 @@ def _field(obj: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
     return value
 
 
+def _object(value: Any, label: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadMetadata(f"{label} is not an object")
+    return value
+
+
 def _optional(obj: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
     """A field that may be absent or null (Go's omitempty); wrong types are still rejected."""
     if obj.get(name) is None:
@@ -449,8 +452,7 @@ def _parse_meta(raw: Mapping[str, Any], where: str) -> dict[str, FileMeta]:
     meta = {}
     for name, entry in raw.items():
         label = f"{where}[{name!r}]"
-        if not isinstance(entry, dict):
-            raise BadMetadata(f"{label} is not an object")
+        entry = _object(entry, label)
         meta[name] = FileMeta(_length(entry, label), _hashes(entry, label))
     return meta
 
@@ -459,8 +461,7 @@ def _parse_keys(raw: Mapping[str, Any], where: str) -> dict[str, PublicKey]:
     keys = {}
     for declared_id, entry in raw.items():
         label = f"{where}[{short_key_id(declared_id)}]"
-        if not isinstance(entry, dict):
-            raise BadMetadata(f"{label} is not an object")
+        entry = _object(entry, label)
         key_type = _field(entry, "keytype", str, label)
         keyval = _field(entry, "keyval", dict, label)
         public = _field(keyval, "public", str, f"{label}.keyval")
@@ -488,8 +489,7 @@ def _parse_delegations(raw: Mapping[str, Any], parent: str, where: str) -> Deleg
     roles: list[DelegatedRole] = []
     for index, entry in enumerate(raw_roles):
         label = f"{where}.roles[{index}]"
-        if not isinstance(entry, dict):
-            raise BadMetadata(f"{label} is not an object")
+        entry = _object(entry, label)
         name = _field(entry, "name", str, label)
         # Notary only follows direct children: targets/a may delegate targets/a/b, nothing else.
         if not _is_delegation_name(name) or name.rsplit("/", 1)[0] != parent:
